@@ -1,0 +1,272 @@
+"""Configs as dataclasses, saved as JSON with a format version.
+
+`ModelConfig` is everything needed to rebuild the network; `TrainConfig` is
+the data and optimisation recipe; `DecodeConfig` is the search. A run
+directory's `config.json` holds the first two plus a format version, so a
+model can be rebuilt from it without the flags that trained it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+# Bump when the run-directory layout or a config field changes meaning.
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the encoder-decoder Transformer."""
+
+    src_vocab_size: int = 8000  # set from the tokenizer at training time
+    tgt_vocab_size: int = 8000
+    d_model: int = 256  # width of every residual stream
+    n_heads: int = 4  # attention heads; must divide d_model
+    ffn_dim: int = 1024  # hidden width of the position-wise feed-forward layer
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.1  # on embeddings, residual branches and the FFN hidden layer
+    attention_dropout: float = 0.0  # on attention probabilities
+    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably without long warm-up
+    max_positions: int = 1024  # longest sequence, in tokens, either side
+    # Tie source embeddings, target embeddings and the output projection when
+    # both languages share one vocabulary; the decoder's input and output
+    # embeddings are always tied.
+    share_embeddings: bool = True
+    pad_id: int = 0
+    unk_id: int = 1
+    bos_id: int = 2
+    eos_id: int = 3
+
+    def validate(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "ffn_dim",
+                     "encoder_layers", "decoder_layers", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ConfigError("model.share_embeddings needs one vocabulary for both languages, "
+                              f"but the sizes differ ({self.src_vocab_size} vs {self.tgt_vocab_size})")
+
+
+# Architecture presets; vocabulary sizes come from the tokenizer. Parameter
+# counts are for a shared 8k vocabulary.
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~2.0M parameters: for tests and quick CPU runs.
+    "tiny": dict(d_model=128, n_heads=4, ffn_dim=512, encoder_layers=2, decoder_layers=2),
+    # ~7.6M: the CPU demo.
+    "small": dict(d_model=256, n_heads=4, ffn_dim=1024, encoder_layers=3, decoder_layers=3),
+    # ~9.4M: the shape of the transformers peer's small model (4+4, d 256, FFN 1024).
+    "peer-small": dict(d_model=256, n_heads=4, ffn_dim=1024, encoder_layers=4, decoder_layers=4),
+    # ~26M.
+    "medium": dict(d_model=512, n_heads=8, ffn_dim=2048, encoder_layers=3, decoder_layers=3),
+    # ~48M with 8k shared vocabulary, ~60M with 32k: transformer-base (Vaswani et al. 2017).
+    "base": dict(d_model=512, n_heads=8, ffn_dim=2048, encoder_layers=6, decoder_layers=6),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Data and optimisation recipe. Corpus specs are described in `seq2seq.data`."""
+
+    train: str = "data/multi30k/train"  # corpus spec for training pairs
+    valid: str = "data/multi30k/val"  # corpus spec for validation pairs ("" for none)
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # Tokenizer folder from `s2s tokenizer train`; empty means train one into the run.
+    tokenizer: str = ""
+    vocab_size: int = 8000  # only used when the tokenizer is trained here
+    max_len: int = 256  # pairs with more tokens than this on either side are dropped
+    max_tokens: int = 4096  # padded tokens (source or target, the larger) per batch
+    accum_steps: int = 1  # batches per optimizer update
+    epochs: int = 30
+    max_steps: int = 0  # optimizer updates; 0 means no limit
+    max_time: float = 0.0  # seconds of training; 0 means no limit
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    warmup_steps: int = 1000  # linear warm-up, then inverse square root decay
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 disables gradient clipping
+    valid_every: int = 0  # validate every N updates; 0 means at the end of each epoch
+    valid_beam: int = 1  # beam size for validation BLEU; 1 is greedy
+    valid_bleu_max: int = 0  # validate BLEU on at most this many sentences; 0 means all
+    patience: int = 10  # validations without improvement before stopping; 0 disables
+    early_stop_metric: Literal["bleu", "loss"] = "bleu"
+    log_every: int = 50  # updates between progress records
+    seed: int = 1
+    num_proc: int = 1  # processes for tokenizing the corpus with datasets.map
+
+    def validate(self) -> None:
+        if not self.src_lang or not self.tgt_lang:
+            raise ConfigError("train.src_lang and train.tgt_lang must be set")
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError(f"source and target language are both {self.src_lang!r}")
+        for name in ("vocab_size", "max_len", "max_tokens", "accum_steps", "log_every", "num_proc"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "max_time", "warmup_steps", "valid_every",
+                     "patience", "clip_norm", "weight_decay", "valid_bleu_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.valid_beam < 1:
+            raise ConfigError(f"train.valid_beam must be at least 1, got {self.valid_beam}")
+        if self.max_tokens < self.max_len:
+            raise ConfigError(f"train.max_tokens ({self.max_tokens}) must be at least "
+                              f"train.max_len ({self.max_len}) so that every kept pair fits a batch")
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings for `s2s translate` and validation."""
+
+    beam: int = 5  # 1 is greedy search
+    # Hypothesis score = log-probability / penalty(len):
+    # "gnmt": ((5 + len) / 6) ** alpha (Wu et al. 2016); "average": len ** alpha; "none": 1.
+    length_penalty: Literal["gnmt", "average", "none"] = "gnmt"
+    alpha: float = 0.6
+    max_len_a: float = 1.5  # output length limit: a * source tokens + b
+    max_len_b: int = 10
+    max_tokens: int = 8000  # source tokens per batch (after padding)
+
+    def validate(self) -> None:
+        if self.beam < 1:
+            raise ConfigError(f"beam size must be at least 1, got {self.beam}")
+        if self.alpha < 0:
+            raise ConfigError(f"length penalty alpha must not be negative, got {self.alpha}")
+        if self.max_len_a < 0 or self.max_len_b < 0:
+            raise ConfigError("max length a and b must not be negative, "
+                              f"got a={self.max_len_a}, b={self.max_len_b}")
+        if self.max_len_a == 0 and self.max_len_b == 0:
+            raise ConfigError("max length a and b are both 0: no output could be produced")
+        if self.max_tokens <= 0:
+            raise ConfigError(f"decode max_tokens must be positive, got {self.max_tokens}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build `cls` from `data`, refusing unknown keys and wrong types.
+
+    `where` names the source in error messages, e.g. "config.json: model".
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"known keys are {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a field's type hint; JSON lists become tuples where declared."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ConfigError(f"{where} must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        item_types = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{where} must be a list of {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, item_types))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+@dataclass
+class RunConfig:
+    """What `config.json` in a run directory holds."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # sha256 of each tokenizer file in the run, by file name; checked on load.
+    tokenizer_sha256: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format_version": self.format_version,
+            "model": to_dict(self.model),
+            "train": to_dict(self.train),
+            "tokenizer_sha256": self.tokenizer_sha256,
+        }, indent=2) + "\n"
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any], where: str) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise ConfigError(f"{where}: format version {version!r} is not supported by this "
+                              f"s2s (it reads versions 1 to {FORMAT_VERSION}); upgrade s2s")
+        unknown = sorted(set(data) - {"format_version", "model", "train", "tokenizer_sha256"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                              "known keys are format_version, model, train, tokenizer_sha256")
+        sha = data.get("tokenizer_sha256", {})
+        if not isinstance(sha, dict):
+            raise ConfigError(f"{where}.tokenizer_sha256 must be an object")
+        return cls(model=from_dict(ModelConfig, data.get("model", {}), f"{where}: model"),
+                   train=from_dict(TrainConfig, data.get("train", {}), f"{where}: train"),
+                   tokenizer_sha256=dict(sha), format_version=version)
+
+
+def read_json(path: Path | str) -> dict[str, Any]:
+    """Parse a JSON file, turning every failure into a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+
+
+def apply_preset(model: ModelConfig, preset: str) -> ModelConfig:
+    """A copy of `model` with the architecture fields of a named preset."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return dataclasses.replace(model, **PRESETS[preset])
