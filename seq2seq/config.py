@@ -265,8 +265,44 @@ def read_json(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
 
 
-def apply_preset(model: ModelConfig, preset: str) -> ModelConfig:
-    """A copy of `model` with the architecture fields of a named preset."""
+def preset_values(preset: str) -> dict[str, Any]:
+    """The architecture fields of a named preset."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return dataclasses.replace(model, **PRESETS[preset])
+    return PRESETS[preset]
+
+
+def apply_preset(model: ModelConfig, preset: str) -> ModelConfig:
+    """A copy of `model` with the architecture fields of a named preset."""
+    return dataclasses.replace(model, **preset_values(preset))
+
+
+def resolve_train_configs(config_file: Path | str | None, preset: str | None,
+                          model_flags: dict[str, Any],
+                          train_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Merge defaults < config file < preset < explicit flags into validated configs.
+
+    A config file is JSON shaped like a run's config.json: {"model": {...},
+    "train": {...}}, so a saved run's config can seed a new run.
+    """
+    model_values: dict[str, Any] = {}
+    train_values: dict[str, Any] = {}
+    if config_file is not None:
+        data = read_json(config_file)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_file}: expected a JSON object with 'model' and 'train'")
+        unknown = sorted(set(data) - {"model", "train", "format_version", "tokenizer_sha256"})
+        if unknown:
+            raise ConfigError(f"{config_file}: unknown key(s) {', '.join(unknown)}; "
+                              "expected 'model' and 'train'")
+        # Check the file's own keys now, so an error names the file rather than a flag.
+        from_dict(ModelConfig, data.get("model", {}), f"{config_file}: model")
+        from_dict(TrainConfig, data.get("train", {}), f"{config_file}: train")
+        model_values.update(data.get("model", {}))
+        train_values.update(data.get("train", {}))
+    if preset is not None:
+        model_values.update(preset_values(preset))
+    model_values.update(model_flags)
+    train_values.update(train_flags)
+    return (from_dict(ModelConfig, model_values, "model options"),
+            from_dict(TrainConfig, train_values, "training options"))

@@ -1,0 +1,47 @@
+# s2s: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch goes in before the project, so pip never swaps it. We test with this
+# release; pip picks the build for the platform (CUDA on Linux, MPS on macOS,
+# or a CPU "+cpu" build where pip's find-links offers one, as on our CI).
+# On a Linux machine without a GPU, PyTorch's CPU index saves gigabytes:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO := runs/demo
+
+.PHONY: install test demo bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/pytest
+
+# Tokenizer, a small model trained for at most 14 minutes on the CPU (fewer
+# epochs' worth of time on a GPU), a few translations, and test-set scores.
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/s2s tokenizer train --corpus data/multi30k/train --src en --tgt de -o $(DEMO)/tokenizer
+	$(BIN)/s2s train --run $(DEMO)/en-de --tokenizer $(DEMO)/tokenizer $(DEMO_TRAIN_FLAGS)
+	printf 'A man in a blue shirt is riding a bike.\nTwo dogs are playing in the snow.\nA group of people are standing in front of a building.\n' \
+		| $(BIN)/s2s translate -m $(DEMO)/en-de
+	$(BIN)/s2s eval -m $(DEMO)/en-de --src data/multi30k/test_2016_flickr.en.gz \
+		--ref data/multi30k/test_2016_flickr.de.gz
+
+DEMO_TRAIN_FLAGS ?= --preset small --max-time 840
+
+bench: install
+	$(BIN)/python bench/cpu_pipeline.py
+
+lint: install
+	$(BIN)/python -m compileall -q cli seq2seq tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

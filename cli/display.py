@@ -1,0 +1,102 @@
+"""Rich rendering: training progress and score tables. Everything goes to stderr but tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+from seq2seq.evaluate import MetricScore
+
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+def error(message: str) -> None:
+    # soft_wrap: one message is one line, whatever the terminal width.
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+class TrainDisplay:
+    """Draws training events: a live progress bar on a terminal, one line per record otherwise."""
+
+    def __init__(self, console: Console = stderr):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "data":
+            dropped = event["too_long"] + event["empty"]
+            self.console.print(
+                f"{event['split']}: {event['pairs']:,} pairs from {escape(event['corpus'])}, "
+                f"kept {event['kept']:,} (dropped {event['too_long']:,} longer than "
+                f"{event['max_len']} tokens and {event['empty']:,} with an empty side)"
+                if dropped else
+                f"{event['split']}: {event['pairs']:,} pairs from {escape(event['corpus'])}")
+        elif kind == "tokenizer":
+            self.console.print(f"training a {event['vocab_size']:,}-piece sentencepiece tokenizer")
+        elif kind == "start":
+            self.start(event)
+        elif kind == "train":
+            self.train(event)
+        elif kind == "valid":
+            star = " [green]★ best[/]" if event["best"] else ""
+            self.console.print(
+                f"valid  step {event['step']:>6}  epoch {event['epoch']:>3}  "
+                f"loss {event['valid_loss']:.3f}  ppl {event['valid_ppl']:.2f}  "
+                f"BLEU {event['valid_bleu']:.2f}{star}")
+        elif kind == "stop":
+            self.close()
+            best = event["best"]
+            summary = (f"; best validation BLEU {best['valid_bleu']:.2f} at step {best['step']}"
+                       if best else "")
+            self.console.print(f"stopped ({event['reason']}) after {event['step']:,} updates{summary}")
+
+    def start(self, event: dict[str, Any]) -> None:
+        world = event["world_size"]
+        processes = f" x {world} processes" if world > 1 else ""
+        self.console.print(
+            f"model: {event['params'] / 1e6:.1f}M parameters on {event['device']}{processes}; "
+            f"{event['updates_per_epoch']:,} updates per epoch; run directory {escape(event['run_dir'])}")
+        if not self.console.is_terminal:
+            return
+        total = event["total_steps"] or None
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=self.console, transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=event["step"], stats="")
+        self.progress.start()
+
+    def train(self, event: dict[str, Any]) -> None:
+        stats = (f"loss {event['loss']:.3f}  lr {event['lr']:.2e}  "
+                 f"{event['tgt_tokens_per_s'] / 1000:.1f}k tok/s  epoch {event['epoch']}")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=event["step"], stats=stats)
+        else:
+            self.console.print(f"train  step {event['step']:>6}  {stats}  {event['elapsed']:.0f}s")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def score_table(scores: list[MetricScore], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    table.add_column("signature")
+    for s in scores:
+        table.add_row(s.name, f"{s.score:.2f}", s.signature)
+    return table

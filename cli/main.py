@@ -1,0 +1,254 @@
+"""The `s2s` command: options in, library calls out, errors turned into exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import datasets
+import typer
+
+import seq2seq
+from seq2seq.checkpoint import WEIGHTS_FILE, atomic_write
+from seq2seq.config import DecodeConfig
+from seq2seq.errors import ConfigError, DataError, S2SError
+from seq2seq.evaluate import METRICS, score_corpus, scores_to_json
+from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary, read_lines
+from seq2seq.train import TrainingInterrupted
+
+from .display import error, score_table, stderr, stdout, warning
+from .train import train_command
+
+# s2s draws its own progress; datasets' bars would interleave with it and with error lines.
+datasets.disable_progress_bars()
+
+app = typer.Typer(name="s2s", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False,
+                  help="Train, run and score Transformer translation models.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train sentencepiece tokenizers.")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+def user_errors(command):
+    """Report library errors as one line and a non-zero exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except S2SError as err:
+            error(str(err))
+            raise typer.Exit(1) from None
+        except TrainingInterrupted as err:
+            warning(str(err))
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (`s2s translate | head`): not an error
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"s2s {seq2seq.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Train, run and score Transformer translation models."""
+
+
+app.command("train")(user_errors(train_command))
+
+
+@tokenizer_app.command("train")
+@user_errors
+def tokenizer_train(
+    corpus: Annotated[str, typer.Option("--corpus", help="Corpus spec (see README).")] = "data/multi30k/train",
+    src: Annotated[str, typer.Option(help="Source language code.")] = "en",
+    tgt: Annotated[str, typer.Option(help="Target language code.")] = "de",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the tokenizer to.")]
+    = Path("runs/tokenizer"),
+    vocab_size: Annotated[int, typer.Option(help="Pieces per vocabulary.")] = 8000,
+    model_type: Annotated[str, typer.Option(help="unigram or bpe.")] = "unigram",
+    separate: Annotated[bool, typer.Option("--separate", help="One vocabulary per language "
+                                           "instead of one shared.")] = False,
+    character_coverage: Annotated[float, typer.Option(help="Share of characters covered by the "
+                                                      "vocabulary; rarer ones map to <unk>.")] = 1.0,
+    sample_size: Annotated[int, typer.Option(help="Train on a random sample of at most this many "
+                                             "sentences.")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Seed for the sample.")] = 1,
+) -> None:
+    """Train a sentencepiece tokenizer; writes tokenizer.model and tokenizer.vocab to --output."""
+    from seq2seq.data import load_corpus
+    from seq2seq.tokenizer import train_tokenizer
+
+    if sample_size <= 0:
+        raise ConfigError(f"--sample-size must be positive, got {sample_size}")
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: exists and is not a folder")
+    pairs = load_corpus(corpus, src, tgt)
+    output.mkdir(parents=True, exist_ok=True)
+    tokenizers = train_tokenizer(pairs, output, vocab_size=vocab_size, model_type=model_type,
+                                 shared=not separate, character_coverage=character_coverage,
+                                 sample_size=sample_size, seed=seed)
+    for path in tokenizers.files():
+        stderr.print(f"wrote {path} ({path.with_suffix('.vocab').name} beside it)")
+
+
+def decode_config(beam: int, length_penalty: str, alpha: float, max_len_a: float, max_len_b: int,
+                  batch_tokens: int) -> DecodeConfig:
+    if length_penalty not in ("gnmt", "average", "none"):
+        raise ConfigError(f"--length-penalty must be gnmt, average or none, got {length_penalty!r}")
+    cfg = DecodeConfig(beam=beam, length_penalty=length_penalty, alpha=alpha, max_len_a=max_len_a,
+                       max_len_b=max_len_b, max_tokens=batch_tokens)
+    cfg.validate()
+    return cfg
+
+
+def report_input(read: ReadStats, translator) -> None:
+    stats = translator.stats
+    if read.invalid_utf8:
+        warning(f"{read.invalid_utf8} line(s) held bytes that are not UTF-8; they were decoded "
+                "with U+FFFD replacement characters")
+    if stats.truncated:
+        warning(f"{stats.truncated} line(s) were longer than the model's {translator.max_source_tokens} "
+                "source tokens and were truncated")
+
+
+Beam = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
+LengthPenalty = Annotated[str, typer.Option(help="gnmt ((5+len)/6)^alpha, average len^alpha, or none.")]
+Alpha = Annotated[float, typer.Option(help="Length penalty exponent.")]
+MaxLenA = Annotated[float, typer.Option(help="Output limit: a * source tokens + b.")]
+MaxLenB = Annotated[int, typer.Option(help="Output limit: a * source tokens + b.")]
+BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch, padding included.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Weights = Annotated[str, typer.Option(help="Weights file inside the run directory.")]
+
+
+@app.command()
+@user_errors
+def translate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Source file; default stdin.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default stdout.")] = None,
+    beam: Beam = 5, length_penalty: LengthPenalty = "gnmt", alpha: Alpha = 0.6,
+    max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, batch_tokens: BatchTokens = 8000,
+    buffer_lines: Annotated[int, typer.Option(help="Lines read, translated and written at a time.")] = 1000,
+    interactive: Annotated[bool, typer.Option("--interactive", help="Answer line by line (the default "
+                                              "when stdin is a terminal).")] = False,
+    device: Device = "auto", weights: Weights = WEIGHTS_FILE,
+) -> None:
+    """Translate one line out for every line in, in order. Empty lines give empty lines."""
+    from seq2seq.device import resolve_device
+    from seq2seq.translator import Translator
+
+    cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens)
+    if buffer_lines <= 0:
+        raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
+    if output is not None:
+        if not output.parent.is_dir():
+            raise ConfigError(f"--output {output}: folder {output.parent} does not exist")
+        if output.is_dir():
+            raise ConfigError(f"--output {output}: is a folder")
+        if input is not None and output.resolve() == input.resolve():
+            raise ConfigError(f"--output {output} is the input file; refusing to overwrite it")
+    source = open_binary(input) if input is not None else sys.stdin.buffer
+    translator = Translator.from_run(model, resolve_device(device), cfg, weights)
+    if interactive or (input is None and sys.stdin.isatty()):
+        buffer_lines = 1
+    read = ReadStats()
+
+    def write_all(sink) -> None:
+        for chunk in chunks(iter_lines(source, read), buffer_lines):
+            for line in translator.translate(chunk):
+                sink.write(line + "\n")
+            sink.flush()
+
+    with source:
+        if output is None:
+            write_all(sys.stdout)
+        else:  # a crash never leaves a half-written output file
+            atomic_write(output, lambda tmp: _write_file(tmp, write_all))
+    report_input(read, translator)
+
+
+def _write_file(path: Path, write_all) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as sink:
+        write_all(sink)
+
+
+def read_scored_lines(path: Path, what: str) -> list[str]:
+    lines, stats = read_lines(path)
+    if stats.invalid_utf8:
+        warning(f"{path}: {stats.invalid_utf8} line(s) are not valid UTF-8 and were decoded with "
+                "replacement characters")
+    return lines
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    ref: Annotated[list[Path], typer.Option("--ref", "-r", help="Reference file; repeat for several.")],
+    hyp: Annotated[Optional[Path], typer.Option("--hyp", help="Hypotheses to score.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory: translate "
+                                                  "--src first, then score.")] = None,
+    src: Annotated[Optional[Path], typer.Option("--src", "-s", help="Source file, with --model.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --model: also write "
+                                                   "the translations here.")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = ",".join(METRICS),
+    lowercase: Annotated[bool, typer.Option("--lowercase", help="Case-insensitive scores.")] = False,
+    tokenize: Annotated[Optional[str], typer.Option(help="sacreBLEU tokenizer for BLEU "
+                                                    "(13a, intl, none, ...). [default: 13a]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    beam: Beam = 5, length_penalty: LengthPenalty = "gnmt", alpha: Alpha = 0.6,
+    max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, batch_tokens: BatchTokens = 8000,
+    device: Device = "auto", weights: Weights = WEIGHTS_FILE,
+) -> None:
+    """Score with sacreBLEU: `--hyp H --ref R`, or `-m RUN --src S --ref R` to translate first."""
+    if (hyp is None) == (model is None):
+        raise ConfigError("give either --hyp FILE, or --model RUN with --src FILE")
+    if model is not None and src is None:
+        raise ConfigError("--model needs --src FILE, the source side to translate")
+    if hyp is not None and src is not None:
+        raise ConfigError("--src goes with --model; with --hyp there is nothing to translate")
+    metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
+    refs = [read_scored_lines(path, "reference") for path in ref]
+    if hyp is not None:
+        hyps = read_scored_lines(hyp, "hypothesis")
+        described = str(hyp)
+    else:
+        from seq2seq.device import resolve_device
+        from seq2seq.translator import Translator
+
+        cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens)
+        sources = read_scored_lines(src, "source")
+        for path, lines in zip(ref, refs):
+            if len(lines) != len(sources):
+                raise DataError(f"{src} has {len(sources)} lines but {path} has {len(lines)}")
+        translator = Translator.from_run(model, resolve_device(device), cfg, weights)
+        hyps = translator.translate(sources)
+        if output is not None:
+            atomic_write(output, lambda tmp: tmp.write_text("".join(h + "\n" for h in hyps), encoding="utf-8"))
+        described = f"{model} on {src} (beam {beam})"
+    for path, lines in zip(ref, refs):
+        if len(lines) != len(hyps):
+            raise DataError(f"{hyp or src} has {len(hyps)} lines but {path} has {len(lines)}")
+    scores = score_corpus(hyps, refs, metrics=metric_names, lowercase=lowercase, tokenize=tokenize)
+    if as_json:
+        print(json.dumps({**scores_to_json(scores), "hypotheses": described,
+                          "references": [str(p) for p in ref], "lines": len(hyps)}))
+    else:
+        stdout.print(score_table(scores, f"{described}: {len(hyps)} lines"))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,149 @@
+"""`s2s train`: every field of ModelConfig and TrainConfig as a flag; flags beat --config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import torch.distributed as dist
+import typer
+
+from seq2seq.checkpoint import read_run_config
+from seq2seq.config import PRESETS, resolve_train_configs
+from seq2seq.device import resolve_device
+from seq2seq.errors import ConfigError
+from seq2seq.train import train as run_training
+
+from .display import TrainDisplay
+
+DATA, MODEL, OPTIM, VALID, RUN = "Data", "Model", "Optimisation", "Validation", "Run"
+
+
+def _opt(help: str, panel: str, *names: str):
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)
+
+
+def distributed_device(requested: str) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1), join the process group and take this rank's GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return resolve_device(requested)
+    device = resolve_device(requested)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def train_command(
+    config: Annotated[Optional[Path], _opt("JSON config {\"model\": {...}, \"train\": {...}}; "
+                                           "a run's config.json works too.", RUN, "--config", "-c")] = None,
+    run: Annotated[Optional[Path], _opt("Run directory to write. [default: runs/SRC-TGT-TIME]",
+                                        RUN, "--run", "-r")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run from its last "
+                                         "checkpoint.", rich_help_panel=RUN)] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=RUN)] = "auto",
+    # Data
+    train: Annotated[Optional[str], _opt("Training corpus spec (see README). [default: data/multi30k/train]",
+                                         DATA, "--train")] = None,
+    valid: Annotated[Optional[str], _opt("Validation corpus spec; '' for none. [default: data/multi30k/val]",
+                                         DATA, "--valid")] = None,
+    src: Annotated[Optional[str], _opt("Source language code. [default: en]", DATA, "--src")] = None,
+    tgt: Annotated[Optional[str], _opt("Target language code. [default: de]", DATA, "--tgt")] = None,
+    tokenizer: Annotated[Optional[str], _opt("Tokenizer folder from `s2s tokenizer train`; "
+                                             "default: train one into the run.", DATA, "--tokenizer")] = None,
+    vocab_size: Annotated[Optional[int], _opt("Vocabulary size when training the tokenizer here. "
+                                              "[default: 8000]", DATA, "--vocab-size")] = None,
+    max_len: Annotated[Optional[int], _opt("Drop training pairs longer than this many tokens. "
+                                           "[default: 256]", DATA, "--max-len")] = None,
+    num_proc: Annotated[Optional[int], _opt("Processes for tokenizing the corpus. [default: 1]",
+                                            DATA, "--num-proc")] = None,
+    # Model
+    preset: Annotated[Optional[str], _opt(f"Architecture preset: {', '.join(PRESETS)}.",
+                                          MODEL, "--preset")] = None,
+    d_model: Annotated[Optional[int], _opt("Model width. [default: 256]", MODEL, "--d-model")] = None,
+    n_heads: Annotated[Optional[int], _opt("Attention heads. [default: 4]", MODEL, "--heads")] = None,
+    ffn_dim: Annotated[Optional[int], _opt("Feed-forward width. [default: 1024]", MODEL, "--ffn-dim")] = None,
+    encoder_layers: Annotated[Optional[int], _opt("[default: 3]", MODEL, "--encoder-layers")] = None,
+    decoder_layers: Annotated[Optional[int], _opt("[default: 3]", MODEL, "--decoder-layers")] = None,
+    dropout: Annotated[Optional[float], _opt("[default: 0.1]", MODEL, "--dropout")] = None,
+    attention_dropout: Annotated[Optional[float], _opt("[default: 0.0]", MODEL, "--attention-dropout")] = None,
+    activation: Annotated[Optional[str], _opt("relu or gelu. [default: relu]", MODEL, "--activation")] = None,
+    norm: Annotated[Optional[str], _opt("pre or post layer norm. [default: pre]", MODEL, "--norm")] = None,
+    max_positions: Annotated[Optional[int], _opt("Longest sequence the model accepts. [default: 1024]",
+                                                 MODEL, "--max-positions")] = None,
+    share_embeddings: Annotated[Optional[bool], typer.Option(
+        "--share-embeddings/--no-share-embeddings", show_default=False, rich_help_panel=MODEL,
+        help="Tie source, target and output embeddings when the vocabulary is shared. [default: share]")] = None,
+    # Optimisation
+    max_tokens: Annotated[Optional[int], _opt("Padded tokens per batch. [default: 4096]",
+                                              OPTIM, "--max-tokens")] = None,
+    accum_steps: Annotated[Optional[int], _opt("Batches per update. [default: 1]", OPTIM, "--accum-steps")] = None,
+    epochs: Annotated[Optional[int], _opt("[default: 30]", OPTIM, "--epochs")] = None,
+    max_steps: Annotated[Optional[int], _opt("Stop after this many updates; 0 = no limit. [default: 0]",
+                                             OPTIM, "--max-steps")] = None,
+    max_time: Annotated[Optional[float], _opt("Stop cleanly after this many seconds; 0 = no limit. "
+                                              "[default: 0]", OPTIM, "--max-time")] = None,
+    lr: Annotated[Optional[float], _opt("Peak learning rate. [default: 1e-3]", OPTIM, "--lr")] = None,
+    warmup_steps: Annotated[Optional[int], _opt("[default: 1000]", OPTIM, "--warmup-steps")] = None,
+    weight_decay: Annotated[Optional[float], _opt("[default: 0.0]", OPTIM, "--weight-decay")] = None,
+    label_smoothing: Annotated[Optional[float], _opt("[default: 0.1]", OPTIM, "--label-smoothing")] = None,
+    clip_norm: Annotated[Optional[float], _opt("Gradient norm clip; 0 = off. [default: 1.0]",
+                                               OPTIM, "--clip-norm")] = None,
+    seed: Annotated[Optional[int], _opt("[default: 1]", OPTIM, "--seed")] = None,
+    # Validation
+    valid_every: Annotated[Optional[int], _opt("Validate every N updates; 0 = every epoch. [default: 0]",
+                                               VALID, "--valid-every")] = None,
+    valid_beam: Annotated[Optional[int], _opt("Beam for validation BLEU; 1 = greedy. [default: 1]",
+                                              VALID, "--valid-beam")] = None,
+    valid_bleu_max: Annotated[Optional[int], _opt("Score BLEU on at most N sentences; 0 = all. [default: 0]",
+                                                  VALID, "--valid-bleu-max")] = None,
+    patience: Annotated[Optional[int], _opt("Stop after N validations without improvement; 0 = never. "
+                                            "[default: 10]", VALID, "--patience")] = None,
+    early_stop_metric: Annotated[Optional[str], _opt("bleu or loss. [default: bleu]",
+                                                     VALID, "--early-stop-metric")] = None,
+    log_every: Annotated[Optional[int], _opt("Updates between progress lines. [default: 50]",
+                                             VALID, "--log-every")] = None,
+) -> None:
+    """Train a Transformer. With no options: English to German on the bundled Multi30k, into runs/."""
+    model_flags = {k: v for k, v in dict(
+        d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim, encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers, dropout=dropout, attention_dropout=attention_dropout,
+        activation=activation, norm=norm, max_positions=max_positions,
+        share_embeddings=share_embeddings).items() if v is not None}
+    train_flags = {k: v for k, v in dict(
+        train=train, valid=valid, src_lang=src, tgt_lang=tgt, tokenizer=tokenizer, vocab_size=vocab_size,
+        max_len=max_len, num_proc=num_proc, max_tokens=max_tokens, accum_steps=accum_steps, epochs=epochs,
+        max_steps=max_steps, max_time=max_time, lr=lr, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, label_smoothing=label_smoothing, clip_norm=clip_norm, seed=seed,
+        valid_every=valid_every, valid_beam=valid_beam, valid_bleu_max=valid_bleu_max, patience=patience,
+        early_stop_metric=early_stop_metric, log_every=log_every).items() if v is not None}
+    if resume:
+        budget = {"epochs", "max_steps", "max_time", "patience"}
+        fixed = sorted(set(train_flags) - budget) + sorted(model_flags)
+        if run is None:
+            raise ConfigError("--resume needs --run DIR, the run directory to continue")
+        if fixed or preset or config:
+            raise ConfigError("--resume continues a run with its saved config; only --epochs, --max-steps, "
+                              f"--max-time and --patience may change (got {', '.join(fixed) or '--config/--preset'})")
+    if resume:
+        saved = read_run_config(run)
+        model_cfg, train_cfg = saved.model, dataclasses.replace(saved.train, **train_flags)
+        train_cfg.validate()
+    else:
+        model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)
+    if run is None:
+        run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
+    torch_device = distributed_device(device)
+    display = TrainDisplay()
+    try:
+        run_training(run, model_cfg, train_cfg, torch_device, resume=resume, on_event=display)
+    finally:
+        display.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()

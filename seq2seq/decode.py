@@ -1,0 +1,286 @@
+"""Greedy and beam search over the model's decoder cache.
+
+Shapes: B sentences, K beam size, S source length, D d_model, V target
+vocabulary. Beam search folds sentences and beams into one batch dimension
+(B*K), as JoeyNMT does, so that each step is one call to `model.decode`.
+
+Both searches feed one new token per step through a `DecoderCache` and drop
+sentences from the batch as soon as they are done, so the batch shrinks as
+the search goes on. Padding and BOS are never produced: their log-probability
+is set to -inf before a token is chosen (as fairseq does for padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import DecodeConfig
+from .errors import ConfigError
+from .model import DecoderCache, Seq2SeqTransformer
+
+LENGTH_PENALTIES = ("gnmt", "average", "none")
+
+
+@dataclass
+class Hypothesis:
+    """One finished output of a search."""
+
+    tokens: list[int]  # output ids, without BOS and without the final EOS
+    score: float  # length-penalised log-probability: what beams are ranked by
+    logprob: float  # raw sum of token log-probabilities, EOS included
+
+
+def length_penalty_factor(length: int, kind: str, alpha: float) -> float:
+    """The divisor of a hypothesis' log-probability: score = logprob / factor.
+
+    `length` counts output tokens including EOS. "gnmt" is ((5 + len) / 6) ** alpha
+    (Wu et al. 2016), "average" is len ** alpha, "none" is 1.
+    """
+    if kind == "gnmt":
+        return ((5 + length) / 6) ** alpha
+    if kind == "average":
+        return length ** alpha
+    if kind == "none":
+        return 1.0
+    raise ConfigError(f"unknown length penalty {kind!r}; choose from {', '.join(LENGTH_PENALTIES)}")
+
+
+def _require_eval_mode(model: Seq2SeqTransformer) -> None:
+    """Dropout in training mode would make the search random."""
+    if model.training:
+        raise ValueError("decoding needs the model in eval mode; call model.eval() first")
+
+
+def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor,
+                         src_mask: Tensor, cache: DecoderCache) -> Tensor:
+    """Log-probabilities (N, V) of the token after `last_tokens` (N, 1); the cache grows by one."""
+    logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1]  # (N, V)
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # (N, V): float32 even under autocast
+    logprobs[:, [model.cfg.pad_id, model.cfg.bos_id]] = float("-inf")
+    return logprobs
+
+
+def _force_eos(logprobs: Tensor, at_limit: Tensor, eos_id: int) -> Tensor:
+    """Leave only EOS, at its model log-probability, in rows `at_limit` (N,) of (N, V)."""
+    eos_only = torch.full_like(logprobs, float("-inf"))  # (N, V)
+    eos_only[:, eos_id] = logprobs[:, eos_id]
+    return torch.where(at_limit[:, None], eos_only, logprobs)  # (N, V)
+
+
+@torch.inference_mode()
+def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
+    """The most probable next token at each step, for each source row.
+
+    src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
+    output may have; at that length EOS is forced. Returns one `Hypothesis` per
+    row, in row order, with score equal to logprob.
+    """
+    _require_eval_mode(model)
+    n_rows = src.size(0)
+    if n_rows == 0:
+        return []
+    eos_id = model.cfg.eos_id
+    memory, src_mask = model.encode(src)  # (B, S, D), (B, S)
+    cache = DecoderCache()
+    row_max_len = max_len.to(src.device)  # (N,): N rows still decoding, N <= B
+    origin = list(range(n_rows))  # the input row of each row still decoding
+    history = torch.full((n_rows, 1), model.cfg.bos_id, dtype=torch.long, device=src.device)  # (N, 1)
+    total_logprob = torch.zeros(n_rows, device=src.device)  # (N,)
+    results: list[Hypothesis | None] = [None] * n_rows
+
+    for step in range(int(max_len.max()) + 1):
+        logprobs = _next_token_logprobs(model, history[:, -1:], memory, src_mask, cache)  # (N, V)
+        logprobs = _force_eos(logprobs, row_max_len <= step, eos_id)  # (N, V)
+        token_logprob, token = logprobs.max(dim=1)  # (N,), (N,)
+        total_logprob = total_logprob + token_logprob  # (N,)
+        history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
+        ended = token.eq(eos_id)  # (N,)
+        if not ended.any():
+            continue
+        ended_rows = ended.nonzero().squeeze(1)  # (E,)
+        for row, tokens, logprob in zip(ended_rows.tolist(),
+                                        history[ended_rows, 1:-1].tolist(),
+                                        total_logprob[ended_rows].tolist()):
+            results[origin[row]] = Hypothesis(tokens=tokens, score=logprob, logprob=logprob)
+        # Set finished rows aside so later steps only pay for the rows still decoding.
+        keep = (~ended).nonzero().squeeze(1)  # (N',)
+        if keep.numel() == 0:
+            break
+        origin = [origin[row] for row in keep.tolist()]
+        cache.select(keep)
+        memory = memory.index_select(0, keep)  # (N', S, D)
+        src_mask = src_mask.index_select(0, keep)  # (N', S)
+        history = history.index_select(0, keep)  # (N', step + 2)
+        total_logprob = total_logprob.index_select(0, keep)  # (N',)
+        row_max_len = row_max_len.index_select(0, keep)  # (N',)
+    return results  # every row has met EOS: it is forced at its max_len
+
+
+@torch.inference_mode()
+def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: int,
+                length_penalty: str = "gnmt", alpha: float = 0.6) -> list[list[Hypothesis]]:
+    """Beam search with `beam` (K) hypotheses per sentence, batched over sentences.
+
+    src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
+    output may have; at that length EOS is forced. Hypotheses are ranked by
+    logprob / `length_penalty_factor(len incl. EOS, length_penalty, alpha)`.
+    Returns, for each of the B sentences, up to K finished hypotheses, best first.
+
+    Stopping follows fairseq: a sentence is done as soon as it has K finished
+    hypotheses (or reaches its max_len). This is cheaper than waiting until no
+    live beam could still beat the worst finished one, and only EOS candidates
+    that rank within the top K are finished, so beam 1 is exactly greedy search.
+    """
+    _require_eval_mode(model)
+    if beam < 1:
+        raise ConfigError(f"beam size must be at least 1, got {beam}")
+    length_penalty_factor(1, length_penalty, alpha)  # reject an unknown kind before any work
+    n_sentences = src.size(0)
+    if n_sentences == 0:
+        return []
+    k = beam
+    eos_id = model.cfg.eos_id
+    device = src.device
+    sentence_max_len = max_len.tolist()  # by input sentence, for the Python-side bookkeeping
+
+    memory, src_mask = model.encode(src)  # (B, S, D), (B, S)
+    memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, D): sentence i's beams are rows i*K ...
+    src_mask = src_mask.repeat_interleave(k, dim=0)  # (B*K, S)
+    row_max_len = max_len.to(device).repeat_interleave(k)  # (B*K,)
+    cache = DecoderCache()
+    # N sentences are still searching (N <= B); `origin` maps each to its input sentence.
+    origin = list(range(n_sentences))
+    finished: list[list[Hypothesis]] = [[] for _ in range(n_sentences)]
+    history = torch.full((n_sentences * k, 1), model.cfg.bos_id, dtype=torch.long, device=device)  # (N*K, 1)
+    # Only beam 0 is live at first, so the K beams don't all pick the same tokens.
+    beam_logprob = torch.full((n_sentences, k), float("-inf"), device=device)  # (N, K)
+    beam_logprob[:, 0] = 0.0
+    first_row = torch.arange(n_sentences, device=device)[:, None] * k  # (B, 1): row of beam 0
+
+    for step in range(max(sentence_max_len) + 1):
+        n = len(origin)
+        logprobs = _next_token_logprobs(model, history[:, -1:], memory, src_mask, cache)  # (N*K, V)
+        logprobs = _force_eos(logprobs, row_max_len <= step, eos_id)  # (N*K, V)
+        vocab = logprobs.size(1)
+        candidates = (beam_logprob.view(-1, 1) + logprobs).view(n, k * vocab)  # (N, K*V)
+        # 2K candidates: at most K of them (one per beam) end in EOS, so K continue.
+        top_logprob, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (N, 2K)
+        top_row = top_index // vocab + first_row[:n]  # (N, 2K): the row each candidate extends
+        top_token = top_index % vocab  # (N, 2K)
+        ends = top_token.eq(eos_id)  # (N, 2K)
+
+        # EOS candidates within the top K finish; -inf ones come from dead beams.
+        finishing = ends[:, :k] & top_logprob[:, :k].isfinite()  # (N, K)
+        if finishing.any():
+            factor = length_penalty_factor(step + 1, length_penalty, alpha)
+            rows = top_row[:, :k][finishing]  # (E,), in the row-major order of nonzero()
+            for (i, _), tokens, logprob in zip(finishing.nonzero().tolist(),
+                                               history.index_select(0, rows)[:, 1:].tolist(),
+                                               top_logprob[:, :k][finishing].tolist()):
+                hypotheses = finished[origin[i]]
+                if len(hypotheses) < k:
+                    hypotheses.append(Hypothesis(tokens=tokens, score=logprob / factor, logprob=logprob))
+
+        # The first K non-EOS candidates of each sentence, in rank order, live on.
+        live = ends.long().sort(dim=1, stable=True).indices[:, :k]  # (N, K)
+        live_logprob = top_logprob.gather(1, live)  # (N, K)
+        live_row = top_row.gather(1, live)  # (N, K)
+        live_token = top_token.gather(1, live)  # (N, K)
+
+        searching = [i for i, s in enumerate(origin)
+                     if len(finished[s]) < k and step < sentence_max_len[s]]
+        if not searching:
+            break
+        if len(searching) < n:
+            # Drop finished sentences from the batch: later steps cost only what is left.
+            keep = torch.tensor(searching, device=device)  # (N',)
+            origin = [origin[i] for i in searching]
+            live_logprob = live_logprob.index_select(0, keep)  # (N', K)
+            live_row = live_row.index_select(0, keep)  # (N', K)
+            live_token = live_token.index_select(0, keep)  # (N', K)
+            rows = live_row.view(-1)  # (N'*K,)
+            # Within a sentence the cross-attention keys are identical, so reordering
+            # them along with the dropped rows is harmless.
+            cache.select(rows, cross=True)
+            memory = memory.index_select(0, rows)  # (N'*K, S, D)
+            src_mask = src_mask.index_select(0, rows)  # (N'*K, S)
+            row_max_len = row_max_len.index_select(0, rows)  # (N'*K,)
+        else:
+            rows = live_row.view(-1)  # (N*K,)
+            cache.select(rows, cross=False)  # beams move only within their own sentence
+        history = torch.cat([history.index_select(0, rows),
+                             live_token.view(-1, 1)], dim=1)  # (N'*K, step + 2)
+        beam_logprob = live_logprob  # (N', K)
+
+    return [sorted(hypotheses, key=lambda h: h.score, reverse=True) for hypotheses in finished]
+
+
+def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
+                  cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    """Greedy or beam search, as `cfg.beam` says, on one padded batch (B, S)."""
+    if cfg.beam == 1:
+        return [[hypothesis] for hypothesis in greedy_search(model, src, max_len)]
+    return beam_search(model, src, max_len, cfg.beam, cfg.length_penalty, cfg.alpha)
+
+
+def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices into `lengths`, longest first, grouped so rows x longest <= max_tokens.
+
+    A single row longer than `max_tokens` forms a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        # Longest first: a batch's first row sets its padded width.
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
+              cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    """All finished hypotheses for each source row, best first, in input order.
+
+    src_ids: token ids per row, each ending in EOS. Rows are sorted by length
+    and batched so that rows x longest source <= cfg.max_tokens. Each output may
+    have at most min(int(max_len_a * len(src) + max_len_b), max_positions - 1)
+    tokens, len(src) counting EOS. An empty row (not even EOS) gets the empty
+    output with score 0, without running the model. Greedy search (cfg.beam 1)
+    gives one hypothesis per row.
+    """
+    cfg.validate()
+    limit = model.cfg.max_positions
+    for line, ids in enumerate(src_ids, start=1):
+        if len(ids) > limit:
+            raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
+                             f"max_positions ({limit}); split or drop long lines before decoding")
+    device = next(model.parameters()).device
+    pad_id = model.cfg.pad_id
+    results = [[Hypothesis(tokens=[], score=0.0, logprob=0.0)] for _ in src_ids]
+    nonempty = [i for i, ids in enumerate(src_ids) if ids]
+    for batch in _length_batches([len(src_ids[i]) for i in nonempty], cfg.max_tokens):
+        rows = [src_ids[nonempty[j]] for j in batch]
+        width = len(rows[0])  # longest first
+        src = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in rows],
+                           dtype=torch.long, device=device)  # (B, S)
+        max_len = torch.tensor([min(int(cfg.max_len_a * len(ids) + cfg.max_len_b), limit - 1)
+                                for ids in rows], dtype=torch.long, device=device)  # (B,)
+        for j, hypotheses in zip(batch, _search_batch(model, src, max_len, cfg)):
+            results[nonempty[j]] = hypotheses
+    return results
+
+
+def translate_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
+                  cfg: DecodeConfig) -> list[list[int]]:
+    """The best output ids (no BOS, no EOS) for each source row, in input order.
+
+    src_ids: token ids per row, each ending in EOS; an empty row gives [].
+    Batching, length limits and search are those of `nbest_ids`.
+    """
+    return [hypotheses[0].tokens for hypotheses in nbest_ids(model, src_ids, cfg)]

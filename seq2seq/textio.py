@@ -1,0 +1,85 @@
+"""Lines in, lines out: the text contract of `s2s translate` and `s2s eval`.
+
+- A line ends at "\\n" and nowhere else; a trailing "\\r" is dropped. (Python's
+  `str.splitlines` also breaks at \\u2028, \\x0c, \\x85 and others, which would
+  turn one input line into several.)
+- Bytes that are not UTF-8 are decoded with U+FFFD replacement characters and
+  the lines affected are counted, never dropped.
+- An output line never contains a line break of any kind: `clean_output`
+  turns them into spaces, so one line in is always one line out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import DataError
+
+# Everything `str.splitlines` treats as a line boundary, plus other C0 controls
+# except tab, which a consumer splitting on "\n" or by `splitlines` might trip on.
+_LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+@dataclass
+class ReadStats:
+    """What reading an input stream did to it."""
+
+    lines: int = 0
+    invalid_utf8: int = 0  # lines that held bytes which are not UTF-8
+
+
+def iter_lines(stream: BinaryIO, stats: ReadStats) -> Iterator[str]:
+    """Decode a binary stream into lines, counting what needed replacement."""
+    for raw in stream:  # binary iteration splits on b"\n" only
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            stats.invalid_utf8 += 1
+        stats.lines += 1
+        yield line
+
+
+def open_binary(path: Path | str) -> BinaryIO:
+    """Open a plain or gzip'ed file for reading, with a DataError naming any problem."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def read_lines(path: Path | str) -> tuple[list[str], ReadStats]:
+    """All lines of a text file (plain or .gz)."""
+    stats = ReadStats()
+    try:
+        with open_binary(path) as stream:
+            return list(iter_lines(stream, stats)), stats
+    except (OSError, EOFError) as err:  # e.g. a corrupt .gz
+        raise DataError(f"{path}: cannot be read ({err})") from None
+
+
+def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Consecutive lists of up to `size` lines, without reading ahead further."""
+    iterator = iter(lines)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def clean_output(text: str) -> str:
+    """One output line: line breaks and control characters become spaces."""
+    return _LINE_BREAKING.sub(" ", text)

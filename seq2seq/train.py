@@ -1,0 +1,420 @@
+"""The training loop: teacher forcing with label smoothing, AdamW, inverse-sqrt warm-up.
+
+`train()` turns a `TrainConfig` and a `ModelConfig` into a run directory (see
+`seq2seq.checkpoint`). It reports progress by calling `on_event` with plain
+dicts, so the CLI can draw them and tests can read them; the same records go
+to `metrics.jsonl`.
+
+Under `torchrun` every rank trains on its own shard of each epoch's batches
+through DistributedDataParallel; rank 0 alone writes files and validates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import Batch, EpochBatches, TokenStore, collate, token_batches
+from .checkpoint import (CONFIG_FILE, MetricsLog, atomic_write_text, has_trainer_state,
+                         load_trainer_state, read_run_config, save_trainer_state, save_weights,
+                         WEIGHTS_FILE)
+from .config import DecodeConfig, ModelConfig, RunConfig, TrainConfig
+from .data import encode_corpus, filter_pairs, load_corpus
+from .decode import translate_ids
+from .errors import ConfigError, RunDirError
+from .evaluate import score_corpus
+from .model import Seq2SeqTransformer, build_model, count_parameters
+from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
+
+Event = dict[str, Any]
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; a resumable state was saved first."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step}; resume with: s2s train --run {run_dir} --resume")
+        self.run_dir, self.step = run_dir, step
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer updates done
+    epoch: int
+    best: dict[str, Any] | None  # the validation record of the best model, if validated
+    stop_reason: str  # "epochs", "max_steps", "max_time" or "early_stopping"
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to `peak` over `warmup` updates, then decay with 1/sqrt(step)."""
+    step = max(step, 1)
+    if warmup == 0:
+        return peak / math.sqrt(step)
+    return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+class EarlyStopping:
+    """Tracks the best validation score and how many validations since it improved."""
+
+    def __init__(self, metric: str, patience: int):
+        self.metric, self.patience = metric, patience
+        self.best: dict[str, Any] | None = None
+        self.bad_validations = 0
+
+    def improved(self, record: dict[str, Any]) -> bool:
+        """Record a validation; True if it is the best so far."""
+        value = record[f"valid_{self.metric}"]
+        if self.best is not None:
+            best = self.best[f"valid_{self.metric}"]
+            if (value <= best) if self.metric == "bleu" else (value >= best):
+                self.bad_validations += 1
+                return False
+        self.best, self.bad_validations = record, 0
+        return True
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_validations >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_validations": self.bad_validations}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_validations = state["best"], state["bad_validations"]
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
+                        smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL over non-pad targets.
+
+    logits (B, T, V), target (B, T).
+    """
+    flat_logits = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
+    flat_target = target.reshape(-1)  # (B*T,)
+    loss = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id,
+                           label_smoothing=smoothing, reduction="sum")
+    with torch.no_grad():
+        nll = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id, reduction="sum")
+    return loss, nll
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class PreparedData:
+    tokenizers: TokenizerPair
+    train_src: TokenStore
+    train_tgt: TokenStore
+    valid_src: TokenStore | None
+    valid_tgt: TokenStore | None
+    valid_src_lines: list[str]  # raw validation text for BLEU
+    valid_ref_lines: list[str]
+
+
+class Trainer:
+    """One training run into one run directory."""
+
+    def __init__(self, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
+                 device: torch.device, on_event: Callable[[Event], None]):
+        self.run_dir, self.cfg, self.device = Path(run_dir), cfg, device
+        self.rank, self.world_size = distributed_rank_and_size()
+        self.is_main = self.rank == 0
+        self.on_event = on_event
+        self.metrics = MetricsLog(self.run_dir)
+        self.data = self.prepare_data()
+        self.model_cfg = dataclasses.replace(
+            model_cfg,
+            src_vocab_size=self.data.tokenizers.src.vocab_size,
+            tgt_vocab_size=self.data.tokenizers.tgt.vocab_size,
+            share_embeddings=model_cfg.share_embeddings and self.data.tokenizers.shared,
+            pad_id=self.data.tokenizers.tgt.pad_id, unk_id=self.data.tokenizers.tgt.unk_id,
+            bos_id=self.data.tokenizers.tgt.bos_id, eos_id=self.data.tokenizers.tgt.eos_id)
+        if cfg.max_len > self.model_cfg.max_positions:
+            raise ConfigError(f"train.max_len ({cfg.max_len}) exceeds model.max_positions "
+                              f"({self.model_cfg.max_positions})")
+        torch.manual_seed(cfg.seed)
+        self.model: Seq2SeqTransformer = build_model(self.model_cfg).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+            fused=device.type == "cuda")
+        self.train_model: nn.Module = self.model
+        if self.world_size > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.batches = EpochBatches(self.data.train_src.lengths, self.data.train_tgt.lengths,
+                                    cfg.max_tokens, cfg.seed, self.rank, self.world_size)
+        self.early_stopping = EarlyStopping(cfg.early_stop_metric, cfg.patience)
+        self.step, self.epoch, self.position = 0, 1, 0
+        self.validated_step = -1
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else contextlib.nullcontext())
+
+    # ------------------------------------------------------------------ data
+
+    def emit(self, event: Event) -> None:
+        if not self.is_main:
+            return
+        if event["event"] in ("train", "valid"):
+            self.metrics.write(event)
+        self.on_event(event)
+
+    def prepare_data(self) -> PreparedData:
+        cfg = self.cfg
+        train_corpus = load_corpus(cfg.train, cfg.src_lang, cfg.tgt_lang)
+        tokenizers = self.prepare_tokenizers(train_corpus)
+        train_ids, report = filter_pairs(encode_corpus(train_corpus, tokenizers, num_proc=cfg.num_proc),
+                                         cfg.max_len, num_proc=cfg.num_proc)
+        self.emit({"event": "data", "split": "train", "corpus": cfg.train, "pairs": len(train_corpus),
+                   "kept": report.kept, "too_long": report.too_long, "empty": report.empty,
+                   "max_len": cfg.max_len})
+        valid_src = valid_tgt = None
+        valid_src_lines: list[str] = []
+        valid_ref_lines: list[str] = []
+        if cfg.valid:
+            valid_corpus = load_corpus(cfg.valid, cfg.src_lang, cfg.tgt_lang)
+            valid_ids, valid_report = filter_pairs(encode_corpus(valid_corpus, tokenizers), cfg.max_len)
+            self.emit({"event": "data", "split": "valid", "corpus": cfg.valid,
+                       "pairs": len(valid_corpus), "kept": valid_report.kept,
+                       "too_long": valid_report.too_long, "empty": valid_report.empty,
+                       "max_len": cfg.max_len})
+            valid_src = TokenStore(valid_ids.data.column("src_ids"))
+            valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"))
+            limit = cfg.valid_bleu_max or len(valid_corpus)
+            valid_src_lines = valid_corpus["src"][:limit]
+            valid_ref_lines = valid_corpus["tgt"][:limit]
+        return PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids")),
+                            TokenStore(train_ids.data.column("tgt_ids")), valid_src, valid_tgt,
+                            valid_src_lines, valid_ref_lines)
+
+    def prepare_tokenizers(self, train_corpus) -> TokenizerPair:
+        """The run's own tokenizer: copied from --tokenizer, or trained here on a sample.
+
+        Rank 0 writes it; the other ranks wait, then read the same files.
+        """
+        resuming = (self.run_dir / CONFIG_FILE).is_file()
+        if self.is_main and not resuming:
+            if self.cfg.tokenizer:
+                source = load_tokenizers(self.cfg.tokenizer)
+                for path in source.files():
+                    shutil.copyfile(path, self.run_dir / path.name)
+            else:
+                self.emit({"event": "tokenizer", "vocab_size": self.cfg.vocab_size})
+                train_tokenizer(train_corpus, self.run_dir, vocab_size=self.cfg.vocab_size,
+                                seed=self.cfg.seed)
+        if self.world_size > 1:
+            dist.barrier()
+        return load_tokenizers(self.run_dir)
+
+    def batch(self, index: np.ndarray, src: TokenStore, tgt: TokenStore) -> Batch:
+        return collate(src.rows(index), tgt.rows(index), self.model_cfg.pad_id,
+                       self.model_cfg.bos_id).to(self.device)
+
+    # -------------------------------------------------------------- training
+
+    def update(self, group: list[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """One optimizer update over `group` (accumulated batches); returns summed loss and tokens."""
+        self.train_model.train()
+        lr = inverse_sqrt_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        batches = [self.batch(index, self.data.train_src, self.data.train_tgt) for index in group]
+        # Normalise by the tokens of the whole update, so accumulation equals one big batch.
+        tokens = sum(b.n_tgt_tokens for b in batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            # Under DDP, all-reduce gradients only on the last micro-batch.
+            sync = (i == len(batches) - 1 or self.world_size == 1)
+            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
+            with ctx:
+                with self.autocast:
+                    logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
+                loss, _ = label_smoothed_loss(logits, batch.tgt_out, self.model_cfg.pad_id,
+                                              self.cfg.label_smoothing)
+                (loss / tokens).backward()
+            loss_sum += loss.detach()
+        if self.cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum, tokens
+
+    @torch.no_grad()
+    def validate(self) -> Event:
+        """Validation loss (NLL per target token) and BLEU, recorded for early stopping."""
+        self.model.eval()
+        cfg, data = self.cfg, self.data
+        nll_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        lengths = (data.valid_src.lengths, data.valid_tgt.lengths)
+        for index in token_batches(*lengths, cfg.max_tokens, rng=None):
+            batch = self.batch(index, data.valid_src, data.valid_tgt)
+            with self.autocast:
+                logits = self.model(batch.src, batch.tgt_in)
+            nll_sum += label_smoothed_loss(logits, batch.tgt_out, self.model_cfg.pad_id, 0.0)[1]
+            tokens += batch.n_tgt_tokens
+        nll = nll_sum.item() / max(tokens, 1)
+        hyps = self.translate(data.valid_src_lines)
+        bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
+        record = {"event": "valid", "step": self.step, "epoch": self.epoch, "valid_loss": nll,
+                  "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
+                  "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
+        record["best"] = self.early_stopping.improved(record)
+        self.validated_step = self.step
+        return record
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """Translate raw source lines with the current weights (validation BLEU)."""
+        tok = self.data.tokenizers
+        limit = self.model_cfg.max_positions - 1  # leave room for EOS
+        src_ids = [ids[:limit] + [tok.src.eos_id] if line.strip() else []
+                   for line, ids in zip(lines, tok.src.encode(lines))]
+        with self.autocast:
+            out = translate_ids(self.model, src_ids, DecodeConfig(beam=self.cfg.valid_beam))
+        return tok.tgt.decode(out)
+
+    def save(self) -> None:
+        save_trainer_state(self.run_dir, self.model, self.optimizer, {
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "early_stopping": self.early_stopping.state()})
+
+    def validate_and_save(self) -> None:
+        """Validate (if there is a validation set), keep the best weights, save the trainer state."""
+        if self.is_main:
+            if self.data.valid_src is not None:
+                record = self.validate()
+                if record["best"]:
+                    save_weights(self.model, self.run_dir / WEIGHTS_FILE,
+                                 metadata={"step": str(self.step)})
+                self.emit(record)
+            else:  # nothing to choose by: the latest weights are the model
+                save_weights(self.model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
+            self.save()
+        if self.world_size > 1:
+            dist.barrier()
+
+    def should_stop_early(self) -> bool:
+        """Rank 0 decides; every rank must agree or DDP would hang."""
+        stop = torch.tensor([int(self.early_stopping.should_stop)], device=self.device)
+        if self.world_size > 1:
+            dist.broadcast(stop, src=0)
+        return bool(stop.item())
+
+    def resume(self) -> None:
+        progress = load_trainer_state(self.run_dir, self.model, self.optimizer)
+        self.step, self.epoch, self.position = progress["step"], progress["epoch"], progress["position"]
+        self.early_stopping.restore(progress["early_stopping"])
+        self.validated_step = self.step
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        per_epoch = math.ceil(len(self.batches) / cfg.accum_steps)
+        total = per_epoch * cfg.epochs if cfg.epochs else 0
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps) if total else cfg.max_steps
+        self.emit({"event": "start", "run_dir": str(self.run_dir), "step": self.step,
+                   "total_steps": total, "updates_per_epoch": per_epoch,
+                   "params": count_parameters(self.model), "device": str(self.device),
+                   "world_size": self.world_size, "max_time": cfg.max_time})
+        start = time.monotonic()
+        interval_start, interval_tokens = start, 0
+        loss_sum = torch.zeros((), device=self.device)
+        loss_tokens = 0
+        stop_reason = "epochs"
+        try:
+            while not cfg.epochs or self.epoch <= cfg.epochs:
+                batches = self.batches.epoch(self.epoch)
+                while self.position < len(batches):
+                    group = batches[self.position:self.position + cfg.accum_steps]
+                    loss, tokens = self.update(group)
+                    self.position += len(group)
+                    loss_sum += loss
+                    loss_tokens += tokens
+                    interval_tokens += tokens
+                    if self.step % cfg.log_every == 0:
+                        now = time.monotonic()
+                        # The only host sync in the loop: reading the summed loss.
+                        self.emit({"event": "train", "step": self.step, "epoch": self.epoch,
+                                   "loss": loss_sum.item() / max(loss_tokens, 1),
+                                   "lr": self.optimizer.param_groups[0]["lr"],
+                                   "tgt_tokens_per_s": interval_tokens * self.world_size / (now - interval_start),
+                                   "elapsed": now - start})
+                        loss_sum.zero_()
+                        loss_tokens, interval_start, interval_tokens = 0, now, 0
+                    if cfg.valid_every and self.step % cfg.valid_every == 0:
+                        self.validate_and_save()
+                        if self.should_stop_early():
+                            return self.finish("early_stopping")
+                    if cfg.max_steps and self.step >= cfg.max_steps:
+                        return self.finish("max_steps")
+                    if cfg.max_time and time.monotonic() - start >= cfg.max_time:
+                        return self.finish("max_time")
+                self.epoch, self.position = self.epoch + 1, 0
+                if not cfg.valid_every:
+                    self.validate_and_save()
+                    if self.should_stop_early():
+                        return self.finish("early_stopping")
+        except KeyboardInterrupt:
+            if self.is_main:
+                self.save()
+            raise TrainingInterrupted(self.run_dir, self.step) from None
+        return self.finish(stop_reason)
+
+    def finish(self, reason: str) -> TrainResult:
+        if self.validated_step != self.step:
+            self.validate_and_save()
+        result = TrainResult(self.run_dir, self.step, self.epoch, self.early_stopping.best, reason)
+        self.emit({"event": "stop", "reason": reason, "step": self.step, "best": self.early_stopping.best})
+        return result
+
+
+def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
+          *, resume: bool = False, on_event: Callable[[Event], None] = lambda event: None) -> TrainResult:
+    """Train a model into `run_dir`, or continue the run there with `resume=True`.
+
+    On resume, `model_cfg` and `train_cfg` must equal the saved configs except
+    for the stopping budget (epochs, max_steps, max_time, patience).
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        if not has_trainer_state(run_dir):
+            raise RunDirError(f"{run_dir}: nothing to resume (no saved trainer state)")
+        saved = read_run_config(run_dir)
+        budget = dict(epochs=train_cfg.epochs, max_steps=train_cfg.max_steps,
+                      max_time=train_cfg.max_time, patience=train_cfg.patience)
+        if model_cfg != saved.model or train_cfg != dataclasses.replace(saved.train, **budget):
+            raise ConfigError(f"{run_dir}: resuming with a config other than the saved one; "
+                              "only epochs, max_steps, max_time and patience may change")
+        model_cfg = saved.model
+    elif (run_dir / CONFIG_FILE).exists():
+        raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                          "or choose another --run directory")
+    model_cfg.validate()
+    train_cfg.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event)
+    if resume:
+        trainer.resume()
+    elif trainer.is_main:
+        tokenizers = trainer.data.tokenizers
+        config = RunConfig(model=trainer.model_cfg, train=train_cfg, tokenizer_sha256={
+            t.path.name: t.sha256 for t in (tokenizers.src, tokenizers.tgt)})
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
+    return trainer.run()

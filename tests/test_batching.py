@@ -1,0 +1,49 @@
+import numpy as np
+import pyarrow as pa
+
+from seq2seq.batching import EpochBatches, TokenStore, collate, token_batches
+
+
+def test_batches_respect_the_token_budget_and_cover_every_pair_once():
+    rng = np.random.default_rng(0)
+    src, tgt = rng.integers(1, 50, 500), rng.integers(1, 50, 500)
+    batches = token_batches(src, tgt, max_tokens=200, rng=np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) * max(src[b].max(), tgt[b].max()) <= 200
+
+
+def test_oversized_pair_gets_a_batch_of_its_own():
+    batches = token_batches(np.array([5, 300, 5]), np.array([5, 5, 5]), max_tokens=100, rng=None)
+    assert [len(b) for b in batches if 1 in b] == [1]
+
+
+def test_epoch_order_is_reproducible_and_changes_between_epochs():
+    lens = np.arange(1, 201) % 37 + 1
+    a, b = EpochBatches(lens, lens, 256, seed=3), EpochBatches(lens, lens, 256, seed=3)
+    assert all((x == y).all() for x, y in zip(a.epoch(2), b.epoch(2)))
+    assert any(len(x) != len(y) or (x != y).any() for x, y in zip(a.epoch(1), a.epoch(2)))
+
+
+def test_ranks_get_disjoint_equal_shards():
+    lens = np.arange(1, 301) % 29 + 1
+    shards = [EpochBatches(lens, lens, 128, seed=1, rank=r, world_size=2).epoch(4) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    seen = [set(np.concatenate(s).tolist()) for s in shards]
+    assert not seen[0] & seen[1]
+
+
+def test_collate_shifts_targets_for_teacher_forcing():
+    store = TokenStore(pa.array([[5, 6, 3], [7, 3]], type=pa.list_(pa.int32())))
+    batch = collate(store.rows(np.array([0, 1])), store.rows(np.array([1, 0])), pad_id=0, bos_id=2)
+    assert batch.src.tolist() == [[5, 6, 3], [7, 3, 0]]
+    assert batch.tgt_out.tolist() == [[7, 3, 0], [5, 6, 3]]
+    assert batch.tgt_in.tolist() == [[2, 7, 0], [2, 5, 6]]
+    assert batch.n_tgt_tokens == 5
+
+
+def test_token_store_handles_sliced_chunked_columns():
+    column = pa.chunked_array([pa.array([[1], [2, 2]]), pa.array([[3, 3, 3]])]).slice(1)
+    store = TokenStore(column)
+    assert store.lengths.tolist() == [2, 3]
+    assert [r.tolist() for r in store.rows(np.array([1, 0]))] == [[3, 3, 3], [2, 2]]

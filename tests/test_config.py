@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from seq2seq.config import (FORMAT_VERSION, DecodeConfig, ModelConfig, RunConfig, TrainConfig,
+                            from_dict, resolve_train_configs)
+from seq2seq.errors import ConfigError
+
+
+def test_round_trip_through_json():
+    config = RunConfig(model=ModelConfig(d_model=64, n_heads=2), train=TrainConfig(lr=5e-4, betas=(0.9, 0.99)),
+                       tokenizer_sha256={"tokenizer.model": "ab"})
+    again = RunConfig.from_json_dict(json.loads(config.to_json()), "config.json")
+    assert again == config
+    assert again.train.betas == (0.9, 0.99)
+    assert json.loads(config.to_json())["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"d_model": 64, "n_heads": 5}, "must divide"),
+    ({"d_model": -1}, "must be positive"),
+    ({"d_modle": 64}, "unknown key"),
+    ({"d_model": "big"}, "must be of type int"),
+    ({"share_embeddings": 1}, "must be of type bool"),
+    ({"norm": "middle"}, "must be one of"),
+    ({"dropout": 1.5}, r"in \[0, 1\)"),
+])
+def test_bad_model_config_is_refused(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ModelConfig, data, "model")
+
+
+def test_bad_train_config_is_refused():
+    with pytest.raises(ConfigError, match="same|both"):
+        from_dict(TrainConfig, {"src_lang": "en", "tgt_lang": "en"}, "train")
+    with pytest.raises(ConfigError, match="max_tokens"):
+        from_dict(TrainConfig, {"max_tokens": 10, "max_len": 100}, "train")
+
+
+@pytest.mark.parametrize("beam, message", [(0, "at least 1"), (-3, "at least 1")])
+def test_bad_decode_config(beam, message):
+    with pytest.raises(ConfigError, match=message):
+        DecodeConfig(beam=beam).validate()
+
+
+def test_future_format_version_is_refused():
+    with pytest.raises(ConfigError, match="format version 99"):
+        RunConfig.from_json_dict({"format_version": 99}, "config.json")
+
+
+def test_flags_beat_preset_beats_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": {"d_model": 64, "n_heads": 2, "dropout": 0.3},
+                                "train": {"lr": 0.01, "epochs": 3}}))
+    model, train = resolve_train_configs(path, "tiny", {"dropout": 0.2}, {"epochs": 7})
+    assert model.d_model == 128  # preset over file
+    assert model.dropout == 0.2  # flag over file
+    assert train.lr == 0.01 and train.epochs == 7
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"learning_rate": 1}}))
+    with pytest.raises(ConfigError, match=r"c\.json: train: unknown key\(s\) learning_rate"):
+        resolve_train_configs(path, None, {}, {})
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        resolve_train_configs(path, None, {}, {})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_train_configs(None, "huge", {}, {})

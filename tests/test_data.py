@@ -1,0 +1,440 @@
+"""Corpus loading in every spec format, tokenizing through datasets.map, length filtering."""
+
+import gzip
+import json
+import os
+
+import datasets
+import pytest
+
+from seq2seq.data import LengthFilterReport, encode_corpus, filter_pairs, load_corpus, token_lengths
+from seq2seq.errors import DataError
+from seq2seq.tokenizer import EOS_ID, train_tokenizer
+
+pytestmark = pytest.mark.usefixtures("hf_cache")
+
+# Pairs whose text would break a careless reader: characters str.splitlines
+# splits on, a "\r" inside a line, a tab in JSON, an empty side.
+PAIRS = [
+    ("A dog runs.", "Ein Hund läuft."),
+    ("line\u2028separator", "Zeilen\u2028trenner"),
+    ("form\x0cfeed", "Seiten\x0cvorschub"),
+    ("next\x85line", "nächste\x85Zeile"),
+    ("carriage\rreturn", "Wagen\rrücklauf"),
+    ("", "nur Ziel"),
+    ("Grüße, 你好 😀", "Grüße"),
+]
+PLAIN_PAIRS = [(s, t) for s, t in PAIRS if "\t" not in s + t]
+
+
+def as_pairs(corpus: datasets.Dataset) -> list[tuple[str, str]]:
+    assert corpus.column_names == ["src", "tgt"]
+    assert corpus.features == datasets.Features({"src": datasets.Value("string"),
+                                                 "tgt": datasets.Value("string")})
+    return list(zip(corpus["src"], corpus["tgt"]))
+
+
+def write_lines(path, lines, *, ending=b"\n"):
+    data = b"".join(line.encode("utf-8") + ending for line in lines)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def write_jsonl(path, rows):
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def nested(pairs):
+    return {"translation": [{"en": s, "de": t} for s, t in pairs]}
+
+
+def top_level(pairs):
+    return {"en": [s for s, _ in pairs], "de": [t for _, t in pairs], "id": list(range(len(pairs)))}
+
+
+# Each writer puts PAIRS (en-de) on disk in one format and returns the spec.
+
+def plain(tmp_path):
+    write_lines(tmp_path / "corpus.en", [s for s, _ in PAIRS])
+    write_lines(tmp_path / "corpus.de", [t for _, t in PAIRS], ending=b"\r\n")
+    return str(tmp_path / "corpus")
+
+
+def gzipped(tmp_path):
+    write_lines(tmp_path / "corpus.en.gz", [s for s, _ in PAIRS])
+    write_lines(tmp_path / "corpus.de", [t for _, t in PAIRS])
+    return str(tmp_path / "corpus")
+
+
+def tsv(tmp_path):
+    write_lines(tmp_path / "corpus.tsv", [f"{s}\t{t}" for s, t in PAIRS])
+    return str(tmp_path / "corpus.tsv")
+
+
+def tsv_gz(tmp_path):
+    write_lines(tmp_path / "corpus.tsv.gz", [f"{s}\t{t}" for s, t in PAIRS])
+    return str(tmp_path / "corpus.tsv.gz")
+
+
+def jsonl_nested(tmp_path):
+    write_jsonl(tmp_path / "corpus.jsonl", [{"translation": {"de": t, "en": s}} for s, t in PAIRS])
+    return str(tmp_path / "corpus.jsonl")
+
+
+def jsonl_top_level_gz(tmp_path):
+    rows = [{"en": s, "de": t, "id": i} for i, (s, t) in enumerate(PAIRS)]
+    write_jsonl(tmp_path / "corpus.jsonl.gz", rows)
+    return str(tmp_path / "corpus.jsonl.gz")
+
+
+def json_array(tmp_path):
+    rows = [{"translation": {"en": s, "de": t}} for s, t in PAIRS]
+    (tmp_path / "corpus.json").write_text(json.dumps(rows), encoding="utf-8")
+    return str(tmp_path / "corpus.json")
+
+
+def parquet_nested(tmp_path):
+    datasets.Dataset.from_dict(nested(PAIRS)).to_parquet(str(tmp_path / "corpus.parquet"))
+    return str(tmp_path / "corpus.parquet")
+
+
+def parquet_top_level(tmp_path):
+    datasets.Dataset.from_dict(top_level(PAIRS)).to_parquet(str(tmp_path / "corpus.parquet"))
+    return str(tmp_path / "corpus.parquet")
+
+
+def saved_dataset(tmp_path):
+    datasets.Dataset.from_dict(top_level(PAIRS)).save_to_disk(str(tmp_path / "saved"))
+    return str(tmp_path / "saved")
+
+
+def saved_dataset_dict(tmp_path):
+    other = datasets.Dataset.from_dict(nested([("x", "y")]))
+    datasets.DatasetDict({"train": other, "validation": datasets.Dataset.from_dict(nested(PAIRS))}) \
+        .save_to_disk(str(tmp_path / "saved"))
+    return str(tmp_path / "saved") + "#validation"
+
+
+def hub_local_folder(tmp_path):
+    folder = tmp_path / "my_hub_dataset" / "data"
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_dict(nested([("x", "y")])).to_parquet(str(folder / "train-0-of-1.parquet"))
+    datasets.Dataset.from_dict(nested(PAIRS)).to_parquet(str(folder / "test-0-of-1.parquet"))
+    return f"hub:{tmp_path / 'my_hub_dataset'}#test"
+
+
+@pytest.mark.parametrize("write", [plain, gzipped, tsv, tsv_gz, jsonl_nested, jsonl_top_level_gz,
+                                   json_array, parquet_nested, parquet_top_level, saved_dataset,
+                                   saved_dataset_dict, hub_local_folder])
+def test_every_format_loads_the_same_pairs(tmp_path, write):
+    assert as_pairs(load_corpus(write(tmp_path), "en", "de")) == PAIRS
+
+
+@pytest.mark.parametrize("write", [plain, jsonl_nested, parquet_top_level])
+def test_languages_pick_and_order_the_sides(tmp_path, write):
+    assert as_pairs(load_corpus(write(tmp_path), "de", "en")) == [(t, s) for s, t in PAIRS]
+
+
+def test_cache_dir_holds_the_arrow_files(tmp_path, hf_cache):
+    corpus = load_corpus(plain(tmp_path), "en", "de", cache_dir=str(tmp_path / "cache"))
+    assert all(f["filename"].startswith(str(tmp_path / "cache")) for f in corpus.cache_files)
+    assert not hf_cache.exists()
+
+
+def test_bundled_multi30k(multi30k):
+    val = load_corpus(str(multi30k / "val"), "en", "de")
+    assert len(val) == 1014
+    with gzip.open(multi30k / "val.en.gz", "rt", encoding="utf-8") as en, \
+            gzip.open(multi30k / "val.de.gz", "rt", encoding="utf-8") as de:
+        assert val[0] == {"src": en.readline().rstrip("\n"), "tgt": de.readline().rstrip("\n")}
+    assert len(load_corpus(str(multi30k / "train"), "fr", "cs")) == 29000
+
+
+def test_unusual_line_breaks_stay_inside_their_line(tmp_path):
+    (tmp_path / "c.en").write_bytes(
+        b"one\xe2\x80\xa8still one\r\ntwo\x0ctwo\rtwo\nthree\x1c\x1d\x1e\nfour")
+    (tmp_path / "c.de").write_bytes(b"eins\neins\xc2\x85zwei\ndrei\r\nvier\n")
+    corpus = load_corpus(str(tmp_path / "c"), "en", "de")
+    assert as_pairs(corpus) == [("one\u2028still one", "eins"), ("two\x0ctwo\rtwo", "eins\x85zwei"),
+                                ("three\x1c\x1d\x1e", "drei"), ("four", "vier")]
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    (tmp_path / "c.en").write_bytes(b"\xef\xbb\xbfHello\n")
+    (tmp_path / "c.de").write_bytes(b"Hallo\n")
+    assert as_pairs(load_corpus(str(tmp_path / "c"), "en", "de")) == [("Hello", "Hallo")]
+
+
+@pytest.mark.parametrize("en_lines, de_lines", [(3, 2), (2, 3), (0, 1)])
+def test_line_count_mismatch_names_both_files_and_counts(tmp_path, en_lines, de_lines):
+    write_lines(tmp_path / "c.en.gz", [f"s{i}" for i in range(en_lines)])
+    write_lines(tmp_path / "c.de", [f"t{i}" for i in range(de_lines)])
+    message = f"^{tmp_path}/c.en.gz has {en_lines} lines but {tmp_path}/c.de has {de_lines}$"
+    for _ in range(2):  # a failed generation must not leave a cache entry behind
+        with pytest.raises(DataError, match=message):
+            load_corpus(str(tmp_path / "c"), "en", "de")
+
+
+def test_edited_file_is_read_again(tmp_path):
+    spec = plain(tmp_path)
+    load_corpus(spec, "en", "de")
+    write_lines(tmp_path / "corpus.en", ["changed"] * len(PAIRS))
+    assert load_corpus(spec, "en", "de")["src"][0] == "changed"
+
+
+@pytest.mark.parametrize("name", ["c.en", "c.en.gz", "c.tsv"])
+def test_invalid_utf8_names_the_file_and_line(tmp_path, name):
+    data = b"fine\tok\nstill fine\tok\nbad \xff byte\tok\n"
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    write_lines(tmp_path / "c.de", ["a", "b", "c"])
+    spec = str(tmp_path / ("c.tsv" if name == "c.tsv" else "c"))
+    with pytest.raises(DataError, match=f"^{tmp_path / name}: line 3 is not valid UTF-8 "):
+        load_corpus(spec, "en", "de")
+
+
+def test_corrupt_gzip(tmp_path):
+    (tmp_path / "c.en.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    write_lines(tmp_path / "c.de", ["a"])
+    with pytest.raises(DataError, match=f"cannot read {tmp_path}/c.en.gz"):
+        load_corpus(str(tmp_path / "c"), "en", "de")
+
+
+def test_tsv_line_with_wrong_field_count(tmp_path):
+    write_lines(tmp_path / "c.tsv", ["a\tb", "c\td", "e\tf\tg", "h\ti"])
+    with pytest.raises(DataError, match=r"c.tsv: line 3 has 3 tab-separated fields, expected 2"):
+        load_corpus(str(tmp_path / "c.tsv"), "en", "de")
+    write_lines(tmp_path / "d.tsv", ["no tab here"])
+    with pytest.raises(DataError, match=r"d.tsv: line 1 has 1 tab-separated fields"):
+        load_corpus(str(tmp_path / "d.tsv"), "en", "de")
+
+
+def test_jsonl_row_without_a_language_names_its_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"translation": {"en": "a", "de": "b"}}, {"translation": {"en": "c"}}]
+    # The blank line is skipped by the JSON reader, so row 2 sits on line 3.
+    path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"c.jsonl: line 3 has no 'de' text \(it has en\)"):
+        load_corpus(str(path), "en", "de")
+    # Rows with differing keys, without the blank line, come back JSON-typed: another path.
+    write_jsonl(path, [rows[0], {"translation": {"en": "c", "fr": "d"}}, rows[0]])
+    with pytest.raises(DataError, match=r"c.jsonl: line 2 has no 'de' text \(it has en, fr\)"):
+        load_corpus(str(path), "en", "de")
+    write_jsonl(path, [{"en": "a", "de": "b"}, {"en": "c", "de": "d"}, {"en": "e"}])
+    with pytest.raises(DataError, match=r"c.jsonl: line 3 has no 'de' text$"):
+        load_corpus(str(path), "en", "de")
+
+
+def test_saved_dataset_row_without_text(tmp_path):
+    datasets.Dataset.from_dict({"en": ["a", "b"], "de": ["c", None]}).save_to_disk(str(tmp_path / "s"))
+    with pytest.raises(DataError, match=r"s: row 2 has no 'de' text"):
+        load_corpus(str(tmp_path / "s"), "en", "de")
+
+
+def test_malformed_json(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"en": "a", "de": "b"}\n{"en": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"cannot read .*c.jsonl: .*JSON parse error"):
+        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+
+
+def test_values_that_are_not_text(tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"en": 1, "de": "b"}])
+    with pytest.raises(DataError, match=r"c.jsonl: the 'en' values are int64, expected text"):
+        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+
+
+@pytest.mark.parametrize("files", [{"c.en": b"", "c.de": b""}, {"c.tsv": b""}, {"c.jsonl": b""},
+                                   {"c.jsonl.gz": gzip.compress(b"")}])
+def test_empty_corpus(tmp_path, files):
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    spec = str(tmp_path / ("c" if "c.en" in files else next(iter(files))))
+    with pytest.raises(DataError, match=r"empty$"):
+        load_corpus(spec, "en", "de")
+
+
+def test_corpus_of_empty_lines(tmp_path):
+    write_lines(tmp_path / "c.en", ["", "  ", "\t"])
+    write_lines(tmp_path / "c.de", ["", "", " "])
+    with pytest.raises(DataError, match=r"c has no usable text: all 3 pairs have an empty side"):
+        load_corpus(str(tmp_path / "c"), "en", "de")
+    write_jsonl(tmp_path / "c.jsonl", [{"en": "text", "de": ""}, {"en": "", "de": "Text"}])
+    with pytest.raises(DataError, match=r"no usable text: all 2 pairs have an empty side"):
+        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+
+
+def test_unknown_language(tmp_path, multi30k):
+    with pytest.raises(DataError, match=r"looked for .*val.xx, .*val.xx.gz\); languages found for this "
+                                        r"prefix: cs, de, en, fr$"):
+        load_corpus(str(multi30k / "val"), "en", "xx")
+    with pytest.raises(DataError, match=r"has no 'fr' translations; its languages are de, en$"):
+        load_corpus(jsonl_nested(tmp_path), "fr", "de")
+    with pytest.raises(DataError, match=r"has no column 'fr' and no 'translation' column; "
+                                        r"its columns are en, de, id$"):
+        load_corpus(parquet_top_level(tmp_path), "en", "fr")
+    with pytest.raises(DataError, match="source and target language are both 'en'"):
+        load_corpus(plain(tmp_path), "en", "en")
+
+
+def test_missing_corpus(tmp_path):
+    with pytest.raises(DataError, match=rf"^no such corpus: {tmp_path}/nope "
+                                        rf"\(looked for {tmp_path}/nope.en, {tmp_path}/nope.en.gz\)$"):
+        load_corpus(str(tmp_path / "nope"), "en", "de")
+    with pytest.raises(DataError, match="no such corpus file: .*nope.jsonl"):
+        load_corpus(str(tmp_path / "nope.jsonl"), "en", "de")
+    with pytest.raises(DataError, match="the corpus spec is empty"):
+        load_corpus("", "en", "de")
+
+
+def test_folder_where_a_file_is_expected(tmp_path):
+    (tmp_path / "c.tsv").mkdir()
+    with pytest.raises(DataError, match=r"c.tsv is a folder, expected a corpus file"):
+        load_corpus(str(tmp_path / "c.tsv"), "en", "de")
+    (tmp_path / "c.en").mkdir()
+    with pytest.raises(DataError, match=r"c.en is a folder, expected a text file"):
+        load_corpus(str(tmp_path / "c"), "en", "de")
+    (tmp_path / "plain_folder").mkdir()
+    with pytest.raises(DataError, match=r"plain_folder is a folder but not a dataset saved with "):
+        load_corpus(str(tmp_path / "plain_folder"), "en", "de")
+
+
+def test_both_plain_and_gzip_file_is_ambiguous(tmp_path):
+    write_lines(tmp_path / "c.en", ["a"])
+    write_lines(tmp_path / "c.en.gz", ["a"])
+    with pytest.raises(DataError, match=r"both .*c.en and .*c.en.gz exist"):
+        load_corpus(str(tmp_path / "c"), "en", "de")
+
+
+def test_unknown_file_format(tmp_path):
+    write_lines(tmp_path / "c.csv", ["a,b"])
+    with pytest.raises(DataError, match=r"c.csv: unknown corpus format"):
+        load_corpus(str(tmp_path / "c.csv"), "en", "de")
+
+
+def test_dataset_dict_split_choice(tmp_path):
+    spec = saved_dataset_dict(tmp_path).split("#")[0]
+    with pytest.raises(DataError, match=r"holds the splits train, validation; "
+                                        r"pick one with .*saved#SPLIT"):
+        load_corpus(spec, "en", "de")
+    with pytest.raises(DataError, match=r"has no split 'test'; its splits are train, validation"):
+        load_corpus(spec + "#test", "en", "de")
+    single = datasets.DatasetDict({"only": datasets.Dataset.from_dict(nested(PAIRS))})
+    single.save_to_disk(str(tmp_path / "one"))
+    assert as_pairs(load_corpus(str(tmp_path / "one"), "en", "de")) == PAIRS
+    with pytest.raises(DataError, match=r"single saved dataset with no splits; drop #train"):
+        load_corpus(saved_dataset(tmp_path) + "#train", "en", "de")
+
+
+def test_hub_errors(tmp_path):
+    spec = hub_local_folder(tmp_path)
+    with pytest.raises(DataError, match=r"^cannot load hub:.*#validation: Unknown split \"validation\""):
+        load_corpus(spec.replace("#test", "#validation"), "en", "de")
+    with pytest.raises(DataError, match=r"^cannot load hub:no-such-user/no-such-dataset#train: "):
+        load_corpus("hub:no-such-user/no-such-dataset#train", "en", "de")
+    with pytest.raises(DataError, match=r"a hub corpus is written hub:NAME\[@CONFIG\]#SPLIT"):
+        load_corpus("hub:wmt/wmt14@de-en", "en", "de")
+
+
+# ---------------------------------------------------------------------------
+# Tokenizing and filtering
+
+
+@pytest.fixture(scope="module")
+def tokenizers(multi30k, tmp_path_factory):
+    corpus = load_corpus(str(multi30k / "val"), "en", "de", cache_dir=str(tmp_path_factory.mktemp("hf")))
+    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok"), vocab_size=200, model_type="bpe")
+
+
+def test_encode_corpus_appends_eos_and_round_trips(multi30k, tokenizers):
+    corpus = load_corpus(str(multi30k / "val"), "en", "de")
+    encoded = encode_corpus(corpus, tokenizers)
+    assert len(encoded) == len(corpus)
+    assert encoded.features == datasets.Features({"src_ids": datasets.List(datasets.Value("int32")),
+                                                  "tgt_ids": datasets.List(datasets.Value("int32"))})
+    first = encoded[:20]
+    for ids in first["src_ids"] + first["tgt_ids"]:
+        assert ids[-1] == EOS_ID and EOS_ID not in ids[:-1]
+    assert tokenizers.src.decode(first["src_ids"]) == corpus["src"][:20]
+    assert tokenizers.tgt.decode(first["tgt_ids"]) == corpus["tgt"][:20]
+
+
+def test_encode_corpus_is_cached(multi30k, tokenizers, tmp_path):
+    corpus = load_corpus(str(multi30k / "val"), "en", "de")
+    first = encode_corpus(corpus, tokenizers)
+    again = encode_corpus(load_corpus(str(multi30k / "val"), "en", "de"), tokenizers)
+    assert first._fingerprint == again._fingerprint
+    assert first.cache_files == again.cache_files and first.cache_files
+    modified = os.stat(first.cache_files[0]["filename"]).st_mtime_ns
+    encode_corpus(corpus, tokenizers)
+    assert os.stat(first.cache_files[0]["filename"]).st_mtime_ns == modified
+
+    # An explicit cache folder, and two worker processes, give the same ids.
+    elsewhere = encode_corpus(corpus, tokenizers, num_proc=2, cache_dir=str(tmp_path / "ids"))
+    assert all(f["filename"].startswith(str(tmp_path / "ids")) for f in elsewhere.cache_files)
+    assert elsewhere["src_ids"][:] == first["src_ids"][:]
+    assert elsewhere["tgt_ids"][:] == first["tgt_ids"][:]
+
+
+def test_encode_in_memory_corpus(tokenizers):
+    corpus = datasets.Dataset.from_dict({"src": ["A dog.", ""], "tgt": ["Ein Hund.", "Hallo"]})
+    encoded = encode_corpus(corpus, tokenizers)
+    assert encoded["src_ids"][1] == [EOS_ID]
+    assert tokenizers.tgt.decode(encoded["tgt_ids"][:]) == ["Ein Hund.", "Hallo"]
+
+
+def ids_dataset(src_lengths, tgt_lengths):
+    """An encoded corpus whose sides have the given lengths (EOS included)."""
+    row = lambda n: [7] * (n - 1) + [EOS_ID]
+    return datasets.Dataset.from_dict({"src_ids": [row(n) for n in src_lengths],
+                                       "tgt_ids": [row(n) for n in tgt_lengths]},
+                                      features=datasets.Features({
+                                          "src_ids": datasets.List(datasets.Value("int32")),
+                                          "tgt_ids": datasets.List(datasets.Value("int32"))}))
+
+
+def test_filter_pairs_counts_and_drops():
+    src = [3, 1, 5, 6, 2, 1, 9, 4]
+    tgt = [4, 3, 1, 2, 6, 9, 2, 5]
+    # kept, empty, empty, too long, too long, empty (wins over too long), too long, kept
+    kept, report = filter_pairs(ids_dataset(src, tgt), max_len=5)
+    assert report == LengthFilterReport(kept=2, too_long=3, empty=3)
+    assert [(len(s), len(t)) for s, t in zip(kept["src_ids"][:], kept["tgt_ids"][:])] == [(3, 4), (4, 5)]
+    assert kept.format["type"] is None  # the caller's format, not the Arrow one used to filter
+    # The Arrow table itself holds only the kept rows, for readers of `.data`.
+    assert kept.data.num_rows == 2
+    assert [len(ids) for ids in kept.data.column("src_ids").to_pylist()] == [3, 4]
+
+
+def test_filter_pairs_keeps_everything_that_fits():
+    encoded = ids_dataset([2, 3], [3, 2])
+    kept, report = filter_pairs(encoded, max_len=3)
+    assert report == LengthFilterReport(kept=2, too_long=0, empty=0)
+    assert len(kept) == 2
+
+
+def test_filter_pairs_refuses_to_return_nothing():
+    with pytest.raises(DataError, match=r"^no usable pairs in data/x: all 3 pairs were empty or longer "
+                                        r"than max_len=4$"):
+        filter_pairs(ids_dataset([1, 9, 2], [2, 2, 1]), max_len=4, name="data/x")
+
+
+def test_filter_pairs_on_a_real_corpus(tmp_path, tokenizers):
+    write_lines(tmp_path / "c.en", ["A dog.", "", "A cat runs " * 30, "Two men.", "   "])
+    write_lines(tmp_path / "c.de", ["Ein Hund.", "Leer", "Eine Katze", "Zwei Männer.", "x"])
+    encoded = encode_corpus(load_corpus(str(tmp_path / "c"), "en", "de"), tokenizers)
+    kept, report = filter_pairs(encoded, max_len=40, num_proc=2)
+    assert report == LengthFilterReport(kept=2, too_long=1, empty=2)
+    assert tokenizers.tgt.decode(kept["tgt_ids"][:]) == ["Ein Hund.", "Zwei Männer."]
+
+
+def test_token_lengths_match_the_id_lists(multi30k, tokenizers):
+    encoded = encode_corpus(load_corpus(str(multi30k / "val"), "en", "de"), tokenizers)
+    src, tgt = token_lengths(encoded)
+    assert src.dtype.kind == "i" and src.shape == (len(encoded),)
+    assert src.tolist() == [len(ids) for ids in encoded["src_ids"][:]]
+    assert tgt.tolist() == [len(ids) for ids in encoded["tgt_ids"][:]]
+    # Through an index mapping (shuffle/select), which `.data` would not see.
+    subset = encoded.shuffle(seed=0).select(range(100))
+    src, tgt = token_lengths(subset)
+    assert src.tolist() == [len(ids) for ids in subset["src_ids"][:]]
+    assert tgt.tolist() == [len(ids) for ids in subset["tgt_ids"][:]]
+    assert src.tolist() != [len(ids) for ids in encoded["src_ids"][:100]]

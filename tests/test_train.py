@@ -1,0 +1,98 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seq2seq.config import ModelConfig
+from seq2seq.errors import ConfigError, RunDirError
+from seq2seq.train import EarlyStopping, inverse_sqrt_lr, train
+
+from helpers import tiny_model_config, tiny_train_config, write_slice
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    return write_slice(folder, "train", 300, "train"), write_slice(folder, "val", 60, "val")
+
+
+def test_schedule_warms_up_then_decays():
+    assert inverse_sqrt_lr(1, 1.0, 100) == pytest.approx(0.01)
+    assert inverse_sqrt_lr(100, 1.0, 100) == pytest.approx(1.0)
+    assert inverse_sqrt_lr(400, 1.0, 100) == pytest.approx(0.5)
+
+
+def test_early_stopping_counts_validations_without_improvement():
+    stop = EarlyStopping("bleu", patience=2)
+    assert stop.improved({"valid_bleu": 10})
+    assert not stop.improved({"valid_bleu": 9})
+    assert not stop.should_stop
+    assert not stop.improved({"valid_bleu": 10})
+    assert stop.should_stop
+    loss = EarlyStopping("loss", patience=1)
+    assert loss.improved({"valid_loss": 3.0}) and loss.improved({"valid_loss": 2.0})
+
+
+def test_training_writes_a_complete_run_and_the_loss_falls(corpus, tmp_path):
+    train_prefix, valid_prefix = corpus
+    events = []
+    result = train(tmp_path / "run", tiny_model_config(), tiny_train_config(train_prefix, valid_prefix, epochs=3),
+                   CPU, on_event=events.append)
+    run = tmp_path / "run"
+    for name in ("config.json", "tokenizer.model", "model.safetensors", "metrics.jsonl", "checkpoints/last.json"):
+        assert (run / name).is_file(), name
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert losses[-1] < losses[0] - 0.5
+    valids = [e for e in events if e["event"] == "valid"]
+    assert len(valids) == 3 and all("valid_bleu" in v for v in valids)
+    assert result.stop_reason == "epochs" and result.best is not None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["event"] for r in records} == {"train", "valid"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["src_vocab_size"] == 200
+    assert "tokenizer.model" in config["tokenizer_sha256"]
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(run, tiny_model_config(), tiny_train_config(train_prefix, valid_prefix), CPU)
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    """N steps, stop, resume N more == 2N steps straight: same losses, same weights."""
+    train_prefix, valid_prefix = corpus
+    cfg = tiny_train_config(train_prefix, valid_prefix, epochs=0, log_every=1)
+    straight, first, second = [], [], []
+    train(tmp_path / "a", tiny_model_config(), replace(cfg, max_steps=16), CPU, on_event=straight.append)
+    # 9 steps stops mid-epoch, so resume must restore the position inside the epoch.
+    train(tmp_path / "b", tiny_model_config(), replace(cfg, max_steps=9), CPU, on_event=first.append)
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    train(tmp_path / "b", ModelConfig(**saved["model"]), replace(cfg, max_steps=16), CPU, resume=True,
+          on_event=second.append)
+    loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
+    assert loss(first) + loss(second) == loss(straight)
+    last = lambda run: json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
+    a = load_file(str(tmp_path / "a" / "checkpoints" / last(tmp_path / "a") / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / last(tmp_path / "b") / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_a_changed_config(corpus, tmp_path):
+    train_prefix, valid_prefix = corpus
+    cfg = tiny_train_config(train_prefix, "", max_steps=3)
+    train(tmp_path / "run", tiny_model_config(), cfg, CPU)
+    with pytest.raises(ConfigError, match="only epochs"):
+        train(tmp_path / "run", tiny_model_config(), replace(cfg, lr=1.0), CPU, resume=True)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        train(tmp_path / "other", tiny_model_config(), cfg, CPU, resume=True)
+
+
+def test_max_time_stops_cleanly_and_keeps_a_model(corpus, tmp_path):
+    train_prefix, valid_prefix = corpus
+    result = train(tmp_path / "run", tiny_model_config(),
+                   tiny_train_config(train_prefix, valid_prefix, epochs=0, max_time=0.5), CPU)
+    assert result.stop_reason == "max_time"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
