@@ -37,8 +37,9 @@ demo: install
 
 DEMO_TRAIN_FLAGS ?= --preset small --max-time 840
 
+# The demo's recipe, timed stage by stage; appends to bench/RESULTS.md.
 bench: install
-	$(BIN)/python bench/cpu_pipeline.py
+	$(BIN)/python bench/pipeline.py --out runs/bench-demo --label "make demo recipe" -- $(DEMO_TRAIN_FLAGS)
 
 lint: install
 	$(BIN)/python -m compileall -q cli seq2seq tests bench

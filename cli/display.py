@@ -12,17 +12,17 @@ from rich.table import Table
 
 from seq2seq.evaluate import MetricScore
 
-stderr = Console(stderr=True, highlight=False)
+# soft_wrap: a message or a path is never broken across lines.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False)
 
 
 def error(message: str) -> None:
-    # soft_wrap: one message is one line, whatever the terminal width.
-    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}")
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}")
 
 
 class TrainDisplay:
@@ -52,7 +52,7 @@ class TrainDisplay:
         elif kind == "valid":
             star = " [green]★ best[/]" if event["best"] else ""
             self.console.print(
-                f"valid  step {event['step']:>6}  epoch {event['epoch']:>3}  "
+                f"valid  step {event['step']:>6}  epoch {event['epoch']:>6.2f}  "
                 f"loss {event['valid_loss']:.3f}  ppl {event['valid_ppl']:.2f}  "
                 f"BLEU {event['valid_bleu']:.2f}{star}")
         elif kind == "stop":
@@ -80,7 +80,7 @@ class TrainDisplay:
 
     def train(self, event: dict[str, Any]) -> None:
         stats = (f"loss {event['loss']:.3f}  lr {event['lr']:.2e}  "
-                 f"{event['tgt_tokens_per_s'] / 1000:.1f}k tok/s  epoch {event['epoch']}")
+                 f"{event['tgt_tokens_per_s'] / 1000:.1f}k tok/s  epoch {event['epoch']:.2f}")
         if self.progress is not None:
             self.progress.update(self.task, completed=event["step"], stats=stats)
         else:

@@ -115,6 +115,7 @@ class EpochBatches:
         self.src_lens, self.tgt_lens = src_lens, tgt_lens
         self.max_tokens, self.seed = max_tokens, seed
         self.rank, self.world_size = rank, world_size
+        self._per_epoch: int | None = None
 
     def epoch(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -123,5 +124,11 @@ class EpochBatches:
         return batches[self.rank::self.world_size][:per_rank]
 
     def __len__(self) -> int:
-        """Batches per epoch for this rank (the count is the same every epoch)."""
-        return len(self.epoch(0))
+        """Batches per epoch for this rank.
+
+        Every epoch has the same count: shuffling only reorders pairs of equal
+        lengths, so the cut points fall at the same widths.
+        """
+        if self._per_epoch is None:
+            self._per_epoch = len(self.epoch(0))
+        return self._per_epoch

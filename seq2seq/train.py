@@ -100,15 +100,15 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
                         smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed cross-entropy and summed NLL over non-pad targets.
 
-    logits (B, T, V), target (B, T).
+    logits (B, T, V), target (B, T). One log-softmax serves both sums: the
+    smoothed loss is (1 - eps) * NLL + eps * (mean over the vocabulary of -log p).
     """
-    flat_logits = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
-    flat_target = target.reshape(-1)  # (B*T,)
-    loss = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id,
-                           label_smoothing=smoothing, reduction="sum")
-    with torch.no_grad():
-        nll = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id, reduction="sum")
-    return loss, nll
+    lprobs = F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.size(-1))  # (B*T, V)
+    flat_target = target.reshape(-1, 1)  # (B*T, 1)
+    keep = flat_target.ne(pad_id)
+    nll = -lprobs.gather(1, flat_target).masked_fill(~keep, 0.0).sum()
+    uniform = -lprobs.mean(dim=-1, keepdim=True).masked_fill(~keep, 0.0).sum()
+    return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -273,7 +273,7 @@ class Trainer:
         nll = nll_sum.item() / max(tokens, 1)
         hyps = self.translate(data.valid_src_lines)
         bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
-        record = {"event": "valid", "step": self.step, "epoch": self.epoch, "valid_loss": nll,
+        record = {"event": "valid", "step": self.step, "epoch": self.epochs_done, "valid_loss": nll,
                   "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
                   "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
         record["best"] = self.early_stopping.improved(record)
@@ -289,6 +289,11 @@ class Trainer:
         with self.autocast:
             out = translate_ids(self.model, src_ids, DecodeConfig(beam=self.cfg.valid_beam))
         return tok.tgt.decode(out)
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs of data consumed, fractional: 1.0 right after the first epoch."""
+        return round(self.epoch - 1 + self.position / max(len(self.batches), 1), 3)
 
     def save(self) -> None:
         save_trainer_state(self.run_dir, self.model, self.optimizer, {
@@ -310,12 +315,13 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
 
-    def should_stop_early(self) -> bool:
-        """Rank 0 decides; every rank must agree or DDP would hang."""
-        stop = torch.tensor([int(self.early_stopping.should_stop)], device=self.device)
-        if self.world_size > 1:
-            dist.broadcast(stop, src=0)
-        return bool(stop.item())
+    def agree(self, decision: bool) -> bool:
+        """Rank 0's decision, on every rank: ranks that disagree on stopping would hang DDP."""
+        if self.world_size == 1:
+            return decision
+        flag = torch.tensor([int(decision)], device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def resume(self) -> None:
         progress = load_trainer_state(self.run_dir, self.model, self.optimizer)
@@ -351,7 +357,7 @@ class Trainer:
                     if self.step % cfg.log_every == 0:
                         now = time.monotonic()
                         # The only host sync in the loop: reading the summed loss.
-                        self.emit({"event": "train", "step": self.step, "epoch": self.epoch,
+                        self.emit({"event": "train", "step": self.step, "epoch": self.epochs_done,
                                    "loss": loss_sum.item() / max(loss_tokens, 1),
                                    "lr": self.optimizer.param_groups[0]["lr"],
                                    "tgt_tokens_per_s": interval_tokens * self.world_size / (now - interval_start),
@@ -360,16 +366,16 @@ class Trainer:
                         loss_tokens, interval_start, interval_tokens = 0, now, 0
                     if cfg.valid_every and self.step % cfg.valid_every == 0:
                         self.validate_and_save()
-                        if self.should_stop_early():
+                        if self.agree(self.early_stopping.should_stop):
                             return self.finish("early_stopping")
                     if cfg.max_steps and self.step >= cfg.max_steps:
                         return self.finish("max_steps")
-                    if cfg.max_time and time.monotonic() - start >= cfg.max_time:
+                    if cfg.max_time and self.agree(time.monotonic() - start >= cfg.max_time):
                         return self.finish("max_time")
                 self.epoch, self.position = self.epoch + 1, 0
                 if not cfg.valid_every:
                     self.validate_and_save()
-                    if self.should_stop_early():
+                    if self.agree(self.early_stopping.should_stop):
                         return self.finish("early_stopping")
         except KeyboardInterrupt:
             if self.is_main:

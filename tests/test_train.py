@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from seq2seq.config import ModelConfig
 from seq2seq.errors import ConfigError, RunDirError
-from seq2seq.train import EarlyStopping, inverse_sqrt_lr, train
+from seq2seq.train import EarlyStopping, inverse_sqrt_lr, label_smoothed_loss, train
 
 from helpers import tiny_model_config, tiny_train_config, write_slice
 
@@ -96,3 +96,14 @@ def test_max_time_stops_cleanly_and_keeps_a_model(corpus, tmp_path):
                    tiny_train_config(train_prefix, valid_prefix, epochs=0, max_time=0.5), CPU)
     assert result.stop_reason == "max_time"
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_loss_matches_torch_cross_entropy():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 5, 11), torch.randint(1, 11, (2, 5))
+    target[0, 3:] = 0
+    loss, nll = label_smoothed_loss(logits, target, pad_id=0, smoothing=0.1)
+    flat = logits.reshape(-1, 11), target.reshape(-1)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(
+        *flat, ignore_index=0, label_smoothing=0.1, reduction="sum"))
+    torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(*flat, ignore_index=0, reduction="sum"))
