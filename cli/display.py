@@ -96,7 +96,7 @@ def score_table(scores: list[MetricScore], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("score", justify="right")
-    table.add_column("signature")
+    table.add_column("signature", overflow="fold")
     for s in scores:
         table.add_row(s.name, f"{s.score:.2f}", s.signature)
     return table

@@ -55,10 +55,22 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner alone; written files should get
+# the permissions any other new file would.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path | str, write) -> None:
     """Call `write(tmp_path)` to fill a temporary file, then fsync and rename it to `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
         write(Path(tmp))

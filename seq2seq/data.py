@@ -27,7 +27,6 @@ numbers match line numbers; `filter_pairs` drops them after tokenizing.
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import re
 import zlib
@@ -44,6 +43,7 @@ from datasets.exceptions import DatasetGenerationError, DatasetsError
 from datasets.fingerprint import Hasher
 
 from .errors import DataError, TokenizerError
+from .textio import open_binary, raw_lines
 from .tokenizer import EOS_ID, Tokenizer, TokenizerPair
 
 # datasets fingerprints module-level functions by their name, not their code:
@@ -56,7 +56,6 @@ _ID_FEATURES = datasets.Features({"src_ids": datasets.List(datasets.Value("int32
 _TSV_SUFFIXES = (".tsv", ".tsv.gz")
 _JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 _PARQUET_SUFFIXES = (".parquet",)
-_UTF8_BOM = b"\xef\xbb\xbf"
 _LENGTH_BATCH = 100_000  # rows per Arrow batch when reading token lengths
 
 
@@ -189,7 +188,7 @@ def _read_parallel_text(src_path: str, tgt_path: str, src_stamp: tuple, tgt_stam
 
     The stamps and `cache_version` are not read: they are there for datasets' cache key.
     """
-    with _open_binary(src_path) as src_file, _open_binary(tgt_path) as tgt_file:
+    with open_binary(src_path) as src_file, open_binary(tgt_path) as tgt_file:
         src_lines, tgt_lines = _decoded_lines(src_file, src_path), _decoded_lines(tgt_file, tgt_path)
         count = 0
         for src, tgt in itertools.zip_longest(src_lines, tgt_lines):
@@ -208,7 +207,7 @@ def _read_parallel_text(src_path: str, tgt_path: str, src_stamp: tuple, tgt_stam
 def _read_tsv(path: str, stamp: tuple, cache_version: int) -> Iterator[dict[str, str]]:
     """Pairs from a file of `source TAB target` lines (a `from_generator` function)."""
     count = 0
-    with _open_binary(path) as file:
+    with open_binary(path) as file:
         for count, line in enumerate(_decoded_lines(file, path), start=1):
             fields = line.split("\t")
             if len(fields) != 2:
@@ -219,25 +218,15 @@ def _read_tsv(path: str, stamp: tuple, cache_version: int) -> Iterator[dict[str,
         raise DataError(f"{path} is empty")
 
 
-def _open_binary(path: str) -> BinaryIO:
-    """Open a file for reading bytes, decompressing `.gz` on the fly."""
-    try:
-        return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-    except OSError as err:
-        raise DataError(f"cannot read {path} ({err.strerror})") from None
-
-
 def _decoded_lines(file: BinaryIO, path: str) -> Iterator[str]:
-    """Lines of `file` split on "\\n" only, without their line ending, decoded as strict UTF-8."""
+    """Lines of `file` as `textio.raw_lines` splits them, decoded as strict UTF-8.
+
+    Training data with bytes that are not UTF-8 is refused, not repaired: a
+    replacement character would be learnt as if it were text.
+    """
     number = 0
     try:
-        for number, raw in enumerate(file, start=1):
-            if raw.endswith(b"\n"):
-                raw = raw[:-1]
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if number == 1 and raw.startswith(_UTF8_BOM):
-                raw = raw[len(_UTF8_BOM):]  # some editors start UTF-8 files with a byte-order mark
+        for number, raw in enumerate(raw_lines(file), start=1):
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -301,7 +290,7 @@ def _load_with_datasets(spec: str, path: str, *, config: str | None = None,
 def _row_locator(path: Path, builder: str) -> Callable[[int], str]:
     """How to name a bad row in messages: its line in a JSON-lines file, else its row number."""
     if builder == "json":
-        with _open_binary(str(path)) as file:
+        with open_binary(str(path)) as file:
             start = file.read(4096).lstrip()
         if not start.startswith(b"["):
             return lambda row: f"line {_line_of_json_row(path, row)}"
@@ -310,7 +299,7 @@ def _row_locator(path: Path, builder: str) -> Callable[[int], str]:
 
 def _line_of_json_row(path: Path, row: int) -> int:
     """The 1-based line holding JSON row `row`; the json builder skips blank lines."""
-    with _open_binary(str(path)) as file:
+    with open_binary(str(path)) as file:
         rows = (number for number, line in enumerate(file, start=1) if line.strip())
         return next(itertools.islice(rows, row, None), row + 1)
 

@@ -34,13 +34,26 @@ class ReadStats:
     invalid_utf8: int = 0  # lines that held bytes which are not UTF-8
 
 
-def iter_lines(stream: BinaryIO, stats: ReadStats) -> Iterator[str]:
-    """Decode a binary stream into lines, counting what needed replacement."""
-    for raw in stream:  # binary iteration splits on b"\n" only
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def raw_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of a binary stream, undecoded: split at b"\n" only, without the
+    "\n" or a trailing "\r". A UTF-8 byte-order mark opening the stream, which
+    some editors write, is dropped."""
+    for number, raw in enumerate(stream):  # binary iteration splits on b"\n" only
         if raw.endswith(b"\n"):
             raw = raw[:-1]
         if raw.endswith(b"\r"):
             raw = raw[:-1]
+        if number == 0 and raw.startswith(_UTF8_BOM):
+            raw = raw[len(_UTF8_BOM):]
+        yield raw
+
+
+def iter_lines(stream: BinaryIO, stats: ReadStats) -> Iterator[str]:
+    """Decode a binary stream into lines, counting what needed replacement."""
+    for raw in raw_lines(stream):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -126,3 +126,10 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         atomic_write(path, fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    atomic_write_text(tmp_path / "f.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert os.stat(tmp_path / "f.txt").st_mode == os.stat(tmp_path / "plain.txt").st_mode

@@ -41,3 +41,8 @@ def test_read_lines_plain_and_gzip(tmp_path):
 
 def test_chunks_do_not_lose_lines():
     assert list(chunks(iter("abcde"), 2)) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_a_leading_byte_order_mark_is_dropped():
+    stats = ReadStats()
+    assert list(iter_lines(io.BytesIO(b"\xef\xbb\xbfhello\n\xef\xbb\xbfkept\n"), stats)) == ["hello", "\ufeffkept"]

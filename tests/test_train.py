@@ -107,3 +107,22 @@ def test_loss_matches_torch_cross_entropy():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(
         *flat, ignore_index=0, label_smoothing=0.1, reduction="sum"))
     torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(*flat, ignore_index=0, reduction="sum"))
+
+
+def test_separate_vocabularies_untie_the_embeddings_and_translate(corpus, tmp_path):
+    from seq2seq.config import DecodeConfig
+    from seq2seq.data import load_corpus
+    from seq2seq.tokenizer import train_tokenizer
+    from seq2seq.translator import Translator
+
+    train_prefix, valid_prefix = corpus
+    train_tokenizer(load_corpus(train_prefix, "en", "de"), tmp_path / "tok", vocab_size=150, shared=False)
+    cfg = tiny_train_config(train_prefix, valid_prefix, tokenizer=str(tmp_path / "tok"), max_steps=3)
+    train(tmp_path / "run", tiny_model_config(), cfg, CPU)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["share_embeddings"] is False
+    assert set(config["tokenizer_sha256"]) == {"tokenizer.src.model", "tokenizer.tgt.model"}
+    translator = Translator.from_run(tmp_path / "run", CPU, DecodeConfig(beam=2, max_len_b=5))
+    assert translator.model.src_embed is not translator.model.tgt_embed
+    out = translator.translate(["A dog runs.", "", "Two men."])
+    assert len(out) == 3 and out[1] == ""
