@@ -55,6 +55,15 @@ class TrainDisplay:
                 f"valid  step {event['step']:>6}  epoch {event['epoch']:>6.2f}  "
                 f"loss {event['valid_loss']:.3f}  ppl {event['valid_ppl']:.2f}  "
                 f"BLEU {event['valid_bleu']:.2f}{star}")
+        elif kind == "resume":
+            self.console.print(f"resumed at step {event['step']} (epoch {event['epoch']:.2f})")
+        elif kind == "skip":
+            self.console.print(f"[yellow]skipped update after step {event['step']}: {event['reason']} "
+                               f"({event['in_a_row']} in a row)[/]")
+        elif kind == "oom":
+            self.console.print(f"[yellow]out of memory at step {event['step']}: {event['action']}; "
+                               f"batches of at most {event['max_tokens_from_next_epoch']:,} tokens "
+                               "from the next epoch[/]")
         elif kind == "stop":
             self.close()
             best = event["best"]

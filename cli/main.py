@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, BinaryIO, Optional
 
 import datasets
 import typer
@@ -44,12 +45,15 @@ def user_errors(command):
             raise typer.Exit(1) from None
         except TrainingInterrupted as err:
             warning(str(err))
-            raise typer.Exit(130) from None
+            raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-        except BrokenPipeError:  # the reader went away (`s2s translate | head`): not an error
-            sys.stderr.close()
-            raise typer.Exit(0) from None
+        except BrokenPipeError:
+            # The reader went away (`s2s translate | head`). Point stdout at
+            # /dev/null so the flush at exit cannot fail again, and exit as
+            # tools killed by SIGPIPE do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
 
     return wrapper
 
@@ -161,32 +165,33 @@ def translate(
             raise ConfigError(f"--output {output}: is a folder")
         if input is not None and output.resolve() == input.resolve():
             raise ConfigError(f"--output {output} is the input file; refusing to overwrite it")
-    source = open_binary(input) if input is not None else sys.stdin.buffer
+    if input is not None:
+        open_binary(input).close()  # a missing input is reported before the model is loaded
     translator = Translator.from_run(model, resolve_device(device), cfg, weights)
     if interactive or (input is None and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()
 
-    def write_all(sink) -> None:
+    def write_all(source: BinaryIO, sink: BinaryIO) -> None:
+        # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
         for chunk in chunks(iter_lines(source, read), buffer_lines):
-            for line in translator.translate(chunk):
-                sink.write(line + "\n")
+            sink.write("".join(line + "\n" for line in translator.translate(chunk)).encode("utf-8"))
             sink.flush()
 
-    with source:
+    with open_binary(input) if input is not None else sys.stdin.buffer as source:
         if output is None:
-            write_all(sys.stdout)
+            write_all(source, sys.stdout.buffer)
         else:  # a crash never leaves a half-written output file
-            atomic_write(output, lambda tmp: _write_file(tmp, write_all))
+            atomic_write(output, lambda tmp: _write_file(tmp, lambda sink: write_all(source, sink)))
     report_input(read, translator)
 
 
-def _write_file(path: Path, write_all) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as sink:
-        write_all(sink)
+def _write_file(path: Path, write) -> None:
+    with open(path, "wb") as sink:
+        write(sink)
 
 
-def read_scored_lines(path: Path, what: str) -> list[str]:
+def read_scored_lines(path: Path) -> list[str]:
     lines, stats = read_lines(path)
     if stats.invalid_utf8:
         warning(f"{path}: {stats.invalid_utf8} line(s) are not valid UTF-8 and were decoded with "
@@ -221,16 +226,16 @@ def evaluate(
     if hyp is not None and src is not None:
         raise ConfigError("--src goes with --model; with --hyp there is nothing to translate")
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
-    refs = [read_scored_lines(path, "reference") for path in ref]
+    refs = [read_scored_lines(path) for path in ref]
     if hyp is not None:
-        hyps = read_scored_lines(hyp, "hypothesis")
+        hyps = read_scored_lines(hyp)
         described = str(hyp)
     else:
         from seq2seq.device import resolve_device
         from seq2seq.translator import Translator
 
         cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens)
-        sources = read_scored_lines(src, "source")
+        sources = read_scored_lines(src)
         for path, lines in zip(ref, refs):
             if len(lines) != len(sources):
                 raise DataError(f"{src} has {len(sources)} lines but {path} has {len(lines)}")

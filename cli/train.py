@@ -43,8 +43,10 @@ def distributed_device(requested: str) -> torch.device:
 def train_command(
     config: Annotated[Optional[Path], _opt("JSON config {\"model\": {...}, \"train\": {...}}; "
                                            "a run's config.json works too.", RUN, "--config", "-c")] = None,
-    run: Annotated[Optional[Path], _opt("Run directory to write. [default: runs/SRC-TGT-TIME]",
-                                        RUN, "--run", "-r")] = None,
+    run: Annotated[Optional[Path], _opt("Run directory to write. [default: runs/SRC-TGT-TIME] "
+                                        "(--run-dir is the same; use it under torchrun, which "
+                                        "takes --run for its own --run-path)",
+                                        RUN, "--run", "--run-dir", "-r")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run from its last "
                                          "checkpoint.", rich_help_panel=RUN)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=RUN)] = "auto",
@@ -96,6 +98,9 @@ def train_command(
     clip_norm: Annotated[Optional[float], _opt("Gradient norm clip; 0 = off. [default: 1.0]",
                                                OPTIM, "--clip-norm")] = None,
     seed: Annotated[Optional[int], _opt("[default: 1]", OPTIM, "--seed")] = None,
+    max_bad_updates: Annotated[Optional[int], _opt("Stop after this many updates in a row with a "
+                                                   "non-finite loss or gradient. [default: 5]",
+                                                   OPTIM, "--max-bad-updates")] = None,
     # Validation
     valid_every: Annotated[Optional[int], _opt("Validate every N updates; 0 = every epoch. [default: 0]",
                                                VALID, "--valid-every")] = None,
@@ -121,19 +126,27 @@ def train_command(
         max_len=max_len, num_proc=num_proc, max_tokens=max_tokens, accum_steps=accum_steps, epochs=epochs,
         max_steps=max_steps, max_time=max_time, lr=lr, warmup_steps=warmup_steps,
         weight_decay=weight_decay, label_smoothing=label_smoothing, clip_norm=clip_norm, seed=seed,
+        max_bad_updates=max_bad_updates,
         valid_every=valid_every, valid_beam=valid_beam, valid_bleu_max=valid_bleu_max, patience=patience,
         early_stop_metric=early_stop_metric, log_every=log_every).items() if v is not None}
     if resume:
-        budget = {"epochs", "max_steps", "max_time", "patience"}
-        fixed = sorted(set(train_flags) - budget) + sorted(model_flags)
         if run is None:
             raise ConfigError("--resume needs --run DIR, the run directory to continue")
-        if fixed or preset or config:
-            raise ConfigError("--resume continues a run with its saved config; only --epochs, --max-steps, "
-                              f"--max-time and --patience may change (got {', '.join(fixed) or '--config/--preset'})")
-    if resume:
+        if preset or config:
+            raise ConfigError("--resume continues a run with its saved config; drop --config and --preset")
         saved = read_run_config(run)
-        model_cfg, train_cfg = saved.model, dataclasses.replace(saved.train, **train_flags)
+        # The same command plus --resume must work: flags may repeat saved values,
+        # and only the stopping budget may change.
+        budget = {"epochs", "max_steps", "max_time", "patience"}
+        changed = [f"{name} (saved {getattr(section, name)!r}, given {value!r})"
+                   for section, flags in ((saved.model, model_flags), (saved.train, train_flags))
+                   for name, value in flags.items()
+                   if name not in budget and getattr(section, name) != value]
+        if changed:
+            raise ConfigError("--resume continues a run with its saved config; only --epochs, --max-steps, "
+                              f"--max-time and --patience may change, but these differ: {'; '.join(changed)}")
+        model_cfg = saved.model
+        train_cfg = dataclasses.replace(saved.train, **{k: v for k, v in train_flags.items() if k in budget})
         train_cfg.validate()
     else:
         model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)

@@ -123,6 +123,10 @@ class EpochBatches:
         per_rank = len(batches) // self.world_size
         return batches[self.rank::self.world_size][:per_rank]
 
+    def set_max_tokens(self, max_tokens: int) -> None:
+        """A new token budget, for epochs cut from now on."""
+        self.max_tokens, self._per_epoch = max_tokens, None
+
     def __len__(self) -> int:
         """Batches per epoch for this rank.
 

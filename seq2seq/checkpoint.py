@@ -5,7 +5,8 @@ runs/NAME/
   config.json          RunConfig: model + training config, format version, tokenizer sha256
   tokenizer.model      (or tokenizer.src.model + tokenizer.tgt.model)
   model.safetensors    the best weights so far: what `s2s translate` uses
-  metrics.jsonl        one JSON record per log or validation event
+  metrics.jsonl        one JSON record per log, validation or resume event
+  .lock                held (flock) by the trainer writing to the run
   checkpoints/
     last.json          {"dir": "step_00001234"}: the newest complete trainer state
     step_00001234/     model.safetensors, trainer.safetensors (optimizer and RNG
@@ -20,6 +21,7 @@ previous state intact.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -33,7 +35,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from .config import RunConfig, read_json
-from .errors import ConfigError, RunDirError, TokenizerError
+from .errors import ConfigError, RunDirError, RunLockedError, TokenizerError, WriteError
 from .model import Seq2SeqTransformer, build_model
 from .tokenizer import TokenizerPair, load_tokenizers
 
@@ -44,6 +46,8 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
+LOCK_FILE = ".lock"
+TMP_SUFFIX = ".tmp"
 
 
 def fsync_dir(folder: Path) -> None:
@@ -69,7 +73,10 @@ _FILE_MODE = 0o666 & ~_umask()
 def atomic_write(path: Path | str, write) -> None:
     """Call `write(tmp_path)` to fill a temporary file, then fsync and rename it to `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise WriteError(f"cannot write {path} ({err.strerror or err})") from None
     os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
@@ -77,10 +84,62 @@ def atomic_write(path: Path | str, write) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # ENOSPC, EDQUOT, EACCES...: the old file is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path} ({err.strerror or err}); "
+                         "the previous version of the file is intact") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_unfinished_writes(run_dir: Path) -> None:
+    """Delete what a killed trainer left half-written: temporary files, and
+    trainer-state folders newer than the one `last.json` points at."""
+    run_dir = Path(run_dir)
+    for pattern in (f".*{TMP_SUFFIX}", f"{CHECKPOINTS_DIR}/*/.*{TMP_SUFFIX}", f"{CHECKPOINTS_DIR}/.*{TMP_SUFFIX}"):
+        for stale in run_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+    pointer = run_dir / CHECKPOINTS_DIR / LAST_POINTER
+    try:
+        last = json.loads(pointer.read_text(encoding="utf-8"))["dir"] if pointer.exists() else ""
+    except (OSError, ValueError, KeyError):
+        return  # leave everything for load_trainer_state to report
+    for folder in (run_dir / CHECKPOINTS_DIR).glob("step_*"):
+        if folder.is_dir() and folder.name > last:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a trainer writes to it.
+
+    It is an flock on `.lock`: the kernel releases it when the process ends,
+    however it ends, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunLockedError(f"{self.path.parent}: another s2s train (pid {holder}) is writing "
+                                 "to this run directory; wait for it or choose another --run") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -113,8 +172,13 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_FILE
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        # One write() on an O_APPEND descriptor: a process killed at any moment
+        # leaves whole records only, never half a line.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
 
 
 # ----------------------------------------------------------------------------

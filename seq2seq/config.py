@@ -111,6 +111,9 @@ class TrainConfig:
     patience: int = 10  # validations without improvement before stopping; 0 disables
     early_stop_metric: Literal["bleu", "loss"] = "bleu"
     log_every: int = 50  # updates between progress records
+    # Updates in a row whose loss or gradients are not finite before training
+    # stops; each such update is skipped, not applied.
+    max_bad_updates: int = 5
     seed: int = 1
     num_proc: int = 1  # processes for tokenizing the corpus with datasets.map
 
@@ -119,7 +122,8 @@ class TrainConfig:
             raise ConfigError("train.src_lang and train.tgt_lang must be set")
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"source and target language are both {self.src_lang!r}")
-        for name in ("vocab_size", "max_len", "max_tokens", "accum_steps", "log_every", "num_proc"):
+        for name in ("vocab_size", "max_len", "max_tokens", "accum_steps", "log_every", "num_proc",
+                     "max_bad_updates"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs", "max_steps", "max_time", "warmup_steps", "valid_every",
@@ -169,22 +173,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build `cls` from `data`, refusing unknown keys and wrong types.
+def from_dict(cls: type, data: dict[str, Any], source: str | None = None) -> Any:
+    """Build and validate `cls` (ModelConfig or TrainConfig) from `data`.
 
-    `where` names the source in error messages, e.g. "config.json: model".
+    Unknown keys, wrong types and inconsistent values raise ConfigError; its
+    message names the field ("model.d_model ...") and, when given, the
+    `source` it came from (a file).
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                          f"known keys are {', '.join(sorted(known))}")
-    hints = typing.get_type_hints(cls)
-    values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
-    cfg = cls(**values)
-    cfg.validate()
+    section = "model" if cls is ModelConfig else "train"
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{section}: expected an object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
+                              f"known keys are {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(cls)
+        cfg = cls(**{name: _coerce(value, hints[name], f"{section}.{name}") for name, value in data.items()})
+        cfg.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     return cfg
 
 
@@ -252,8 +261,8 @@ class RunConfig:
         sha = data.get("tokenizer_sha256", {})
         if not isinstance(sha, dict):
             raise ConfigError(f"{where}.tokenizer_sha256 must be an object")
-        return cls(model=from_dict(ModelConfig, data.get("model", {}), f"{where}: model"),
-                   train=from_dict(TrainConfig, data.get("train", {}), f"{where}: train"),
+        return cls(model=from_dict(ModelConfig, data.get("model", {}), where),
+                   train=from_dict(TrainConfig, data.get("train", {}), where),
                    tokenizer_sha256=dict(sha), format_version=version)
 
 
@@ -299,13 +308,12 @@ def resolve_train_configs(config_file: Path | str | None, preset: str | None,
             raise ConfigError(f"{config_file}: unknown key(s) {', '.join(unknown)}; "
                               "expected 'model' and 'train'")
         # Check the file's own keys now, so an error names the file rather than a flag.
-        from_dict(ModelConfig, data.get("model", {}), f"{config_file}: model")
-        from_dict(TrainConfig, data.get("train", {}), f"{config_file}: train")
+        from_dict(ModelConfig, data.get("model", {}), str(config_file))
+        from_dict(TrainConfig, data.get("train", {}), str(config_file))
         model_values.update(data.get("model", {}))
         train_values.update(data.get("train", {}))
     if preset is not None:
         model_values.update(preset_values(preset))
     model_values.update(model_flags)
     train_values.update(train_flags)
-    return (from_dict(ModelConfig, model_values, "model options"),
-            from_dict(TrainConfig, train_values, "training options"))
+    return from_dict(ModelConfig, model_values), from_dict(TrainConfig, train_values)

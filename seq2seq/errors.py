@@ -19,3 +19,15 @@ class TokenizerError(S2SError):
 
 class RunDirError(S2SError):
     """A run directory is missing files, inconsistent, or from an unknown format version."""
+
+
+class WriteError(S2SError):
+    """A file cannot be written (disk full, permissions); the previous version is intact."""
+
+
+class RunLockedError(RunDirError):
+    """Another process is writing to the same run directory."""
+
+
+class TrainingDiverged(S2SError):
+    """Loss or gradients stayed non-finite for too many updates in a row."""

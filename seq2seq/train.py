@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import Batch, EpochBatches, TokenStore, collate, token_batches
-from .checkpoint import (CONFIG_FILE, MetricsLog, atomic_write_text, has_trainer_state,
-                         load_trainer_state, read_run_config, save_trainer_state, save_weights,
-                         WEIGHTS_FILE)
+from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, MetricsLog, RunLock, atomic_write, atomic_write_text,
+                         has_trainer_state, load_trainer_state, read_run_config,
+                         remove_unfinished_writes, save_trainer_state, save_weights)
 from .config import DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from .data import encode_corpus, filter_pairs, load_corpus
 from .decode import translate_ids
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError, RunDirError, TrainingDiverged
 from .evaluate import score_corpus
+from .interrupt import StopSignals
 from .model import Seq2SeqTransformer, build_model, count_parameters
 from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
 
@@ -42,11 +43,20 @@ Event = dict[str, Any]
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; a resumable state was saved first."""
+    """SIGINT or SIGTERM during training; a resumable state was saved first."""
 
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"interrupted at step {step}; resume with: s2s train --run {run_dir} --resume")
+    def __init__(self, run_dir: Path, step: int, signum: int):
+        super().__init__(f"interrupted at step {step}; a resumable checkpoint is saved. "
+                         f"Resume with: s2s train --run {run_dir} --resume")
         self.run_dir, self.step = run_dir, step
+        self.exit_code = 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
+
+
+@dataclass
+class UpdateOutcome:
+    loss: torch.Tensor  # summed label-smoothed loss over the update's target tokens
+    tokens: int  # target tokens the update trained on
+    applied: bool  # False when it was skipped: non-finite loss or gradients, or nothing fitted memory
 
 
 @dataclass
@@ -163,6 +173,11 @@ class Trainer:
         self.early_stopping = EarlyStopping(cfg.early_stop_metric, cfg.patience)
         self.step, self.epoch, self.position = 0, 1, 0
         self.validated_step = -1
+        self.counters = {"skipped_updates": 0, "bad_in_a_row": 0, "oom_splits": 0, "oom_skipped_sentences": 0}
+        # After an out-of-memory error, the smaller budget applies from the next
+        # epoch on: changing this epoch's batches would break exact resume.
+        self.next_max_tokens = cfg.max_tokens
+        self.signals = StopSignals()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else contextlib.nullcontext())
 
@@ -171,7 +186,7 @@ class Trainer:
     def emit(self, event: Event) -> None:
         if not self.is_main:
             return
-        if event["event"] in ("train", "valid"):
+        if event["event"] in ("train", "valid", "skip", "oom", "resume"):
             self.metrics.write(event)
         self.on_event(event)
 
@@ -179,29 +194,28 @@ class Trainer:
         cfg = self.cfg
         train_corpus = load_corpus(cfg.train, cfg.src_lang, cfg.tgt_lang)
         tokenizers = self.prepare_tokenizers(train_corpus)
-        train_ids, report = filter_pairs(encode_corpus(train_corpus, tokenizers, num_proc=cfg.num_proc),
-                                         cfg.max_len, num_proc=cfg.num_proc)
-        self.emit({"event": "data", "split": "train", "corpus": cfg.train, "pairs": len(train_corpus),
-                   "kept": report.kept, "too_long": report.too_long, "empty": report.empty,
-                   "max_len": cfg.max_len})
-        valid_src = valid_tgt = None
-        valid_src_lines: list[str] = []
-        valid_ref_lines: list[str] = []
+        train_ids = self.encode_split("train", cfg.train, train_corpus, tokenizers)
+        data = PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids")),
+                            TokenStore(train_ids.data.column("tgt_ids")), None, None, [], [])
         if cfg.valid:
             valid_corpus = load_corpus(cfg.valid, cfg.src_lang, cfg.tgt_lang)
-            valid_ids, valid_report = filter_pairs(encode_corpus(valid_corpus, tokenizers), cfg.max_len)
-            self.emit({"event": "data", "split": "valid", "corpus": cfg.valid,
-                       "pairs": len(valid_corpus), "kept": valid_report.kept,
-                       "too_long": valid_report.too_long, "empty": valid_report.empty,
-                       "max_len": cfg.max_len})
-            valid_src = TokenStore(valid_ids.data.column("src_ids"))
-            valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"))
+            valid_ids = self.encode_split("valid", cfg.valid, valid_corpus, tokenizers)
+            data.valid_src = TokenStore(valid_ids.data.column("src_ids"))
+            data.valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"))
+            # BLEU is scored on the raw text of every pair, filtered or not.
             limit = cfg.valid_bleu_max or len(valid_corpus)
-            valid_src_lines = valid_corpus["src"][:limit]
-            valid_ref_lines = valid_corpus["tgt"][:limit]
-        return PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids")),
-                            TokenStore(train_ids.data.column("tgt_ids")), valid_src, valid_tgt,
-                            valid_src_lines, valid_ref_lines)
+            data.valid_src_lines = valid_corpus["src"][:limit]
+            data.valid_ref_lines = valid_corpus["tgt"][:limit]
+        return data
+
+    def encode_split(self, split: str, spec: str, corpus, tokenizers: TokenizerPair):
+        """Token ids of `corpus` without empty or over-long pairs; reports what was dropped."""
+        encoded = encode_corpus(corpus, tokenizers, num_proc=self.cfg.num_proc)
+        kept, report = filter_pairs(encoded, self.cfg.max_len, num_proc=self.cfg.num_proc, name=spec)
+        self.emit({"event": "data", "split": split, "corpus": spec, "pairs": len(corpus),
+                   "kept": report.kept, "too_long": report.too_long, "empty": report.empty,
+                   "max_len": self.cfg.max_len})
+        return kept
 
     def prepare_tokenizers(self, train_corpus) -> TokenizerPair:
         """The run's own tokenizer: copied from --tokenizer, or trained here on a sample.
@@ -213,7 +227,7 @@ class Trainer:
             if self.cfg.tokenizer:
                 source = load_tokenizers(self.cfg.tokenizer)
                 for path in source.files():
-                    shutil.copyfile(path, self.run_dir / path.name)
+                    atomic_write(self.run_dir / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
             else:
                 self.emit({"event": "tokenizer", "vocab_size": self.cfg.vocab_size})
                 train_tokenizer(train_corpus, self.run_dir, vocab_size=self.cfg.vocab_size,
@@ -228,33 +242,83 @@ class Trainer:
 
     # -------------------------------------------------------------- training
 
-    def update(self, group: list[np.ndarray]) -> tuple[torch.Tensor, int]:
-        """One optimizer update over `group` (accumulated batches); returns summed loss and tokens."""
+    def update(self, group: list[np.ndarray]) -> UpdateOutcome:
+        """One optimizer update over `group`, the pair indices of its accumulated batches."""
         self.train_model.train()
         lr = inverse_sqrt_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
-        batches = [self.batch(index, self.data.train_src, self.data.train_tgt) for index in group]
-        # Normalise by the tokens of the whole update, so accumulation equals one big batch.
+        parts = list(group)
+        while True:
+            try:
+                loss_sum, tokens = self.accumulate_gradients(parts)
+                break
+            except torch.OutOfMemoryError:
+                if self.world_size > 1:  # ranks would fall out of step; let torchrun see it
+                    raise
+            # Outside the except block, so the failed attempt's tensors are freed.
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            parts = self.split_after_oom(parts)
+            if not parts:
+                return UpdateOutcome(torch.zeros((), device=self.device), 0, applied=False)
+        # One host sync per update: an update with a non-finite gradient must never reach the weights.
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or math.inf)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.counters["skipped_updates"] += 1
+            self.counters["bad_in_a_row"] += 1
+            self.emit({"event": "skip", "step": self.step, "reason": "non-finite loss or gradients",
+                       "in_a_row": self.counters["bad_in_a_row"]})
+            if self.counters["bad_in_a_row"] >= self.cfg.max_bad_updates:
+                raise TrainingDiverged(
+                    f"loss or gradients were not finite for {self.counters['bad_in_a_row']} updates in a "
+                    f"row after step {self.step}; stopped. The last good checkpoint is in {self.run_dir}; "
+                    "try a lower --lr or a longer --warmup-steps")
+            return UpdateOutcome(loss_sum, tokens, applied=False)
+        self.counters["bad_in_a_row"] = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return UpdateOutcome(loss_sum, tokens, applied=True)
+
+    def accumulate_gradients(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """Forward and backward over each batch; returns the summed loss and target tokens."""
+        batches = [self.batch(index, self.data.train_src, self.data.train_tgt) for index in parts]
+        # Normalise by the tokens of the whole update, so accumulation equals one big batch
+        # (and so does a batch split in two after running out of memory).
         tokens = sum(b.n_tgt_tokens for b in batches)
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             # Under DDP, all-reduce gradients only on the last micro-batch.
             sync = (i == len(batches) - 1 or self.world_size == 1)
-            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
-            with ctx:
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 with self.autocast:
                     logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
                 loss, _ = label_smoothed_loss(logits, batch.tgt_out, self.model_cfg.pad_id,
                                               self.cfg.label_smoothing)
                 (loss / tokens).backward()
             loss_sum += loss.detach()
-        if self.cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
         return loss_sum, tokens
+
+    def split_after_oom(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """Halve the batches of an update that ran out of memory; drop a lone sentence that cannot fit."""
+        if all(len(part) == 1 for part in parts):
+            lengths = self.data.train_src.lengths + self.data.train_tgt.lengths
+            parts = sorted(parts, key=lambda part: lengths[part[0]])[:-1]  # drop the longest
+            self.counters["oom_skipped_sentences"] += 1
+            action = "skipped one sentence that does not fit in memory"
+        else:
+            parts = [half for part in parts
+                     for half in (np.array_split(part, 2) if len(part) > 1 else [part])]
+            self.counters["oom_splits"] += 1
+            action = f"split the update into {len(parts)} batches"
+        current = min(self.next_max_tokens, self.batches.max_tokens)
+        self.next_max_tokens = max(self.cfg.max_len, int(current * 0.75))
+        self.emit({"event": "oom", "step": self.step, "action": action,
+                   "max_tokens_from_next_epoch": self.next_max_tokens})
+        return parts
 
     @torch.no_grad()
     def validate(self) -> Event:
@@ -277,7 +341,6 @@ class Trainer:
                   "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
                   "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
         record["best"] = self.early_stopping.improved(record)
-        self.validated_step = self.step
         return record
 
     def translate(self, lines: list[str]) -> list[str]:
@@ -298,10 +361,12 @@ class Trainer:
     def save(self) -> None:
         save_trainer_state(self.run_dir, self.model, self.optimizer, {
             "step": self.step, "epoch": self.epoch, "position": self.position,
-            "early_stopping": self.early_stopping.state()})
+            "early_stopping": self.early_stopping.state(), "counters": self.counters,
+            "max_tokens": self.batches.max_tokens, "next_max_tokens": self.next_max_tokens})
 
     def validate_and_save(self) -> None:
         """Validate (if there is a validation set), keep the best weights, save the trainer state."""
+        self.validated_step = self.step  # on every rank: finish() must agree on whether to call this
         if self.is_main:
             if self.data.valid_src is not None:
                 record = self.validate()
@@ -315,19 +380,23 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
 
-    def agree(self, decision: bool) -> bool:
+    def agree(self, decision: int) -> int:
         """Rank 0's decision, on every rank: ranks that disagree on stopping would hang DDP."""
         if self.world_size == 1:
             return decision
         flag = torch.tensor([int(decision)], device=self.device)
         dist.broadcast(flag, src=0)
-        return bool(flag.item())
+        return int(flag.item())
 
     def resume(self) -> None:
         progress = load_trainer_state(self.run_dir, self.model, self.optimizer)
         self.step, self.epoch, self.position = progress["step"], progress["epoch"], progress["position"]
         self.early_stopping.restore(progress["early_stopping"])
+        self.counters = progress["counters"]
+        self.batches.set_max_tokens(progress["max_tokens"])
+        self.next_max_tokens = progress["next_max_tokens"]
         self.validated_step = self.step
+        self.emit({"event": "resume", "step": self.step, "epoch": self.epochs_done})
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -343,18 +412,18 @@ class Trainer:
         interval_start, interval_tokens = start, 0
         loss_sum = torch.zeros((), device=self.device)
         loss_tokens = 0
-        stop_reason = "epochs"
-        try:
+        with self.signals:
             while not cfg.epochs or self.epoch <= cfg.epochs:
                 batches = self.batches.epoch(self.epoch)
                 while self.position < len(batches):
                     group = batches[self.position:self.position + cfg.accum_steps]
-                    loss, tokens = self.update(group)
+                    outcome = self.update(group)
                     self.position += len(group)
-                    loss_sum += loss
-                    loss_tokens += tokens
-                    interval_tokens += tokens
-                    if self.step % cfg.log_every == 0:
+                    if outcome.applied:
+                        loss_sum += outcome.loss
+                        loss_tokens += outcome.tokens
+                        interval_tokens += outcome.tokens
+                    if outcome.applied and self.step % cfg.log_every == 0:
                         now = time.monotonic()
                         # The only host sync in the loop: reading the summed loss.
                         self.emit({"event": "train", "step": self.step, "epoch": self.epochs_done,
@@ -364,24 +433,32 @@ class Trainer:
                                    "elapsed": now - start})
                         loss_sum.zero_()
                         loss_tokens, interval_start, interval_tokens = 0, now, 0
-                    if cfg.valid_every and self.step % cfg.valid_every == 0:
+                    if outcome.applied and cfg.valid_every and self.step % cfg.valid_every == 0:
                         self.validate_and_save()
                         if self.agree(self.early_stopping.should_stop):
                             return self.finish("early_stopping")
                     if cfg.max_steps and self.step >= cfg.max_steps:
                         return self.finish("max_steps")
+                    self.stop_if_signalled()
                     if cfg.max_time and self.agree(time.monotonic() - start >= cfg.max_time):
                         return self.finish("max_time")
                 self.epoch, self.position = self.epoch + 1, 0
+                if self.next_max_tokens < self.batches.max_tokens:
+                    self.batches.set_max_tokens(self.next_max_tokens)
                 if not cfg.valid_every:
                     self.validate_and_save()
                     if self.agree(self.early_stopping.should_stop):
                         return self.finish("early_stopping")
-        except KeyboardInterrupt:
+                self.stop_if_signalled()
+            return self.finish("epochs")
+
+    def stop_if_signalled(self) -> None:
+        """After a SIGINT or SIGTERM: save a resumable state, then leave the loop."""
+        signum = self.agree(self.signals.received or 0)
+        if signum:
             if self.is_main:
                 self.save()
-            raise TrainingInterrupted(self.run_dir, self.step) from None
-        return self.finish(stop_reason)
+            raise TrainingInterrupted(self.run_dir, self.step, signum)
 
     def finish(self, reason: str) -> TrainResult:
         if self.validated_step != self.step:
@@ -396,12 +473,13 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     """Train a model into `run_dir`, or continue the run there with `resume=True`.
 
     On resume, `model_cfg` and `train_cfg` must equal the saved configs except
-    for the stopping budget (epochs, max_steps, max_time, patience).
+    for the stopping budget (epochs, max_steps, max_time, patience). A run
+    stopped before its first checkpoint starts again from step 0.
     """
     run_dir = Path(run_dir)
     if resume:
-        if not has_trainer_state(run_dir):
-            raise RunDirError(f"{run_dir}: nothing to resume (no saved trainer state)")
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
         saved = read_run_config(run_dir)
         budget = dict(epochs=train_cfg.epochs, max_steps=train_cfg.max_steps,
                       max_time=train_cfg.max_time, patience=train_cfg.patience)
@@ -409,18 +487,25 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
             raise ConfigError(f"{run_dir}: resuming with a config other than the saved one; "
                               "only epochs, max_steps, max_time and patience may change")
         model_cfg = saved.model
-    elif (run_dir / CONFIG_FILE).exists():
-        raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
-                          "or choose another --run directory")
     model_cfg.validate()
     train_cfg.validate()
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event)
-    if resume:
-        trainer.resume()
-    elif trainer.is_main:
-        tokenizers = trainer.data.tokenizers
-        config = RunConfig(model=trainer.model_cfg, train=train_cfg, tokenizer_sha256={
-            t.path.name: t.sha256 for t in (tokenizers.src, tokenizers.tgt)})
-        atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
-    return trainer.run()
+    is_main = distributed_rank_and_size()[0] == 0
+    # Rank 0 alone writes the run directory, so it alone holds the lock.
+    with RunLock(run_dir) if is_main else contextlib.nullcontext():
+        if not resume and (run_dir / CONFIG_FILE).exists():
+            raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                              "or choose another --run directory")
+        if is_main:
+            remove_unfinished_writes(run_dir)
+        trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event)
+        if resume:
+            # A run stopped before its first checkpoint has none: it starts again at step 0.
+            if has_trainer_state(run_dir):
+                trainer.resume()
+        elif trainer.is_main:
+            tokenizers = trainer.data.tokenizers
+            config = RunConfig(model=trainer.model_cfg, train=train_cfg, tokenizer_sha256={
+                t.path.name: t.sha256 for t in (tokenizers.src, tokenizers.tgt)})
+            atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
+        return trainer.run()

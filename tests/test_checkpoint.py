@@ -122,7 +122,8 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         raise OSError(28, "No space left on device")
 
     from seq2seq.checkpoint import atomic_write
-    with pytest.raises(OSError):
+    from seq2seq.errors import WriteError
+    with pytest.raises(WriteError, match="No space left on device"):
         atomic_write(path, fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

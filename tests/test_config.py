@@ -27,14 +27,14 @@ def test_round_trip_through_json():
 ])
 def test_bad_model_config_is_refused(data, message):
     with pytest.raises(ConfigError, match=message):
-        from_dict(ModelConfig, data, "model")
+        from_dict(ModelConfig, data)
 
 
 def test_bad_train_config_is_refused():
     with pytest.raises(ConfigError, match="same|both"):
-        from_dict(TrainConfig, {"src_lang": "en", "tgt_lang": "en"}, "train")
+        from_dict(TrainConfig, {"src_lang": "en", "tgt_lang": "en"})
     with pytest.raises(ConfigError, match="max_tokens"):
-        from_dict(TrainConfig, {"max_tokens": 10, "max_len": 100}, "train")
+        from_dict(TrainConfig, {"max_tokens": 10, "max_len": 100})
 
 
 @pytest.mark.parametrize("beam, message", [(0, "at least 1"), (-3, "at least 1")])

@@ -17,7 +17,7 @@ def test_two_processes_train_one_run(tmp_path):
     run = tmp_path / "run"
     done = subprocess.run(
         [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "cli.main", "train",
-         "--run", str(run), "--train", train, "--valid", valid, "--vocab-size", "200",
+         "--run-dir", str(run), "--train", train, "--valid", valid, "--vocab-size", "200",
          "--d-model", "32", "--heads", "2", "--ffn-dim", "64", "--encoder-layers", "1",
          "--decoder-layers", "1", "--max-tokens", "600", "--max-len", "64", "--max-steps", "24",
          "--epochs", "0", "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "4",

@@ -88,6 +88,8 @@ def test_resume_refuses_a_changed_config(corpus, tmp_path):
         train(tmp_path / "run", tiny_model_config(), replace(cfg, lr=1.0), CPU, resume=True)
     with pytest.raises(RunDirError, match="nothing to resume"):
         train(tmp_path / "other", tiny_model_config(), cfg, CPU, resume=True)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(tmp_path / "run", tiny_model_config(), cfg, CPU)
 
 
 def test_max_time_stops_cleanly_and_keeps_a_model(corpus, tmp_path):

@@ -1,0 +1,191 @@
+"""Crash safety: locks, full disks, interrupts, kill -9, non-finite losses, running out of memory."""
+
+import errno
+import json
+import signal
+import subprocess
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+import seq2seq.checkpoint as checkpoint
+import seq2seq.train as train_module
+from seq2seq.checkpoint import RunLock, load_trainer_state, read_run_config
+from seq2seq.errors import RunLockedError, TrainingDiverged, WriteError
+from seq2seq.model import Seq2SeqTransformer, build_model
+from seq2seq.train import train
+
+from helpers import tiny_model_config, tiny_train_config, write_slice
+from kill_harness import deterministic_env, final_weights, run_kill_test, train_args
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    return write_slice(folder, "train", 300, "train")
+
+
+def events_of(kind, events):
+    return [e for e in events if e["event"] == kind]
+
+
+def test_a_second_trainer_on_the_same_run_stops_at_once(corpus, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        with pytest.raises(RunLockedError, match="another s2s train"):
+            train(run, tiny_model_config(), tiny_train_config(corpus, "", max_steps=2), CPU)
+    assert not (run / "config.json").exists()
+    train(run, tiny_model_config(), tiny_train_config(corpus, "", max_steps=2), CPU)  # free again
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
+    real_save_file = checkpoint.save_file
+    calls = []
+
+    def save_file_until_the_disk_fills(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_file(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file_until_the_disk_fills)
+    run = tmp_path / "run"
+    with pytest.raises(WriteError, match="No space left on device.*previous version of the file is intact"):
+        train(run, tiny_model_config(), tiny_train_config(corpus, "", max_steps=9, valid_every=3), CPU)
+    config = read_run_config(run)
+    model = build_model(config.model)
+    assert load_trainer_state(run, model, torch.optim.AdamW(model.parameters()))["step"] == 3
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+    real_loss = train_module.label_smoothed_loss
+    calls = []
+
+    def sometimes_nan(logits, *args):
+        calls.append(1)
+        loss, nll = real_loss(logits, *args)
+        return (loss * float("nan"), nll) if len(calls) in (3, 4) else (loss, nll)
+
+    monkeypatch.setattr(train_module, "label_smoothed_loss", sometimes_nan)
+    events = []
+    result = train(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", max_steps=6), CPU,
+                   on_event=events.append)
+    assert result.step == 6
+    assert [e["in_a_row"] for e in events_of("skip", events)] == [1, 2]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000006" / "trainer.json").read_text())
+    assert state["counters"]["skipped_updates"] == 2 and state["counters"]["bad_in_a_row"] == 0
+    for name, value in build_model(read_run_config(tmp_path / "run").model).state_dict().items():
+        assert torch.isfinite(value).all(), name
+
+
+def test_too_many_non_finite_updates_in_a_row_stop_training(corpus, tmp_path, monkeypatch):
+    real_loss = train_module.label_smoothed_loss
+    calls = []
+
+    def nan_after_four(logits, *args):
+        calls.append(1)
+        loss, nll = real_loss(logits, *args)
+        return (loss * float("nan"), nll) if len(calls) > 4 else (loss, nll)
+
+    monkeypatch.setattr(train_module, "label_smoothed_loss", nan_after_four)
+    cfg = tiny_train_config(corpus, "", max_steps=50, valid_every=2, max_bad_updates=3)
+    with pytest.raises(TrainingDiverged, match="not finite for 3 updates in a row after step 4"):
+        train(tmp_path / "run", tiny_model_config(), cfg, CPU)
+    model = build_model(read_run_config(tmp_path / "run").model)
+    assert load_trainer_state(tmp_path / "run", model, torch.optim.AdamW(model.parameters()))["step"] == 4
+
+
+def first_update_gradients(monkeypatch) -> list[list[torch.Tensor]]:
+    """Record the accumulated gradients of each update, as the trainer clips them."""
+    real_clip = torch.nn.utils.clip_grad_norm_
+    recorded = []
+
+    def clip_and_record(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        recorded.append([p.grad.detach().clone() for p in parameters])
+        return real_clip(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_record)
+    return recorded
+
+
+def test_out_of_memory_splits_the_batch_with_the_same_update(corpus, tmp_path, monkeypatch):
+    """A batch that does not fit is split and retried; its gradient is the one without the error."""
+    cfg = tiny_train_config(corpus, "", max_steps=1)
+    model_cfg = replace(tiny_model_config(), dropout=0.0)
+    recorded = first_update_gradients(monkeypatch)
+    train(tmp_path / "plain", model_cfg, cfg, CPU)
+    plain = list(recorded)
+    recorded.clear()
+
+    real_forward = Seq2SeqTransformer.forward
+
+    def forward_with_little_memory(self, src, tgt_in):
+        if src.size(0) > 6:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, src, tgt_in)
+
+    monkeypatch.setattr(Seq2SeqTransformer, "forward", forward_with_little_memory)
+    events = []
+    train(tmp_path / "split", model_cfg, cfg, CPU, on_event=events.append)
+    ooms = events_of("oom", events)
+    assert ooms and all("split" in e["action"] for e in ooms)
+    assert ooms[-1]["max_tokens_from_next_epoch"] < cfg.max_tokens
+    assert len(plain) == len(recorded) == 1
+    for a, b in zip(plain[0], recorded[0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_sentence_that_never_fits_is_skipped(corpus, tmp_path, monkeypatch):
+    real_forward = Seq2SeqTransformer.forward
+
+    def forward_without_memory_for_long_sources(self, src, tgt_in):
+        if src.size(1) > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, src, tgt_in)
+
+    monkeypatch.setattr(Seq2SeqTransformer, "forward", forward_without_memory_for_long_sources)
+    events = []
+    train(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", epochs=1), CPU,
+          on_event=events.append)
+    skipped = [e for e in events_of("oom", events) if "skipped" in e["action"]]
+    assert skipped
+    state = json.loads(sorted((tmp_path / "run" / "checkpoints").glob("step_*/trainer.json"))[-1].read_text())
+    assert state["counters"]["oom_skipped_sentences"] == len(skipped)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_saves_a_resumable_checkpoint(corpus, tmp_path, signum, code):
+    run = tmp_path / "run"
+    process = subprocess.Popen(train_args(run, corpus, max_steps=100000, checkpoint_every=1000),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=deterministic_env())
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert "s2s train --run" in stderr and "--resume" in stderr
+    model = build_model(read_run_config(run).model)
+    step = load_trainer_state(run, model, torch.optim.AdamW(model.parameters()))["step"]
+    assert step > 0
+    resumed = subprocess.run(train_args(run, corpus, max_steps=step + 2, checkpoint_every=1000) + ["--resume"],
+                             capture_output=True, text=True, env=deterministic_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed at step {step}" in resumed.stderr
+
+
+def test_kill_minus_nine_at_random_moments_loses_nothing(corpus, tmp_path):
+    report = run_kill_test(tmp_path, corpus, kills=5, max_steps=60, checkpoint_every=4, seed=1)
+    print(report.summary())
+    assert report.kills == 5
+    assert report.identical, report.summary()
+    assert max(report.steps_lost, default=0) <= 4 + 1
