@@ -25,7 +25,7 @@ from kill_harness import run_kill_test  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--max-steps", type=int, default=400)
+    parser.add_argument("--max-steps", type=int, default=4000)
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args()
@@ -33,7 +33,7 @@ def main() -> None:
         corpus = write_slice(Path(tmp) / "data", "train", 1000, "train")
         start = time.monotonic()
         report = run_kill_test(Path(tmp), corpus, kills=a.kills, max_steps=a.max_steps,
-                               checkpoint_every=a.checkpoint_every, seed=a.seed, max_delay=8.0)
+                               checkpoint_every=a.checkpoint_every, seed=a.seed, max_delay=2.0)
         seconds = time.monotonic() - start
     command = " ".join(["python", "bench/kill_test.py", *sys.argv[1:]])
     entry = (f"\n## {date.today().isoformat()}: kill -9 test\n\n"

@@ -64,6 +64,10 @@ class TrainDisplay:
             self.console.print(f"[yellow]out of memory at step {event['step']}: {event['action']}; "
                                f"batches of at most {event['max_tokens_from_next_epoch']:,} tokens "
                                "from the next epoch[/]")
+        elif kind == "average":
+            bleu = f": BLEU {event['valid_bleu']:.2f}" if "valid_bleu" in event else ""
+            verdict = "kept as the model" if event["kept"] else "not better than the best checkpoint; not kept"
+            self.console.print(f"average of steps {event['averaged_steps']}{bleu}, {verdict}")
         elif kind == "stop":
             self.close()
             best = event["best"]

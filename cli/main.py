@@ -199,6 +199,29 @@ def read_scored_lines(path: Path) -> list[str]:
     return lines
 
 
+@app.command()
+@user_errors
+def average(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    last: Annotated[int, typer.Option(help="Average the K newest snapshots.")] = 0,
+    best: Annotated[int, typer.Option(help="Average the K snapshots with the best validation BLEU.")] = 0,
+    output: Annotated[str, typer.Option("--output", "-o", help="File name inside the run directory.")]
+    = "average.safetensors",
+) -> None:
+    """Average the weights of several snapshots of a run; translate with `--weights FILE`."""
+    from seq2seq.average import list_snapshots, select_snapshots, write_average
+    from seq2seq.checkpoint import read_run_config
+
+    read_run_config(model)  # a clear error for anything that is not a run directory
+    if Path(output).name != output or output == WEIGHTS_FILE:
+        raise ConfigError(f"--output must be a plain file name other than {WEIGHTS_FILE}, got {output!r}")
+    chosen = select_snapshots(list_snapshots(model), last=last, best=best)
+    steps = ",".join(str(s.step) for s in chosen)
+    write_average([s.path for s in chosen], model / output, metadata={"averaged_steps": steps})
+    stderr.print(f"averaged steps {steps} into {model / output}; "
+                 f"translate with: s2s translate -m {model} --weights {output}")
+
+
 @app.command("eval")
 @user_errors
 def evaluate(

@@ -114,6 +114,11 @@ def train_command(
                                                      VALID, "--early-stop-metric")] = None,
     log_every: Annotated[Optional[int], _opt("Updates between progress lines. [default: 50]",
                                              VALID, "--log-every")] = None,
+    keep_snapshots: Annotated[Optional[int], _opt("Weight snapshots kept for `s2s average`: the newest N "
+                                                  "and the best N. [default: 5]", VALID, "--keep-snapshots")] = None,
+    average_last: Annotated[Optional[int], _opt("At the end, average the last N snapshots and keep the "
+                                                "average if it validates at least as well. [default: 0]",
+                                                VALID, "--average-last")] = None,
 ) -> None:
     """Train a Transformer. With no options: English to German on the bundled Multi30k, into runs/."""
     model_flags = {k: v for k, v in dict(
@@ -128,7 +133,8 @@ def train_command(
         weight_decay=weight_decay, label_smoothing=label_smoothing, clip_norm=clip_norm, seed=seed,
         max_bad_updates=max_bad_updates,
         valid_every=valid_every, valid_beam=valid_beam, valid_bleu_max=valid_bleu_max, patience=patience,
-        early_stop_metric=early_stop_metric, log_every=log_every).items() if v is not None}
+        early_stop_metric=early_stop_metric, log_every=log_every, keep_snapshots=keep_snapshots,
+        average_last=average_last).items() if v is not None}
     if resume:
         if run is None:
             raise ConfigError("--resume needs --run DIR, the run directory to continue")

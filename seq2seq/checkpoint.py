@@ -109,6 +109,10 @@ def remove_unfinished_writes(run_dir: Path) -> None:
     for folder in (run_dir / CHECKPOINTS_DIR).glob("step_*"):
         if folder.is_dir() and folder.name > last:
             shutil.rmtree(folder, ignore_errors=True)
+    # Weight snapshots (seq2seq.average) from steps the resumed run will redo.
+    for snapshot in (run_dir / CHECKPOINTS_DIR / "weights").glob("step_*.safetensors"):
+        if snapshot.name.removesuffix(".safetensors") > last:
+            snapshot.unlink(missing_ok=True)
 
 
 class RunLock:

@@ -110,6 +110,11 @@ class TrainConfig:
     valid_bleu_max: int = 0  # validate BLEU on at most this many sentences; 0 means all
     patience: int = 10  # validations without improvement before stopping; 0 disables
     early_stop_metric: Literal["bleu", "loss"] = "bleu"
+    # Weights-only snapshots kept for averaging: the newest N and the best N.
+    keep_snapshots: int = 5
+    # At the end, average the last N snapshots; the average becomes the model if
+    # it validates at least as well as the best single checkpoint. 0 is off.
+    average_last: int = 0
     log_every: int = 50  # updates between progress records
     # Updates in a row whose loss or gradients are not finite before training
     # stops; each such update is skipped, not applied.
@@ -127,7 +132,8 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs", "max_steps", "max_time", "warmup_steps", "valid_every",
-                     "patience", "clip_norm", "weight_decay", "valid_bleu_max"):
+                     "patience", "clip_norm", "weight_decay", "valid_bleu_max", "keep_snapshots",
+                     "average_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -136,6 +142,9 @@ class TrainConfig:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.valid_beam < 1:
             raise ConfigError(f"train.valid_beam must be at least 1, got {self.valid_beam}")
+        if self.average_last > self.keep_snapshots:
+            raise ConfigError(f"train.average_last ({self.average_last}) needs at least as many kept "
+                              f"snapshots, but train.keep_snapshots is {self.keep_snapshots}")
         if self.max_tokens < self.max_len:
             raise ConfigError(f"train.max_tokens ({self.max_tokens}) must be at least "
                               f"train.max_len ({self.max_len}) so that every kept pair fits a batch")

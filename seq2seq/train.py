@@ -26,10 +26,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .average import list_snapshots, prune_snapshots, save_snapshot, write_average
 from .batching import Batch, EpochBatches, TokenStore, collate, token_batches
 from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, MetricsLog, RunLock, atomic_write, atomic_write_text,
                          has_trainer_state, load_trainer_state, read_run_config,
-                         remove_unfinished_writes, save_trainer_state, save_weights)
+                         load_weights, remove_unfinished_writes, save_trainer_state, save_weights)
 from .config import DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from .data import encode_corpus, filter_pairs, load_corpus
 from .decode import translate_ids
@@ -40,6 +41,7 @@ from .model import Seq2SeqTransformer, build_model, count_parameters
 from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
 
 Event = dict[str, Any]
+AVERAGE_FILE = "average.safetensors"
 
 
 class TrainingInterrupted(Exception):
@@ -63,7 +65,7 @@ class UpdateOutcome:
 class TrainResult:
     run_dir: Path
     step: int  # optimizer updates done
-    epoch: int
+    epochs: float  # epochs of data consumed
     best: dict[str, Any] | None  # the validation record of the best model, if validated
     stop_reason: str  # "epochs", "max_steps", "max_time" or "early_stopping"
 
@@ -186,7 +188,7 @@ class Trainer:
     def emit(self, event: Event) -> None:
         if not self.is_main:
             return
-        if event["event"] in ("train", "valid", "skip", "oom", "resume"):
+        if event["event"] in ("train", "valid", "skip", "oom", "resume", "average"):
             self.metrics.write(event)
         self.on_event(event)
 
@@ -322,8 +324,15 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> Event:
-        """Validation loss (NLL per target token) and BLEU, recorded for early stopping."""
-        self.model.eval()
+        """Validation loss and BLEU of the current weights, recorded for early stopping."""
+        record = {"event": "valid", "step": self.step, "epoch": self.epochs_done, **self.measure(self.model)}
+        record["best"] = self.early_stopping.improved(record)
+        return record
+
+    @torch.no_grad()
+    def measure(self, model: Seq2SeqTransformer) -> dict[str, Any]:
+        """Validation loss (NLL per target token), perplexity and BLEU of `model`."""
+        model.eval()
         cfg, data = self.cfg, self.data
         nll_sum = torch.zeros((), device=self.device)
         tokens = 0
@@ -331,26 +340,23 @@ class Trainer:
         for index in token_batches(*lengths, cfg.max_tokens, rng=None):
             batch = self.batch(index, data.valid_src, data.valid_tgt)
             with self.autocast:
-                logits = self.model(batch.src, batch.tgt_in)
+                logits = model(batch.src, batch.tgt_in)
             nll_sum += label_smoothed_loss(logits, batch.tgt_out, self.model_cfg.pad_id, 0.0)[1]
             tokens += batch.n_tgt_tokens
         nll = nll_sum.item() / max(tokens, 1)
-        hyps = self.translate(data.valid_src_lines)
+        hyps = self.translate(model, data.valid_src_lines)
         bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
-        record = {"event": "valid", "step": self.step, "epoch": self.epochs_done, "valid_loss": nll,
-                  "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
-                  "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
-        record["best"] = self.early_stopping.improved(record)
-        return record
+        return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
+                "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
 
-    def translate(self, lines: list[str]) -> list[str]:
-        """Translate raw source lines with the current weights (validation BLEU)."""
+    def translate(self, model: Seq2SeqTransformer, lines: list[str]) -> list[str]:
+        """Translate raw source lines with `model` (validation BLEU)."""
         tok = self.data.tokenizers
         limit = self.model_cfg.max_positions - 1  # leave room for EOS
         src_ids = [ids[:limit] + [tok.src.eos_id] if line.strip() else []
                    for line, ids in zip(lines, tok.src.encode(lines))]
         with self.autocast:
-            out = translate_ids(self.model, src_ids, DecodeConfig(beam=self.cfg.valid_beam))
+            out = translate_ids(model, src_ids, DecodeConfig(beam=self.cfg.valid_beam))
         return tok.tgt.decode(out)
 
     @property
@@ -368,14 +374,19 @@ class Trainer:
         """Validate (if there is a validation set), keep the best weights, save the trainer state."""
         self.validated_step = self.step  # on every rank: finish() must agree on whether to call this
         if self.is_main:
+            bleu = None
             if self.data.valid_src is not None:
                 record = self.validate()
+                bleu = record["valid_bleu"]
                 if record["best"]:
                     save_weights(self.model, self.run_dir / WEIGHTS_FILE,
                                  metadata={"step": str(self.step)})
                 self.emit(record)
             else:  # nothing to choose by: the latest weights are the model
                 save_weights(self.model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
+            if self.cfg.keep_snapshots:
+                save_snapshot(self.model, self.run_dir, self.step, bleu)
+                prune_snapshots(self.run_dir, self.cfg.keep_snapshots)
             self.save()
         if self.world_size > 1:
             dist.barrier()
@@ -452,6 +463,25 @@ class Trainer:
                 self.stop_if_signalled()
             return self.finish("epochs")
 
+    def average_last_snapshots(self) -> None:
+        """Average the last snapshots; keep the average as the model if it validates at least as well."""
+        snapshots = list_snapshots(self.run_dir)[-self.cfg.average_last:]
+        if len(snapshots) < 2:
+            return
+        steps = ",".join(str(s.step) for s in snapshots)
+        path = self.run_dir / AVERAGE_FILE
+        write_average([s.path for s in snapshots], path, metadata={"averaged_steps": steps})
+        record: Event = {"event": "average", "step": self.step, "averaged_steps": steps, "kept": True}
+        if self.data.valid_src is not None:
+            averaged = build_model(self.model_cfg).to(self.device)
+            load_weights(averaged, path)
+            record.update(self.measure(averaged))
+            best = self.early_stopping.best
+            record["kept"] = best is None or record["valid_bleu"] >= best["valid_bleu"]
+        if record["kept"]:
+            atomic_write(self.run_dir / WEIGHTS_FILE, lambda tmp: shutil.copyfile(path, tmp))
+        self.emit(record)
+
     def stop_if_signalled(self) -> None:
         """After a SIGINT or SIGTERM: save a resumable state, then leave the loop."""
         signum = self.agree(self.signals.received or 0)
@@ -463,7 +493,9 @@ class Trainer:
     def finish(self, reason: str) -> TrainResult:
         if self.validated_step != self.step:
             self.validate_and_save()
-        result = TrainResult(self.run_dir, self.step, self.epoch, self.early_stopping.best, reason)
+        if self.cfg.average_last and self.is_main:
+            self.average_last_snapshots()
+        result = TrainResult(self.run_dir, self.step, self.epochs_done, self.early_stopping.best, reason)
         self.emit({"event": "stop", "reason": reason, "step": self.step, "best": self.early_stopping.best})
         return result
 

@@ -98,9 +98,24 @@ class KillReport:
                 f"on average {sum(lost) / len(lost):.1f}; final weights identical: {self.identical}")
 
 
+def wait_for_training(process: subprocess.Popen, run: Path, past_step: int, timeout: float = 120) -> None:
+    """Until the run logs a step beyond `past_step` (it is training again), or the process ends."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if last_logged_step(run) > past_step:
+            return
+        time.sleep(0.05)
+
+
 def run_kill_test(folder: Path, train_prefix: str, kills: int, max_steps: int = 60,
-                  checkpoint_every: int = 4, seed: int = 0, max_delay: float = 3.0) -> KillReport:
-    """Train once straight through, then again with `kills` kill -9s; compare the results."""
+                  checkpoint_every: int = 4, seed: int = 0, max_delay: float = 1.0,
+                  startup_share: float = 0.2) -> KillReport:
+    """Train once straight through, then again with `kills` kill -9s; compare the results.
+
+    A `startup_share` of the kills land while the process starts (imports,
+    data, tokenizer); the rest land up to `max_delay` seconds into training,
+    where checkpoint writes happen.
+    """
     rng = random.Random(seed)
     env = deterministic_env()
     straight, killed = folder / "straight", folder / "killed"
@@ -111,9 +126,13 @@ def run_kill_test(folder: Path, train_prefix: str, kills: int, max_steps: int = 
     resume = False
     while report.kills < kills:
         args = train_args(killed, train_prefix, max_steps, checkpoint_every) + (["--resume"] if resume else [])
+        logged_before = last_logged_step(killed)
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        # Anywhere from start-up to deep in training, checkpoint writes included.
-        time.sleep(rng.uniform(0.5, max_delay))
+        if rng.random() < startup_share:
+            time.sleep(rng.uniform(0.1, 3.0))
+        else:
+            wait_for_training(process, killed, logged_before)
+            time.sleep(rng.uniform(0.0, max_delay))
         if process.poll() is not None:  # finished (or failed) before the kill
             _, stderr = process.communicate()
             if process.returncode != 0:

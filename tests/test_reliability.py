@@ -184,7 +184,7 @@ def test_an_interrupt_saves_a_resumable_checkpoint(corpus, tmp_path, signum, cod
 
 
 def test_kill_minus_nine_at_random_moments_loses_nothing(corpus, tmp_path):
-    report = run_kill_test(tmp_path, corpus, kills=5, max_steps=60, checkpoint_every=4, seed=1)
+    report = run_kill_test(tmp_path, corpus, kills=5, max_steps=200, checkpoint_every=4, seed=1, max_delay=0.5)
     print(report.summary())
     assert report.kills == 5
     assert report.identical, report.summary()
