@@ -109,11 +109,14 @@ def tokenizer_train(
 
 
 def decode_config(beam: int, length_penalty: str, alpha: float, max_len_a: float, max_len_b: int,
-                  batch_tokens: int) -> DecodeConfig:
+                  batch_tokens: int, long_lines: str = "split", sampling: bool = False,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  seed: Optional[int] = None) -> DecodeConfig:
     if length_penalty not in ("gnmt", "average", "none"):
         raise ConfigError(f"--length-penalty must be gnmt, average or none, got {length_penalty!r}")
     cfg = DecodeConfig(beam=beam, length_penalty=length_penalty, alpha=alpha, max_len_a=max_len_a,
-                       max_len_b=max_len_b, max_tokens=batch_tokens)
+                       max_len_b=max_len_b, max_tokens=batch_tokens, long_lines=long_lines,
+                       sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     cfg.validate()
     return cfg
 
@@ -123,9 +126,33 @@ def report_input(read: ReadStats, translator) -> None:
     if read.invalid_utf8:
         warning(f"{read.invalid_utf8} line(s) held bytes that are not UTF-8; they were decoded "
                 "with U+FFFD replacement characters")
+    if stats.split:
+        warning(f"{stats.split} line(s) were longer than the model's {translator.max_source_tokens} "
+                "source tokens and were translated in pieces split at sentence ends")
     if stats.truncated:
         warning(f"{stats.truncated} line(s) were longer than the model's {translator.max_source_tokens} "
                 "source tokens and were truncated")
+
+
+# Characters at which `str.splitlines` breaks but which JSON leaves unescaped.
+_JSON_UNESCAPED_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def nbest_jsonl(first_line: int, sources: list[str], nbest) -> str:
+    """One JSON object per input line: its 1-based number, source and hypotheses."""
+    records = []
+    for number, (source, hypotheses) in enumerate(zip(sources, nbest), start=first_line):
+        record = {"line": number, "source": source,
+                  "hypotheses": [{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]}
+        records.append(json.dumps(record, ensure_ascii=False).translate(_JSON_UNESCAPED_BREAKS) + "\n")
+    return "".join(records)
+
+
+def nbest_tsv(first_line: int, sources: list[str], nbest) -> str:
+    """One `line<TAB>rank<TAB>score<TAB>text` row per hypothesis; tabs in the text become spaces."""
+    return "".join(f"{number}\t{rank}\t{h.score:.6f}\t{h.text.replace(chr(9), ' ')}\n"
+                   for number, hypotheses in enumerate(nbest, start=first_line)
+                   for rank, h in enumerate(hypotheses, start=1))
 
 
 Beam = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
@@ -138,6 +165,17 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 Weights = Annotated[str, typer.Option(help="Weights file inside the run directory.")]
 
 
+LongLines = Annotated[str, typer.Option(help="Lines longer than the model can read: split (at sentence "
+                                         "ends, translated in pieces) or truncate.")]
+Sample = Annotated[bool, typer.Option("--sample", help="Sample each token instead of searching "
+                                      "(for back-translation); ignores --beam.")]
+Temperature = Annotated[float, typer.Option(help="With --sample: divide log-probabilities by T.")]
+TopK = Annotated[int, typer.Option(help="With --sample: only the K most probable tokens; 0 is off.")]
+TopP = Annotated[float, typer.Option(help="With --sample: only the fewest tokens whose probability "
+                                     "reaches P; 1 is off.")]
+Seed = Annotated[Optional[int], typer.Option(help="With --sample: seed, for repeatable samples.")]
+
+
 @app.command()
 @user_errors
 def translate(
@@ -146,6 +184,13 @@ def translate(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default stdout.")] = None,
     beam: Beam = 5, length_penalty: LengthPenalty = "gnmt", alpha: Alpha = 0.6,
     max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, batch_tokens: BatchTokens = 8000,
+    long_lines: LongLines = "split",
+    nbest: Annotated[int, typer.Option(help="Write the N best translations of each line "
+                                       "(N <= --beam) instead of the best one.")] = 0,
+    nbest_format: Annotated[str, typer.Option(help="With --nbest: jsonl (one object per line) or tsv "
+                                              "(one row per hypothesis).")] = "jsonl",
+    sample: Sample = False, temperature: Temperature = 1.0, top_k: TopK = 0, top_p: TopP = 1.0,
+    seed: Seed = None,
     buffer_lines: Annotated[int, typer.Option(help="Lines read, translated and written at a time.")] = 1000,
     interactive: Annotated[bool, typer.Option("--interactive", help="Answer line by line (the default "
                                               "when stdin is a terminal).")] = False,
@@ -155,9 +200,19 @@ def translate(
     from seq2seq.device import resolve_device
     from seq2seq.translator import Translator
 
-    cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens)
+    cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens, long_lines,
+                        sample, temperature, top_k, top_p, seed)
     if buffer_lines <= 0:
         raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
+    if nbest < 0:
+        raise ConfigError(f"--nbest must be positive, got {nbest}")
+    if nbest and sample:
+        raise ConfigError("--nbest needs beam search; --sample gives one output per line")
+    if nbest > beam:
+        raise ConfigError(f"--nbest {nbest} is more than --beam {beam}; beam search finds at most "
+                          "--beam hypotheses")
+    if nbest_format not in ("jsonl", "tsv"):
+        raise ConfigError(f"--nbest-format must be jsonl or tsv, got {nbest_format!r}")
     if output is not None:
         if not output.parent.is_dir():
             raise ConfigError(f"--output {output}: folder {output.parent} does not exist")
@@ -171,12 +226,20 @@ def translate(
     if interactive or (input is None and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()
+    write_nbest = nbest_jsonl if nbest_format == "jsonl" else nbest_tsv
+
+    def render(first_line: int, chunk: list[str]) -> str:
+        if nbest:
+            return write_nbest(first_line, chunk, translator.translate_nbest(chunk, nbest))
+        return "".join(line + "\n" for line in translator.translate(chunk))
 
     def write_all(source: BinaryIO, sink: BinaryIO) -> None:
         # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
+        first_line = 1
         for chunk in chunks(iter_lines(source, read), buffer_lines):
-            sink.write("".join(line + "\n" for line in translator.translate(chunk)).encode("utf-8"))
+            sink.write(render(first_line, chunk).encode("utf-8"))
             sink.flush()
+            first_line += len(chunk)
 
     with open_binary(input) if input is not None else sys.stdin.buffer as source:
         if output is None:
@@ -239,6 +302,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     beam: Beam = 5, length_penalty: LengthPenalty = "gnmt", alpha: Alpha = 0.6,
     max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, batch_tokens: BatchTokens = 8000,
+    long_lines: LongLines = "split",
     device: Device = "auto", weights: Weights = WEIGHTS_FILE,
 ) -> None:
     """Score with sacreBLEU: `--hyp H --ref R`, or `-m RUN --src S --ref R` to translate first."""
@@ -257,7 +321,7 @@ def evaluate(
         from seq2seq.device import resolve_device
         from seq2seq.translator import Translator
 
-        cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens)
+        cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens, long_lines)
         sources = read_scored_lines(src)
         for path, lines in zip(ref, refs):
             if len(lines) != len(sources):

@@ -162,10 +162,29 @@ class DecodeConfig:
     max_len_a: float = 1.5  # output length limit: a * source tokens + b
     max_len_b: int = 10
     max_tokens: int = 8000  # source tokens per batch (after padding)
+    # A source line longer than the model's max_positions - 1 tokens is either
+    # "split" at sentence punctuation (then at the token limit) and its pieces'
+    # translations joined, or "truncate"d to the limit.
+    long_lines: Literal["split", "truncate"] = "split"
+    # Sampling draws each token instead of searching (for back-translation);
+    # it ignores `beam`.
+    sampling: bool = False
+    temperature: float = 1.0  # logprobs are divided by it before sampling; > 0
+    top_k: int = 0  # sample among the k most probable tokens only; 0 is off
+    top_p: float = 1.0  # sample among the fewest tokens whose mass reaches p; 1 is off
+    seed: int | None = None  # None draws a fresh seed
 
     def validate(self) -> None:
         if self.beam < 1:
             raise ConfigError(f"beam size must be at least 1, got {self.beam}")
+        if self.long_lines not in ("split", "truncate"):
+            raise ConfigError(f"long lines must be split or truncate, got {self.long_lines!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
         if self.alpha < 0:
             raise ConfigError(f"length penalty alpha must not be negative, got {self.alpha}")
         if self.max_len_a < 0 or self.max_len_b < 0:

@@ -1,10 +1,10 @@
-"""Greedy and beam search over the model's decoder cache.
+"""Greedy search, sampling and beam search over the model's decoder cache.
 
 Shapes: B sentences, K beam size, S source length, D d_model, V target
 vocabulary. Beam search folds sentences and beams into one batch dimension
 (B*K), as JoeyNMT does, so that each step is one call to `model.decode`.
 
-Both searches feed one new token per step through a `DecoderCache` and drop
+All searches feed one new token per step through a `DecoderCache` and drop
 sentences from the batch as soon as they are done, so the batch shrinks as
 the search goes on. Padding and BOS are never produced: their log-probability
 is set to -inf before a token is chosen (as fairseq does for padding).
@@ -12,6 +12,7 @@ is set to -inf before a token is chosen (as fairseq does for padding).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,13 +72,17 @@ def _force_eos(logprobs: Tensor, at_limit: Tensor, eos_id: int) -> Tensor:
     return torch.where(at_limit[:, None], eos_only, logprobs)  # (N, V)
 
 
-@torch.inference_mode()
-def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
-    """The most probable next token at each step, for each source row.
+# Picks the next token (N,) from the log-probabilities (N, V) of the rows still decoding.
+TokenChoice = Callable[[Tensor], Tensor]
 
-    src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
-    output may have; at that length EOS is forced. Returns one `Hypothesis` per
-    row, in row order, with score equal to logprob.
+
+def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
+                        choose: TokenChoice) -> list[Hypothesis]:
+    """The loop shared by greedy search and sampling: one chosen token per row and step.
+
+    src: (B, S) padded source ids. max_len: (B,) long; at that length EOS is
+    forced. Each Hypothesis' score and logprob are the model's log-probability
+    of the chosen tokens, whatever `choose` did to pick them.
     """
     _require_eval_mode(model)
     n_rows = src.size(0)
@@ -95,8 +100,8 @@ def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> li
     for step in range(int(max_len.max()) + 1):
         logprobs = _next_token_logprobs(model, history[:, -1:], memory, src_mask, cache)  # (N, V)
         logprobs = _force_eos(logprobs, row_max_len <= step, eos_id)  # (N, V)
-        token_logprob, token = logprobs.max(dim=1)  # (N,), (N,)
-        total_logprob = total_logprob + token_logprob  # (N,)
+        token = choose(logprobs)  # (N,)
+        total_logprob = total_logprob + logprobs.gather(1, token[:, None]).squeeze(1)  # (N,)
         history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
         ended = token.eq(eos_id)  # (N,)
         if not ended.any():
@@ -118,6 +123,60 @@ def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> li
         total_logprob = total_logprob.index_select(0, keep)  # (N',)
         row_max_len = row_max_len.index_select(0, keep)  # (N',)
     return results  # every row has met EOS: it is forced at its max_len
+
+
+@torch.inference_mode()
+def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
+    """The most probable next token at each step, for each source row.
+
+    src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
+    output may have; at that length EOS is forced. Returns one `Hypothesis` per
+    row, in row order, with score equal to logprob.
+    """
+    return _one_token_per_step(model, src, max_len, lambda logprobs: logprobs.argmax(dim=1))
+
+
+def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """The probabilities (N, V) to sample the next token from, given logprobs (N, V).
+
+    Logprobs are divided by `temperature`; then only the `top_k` most probable
+    tokens (0: all) are kept, and of those the smallest set whose probability
+    mass reaches `top_p`; what is kept is renormalised. Tokens at -inf (padding,
+    BOS, all but EOS at the length limit) keep probability 0.
+    """
+    logits = logprobs / temperature  # (N, V)
+    if 0 < top_k < logits.size(1):
+        kth_best = logits.topk(top_k, dim=1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = logits.softmax(dim=1)  # (N, V)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=1, descending=True)  # (N, V), (N, V)
+        # A token stays if the mass of the more probable tokens is still short of
+        # top_p: this keeps the most probable token, and stops at the first that reaches p.
+        mass_before = sorted_probs.cumsum(dim=1) - sorted_probs  # (N, V)
+        drop_sorted = mass_before >= top_p  # (N, V)
+        drop = drop_sorted.scatter(1, order, drop_sorted)  # (N, V), back in vocabulary order
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(dim=1, keepdim=True)  # (N, V)
+    return probs
+
+
+@torch.inference_mode()
+def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> list[Hypothesis]:
+    """One random output per source row, each token drawn from `sampling_distribution`.
+
+    src: (B, S) padded source ids. max_len: (B,) long; at that length EOS is
+    forced. `generator` (on src's device) makes the draws repeatable. Returns
+    one `Hypothesis` per row, in row order; its score and logprob are the
+    model's log-probability of the drawn tokens, before temperature and filtering.
+    """
+    def draw(logprobs: Tensor) -> Tensor:
+        probs = sampling_distribution(logprobs, temperature, top_k, top_p)  # (N, V)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+
+    return _one_token_per_step(model, src, max_len, draw)
 
 
 @torch.inference_mode()
@@ -219,9 +278,12 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
     return [sorted(hypotheses, key=lambda h: h.score, reverse=True) for hypotheses in finished]
 
 
-def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
-                  cfg: DecodeConfig) -> list[list[Hypothesis]]:
-    """Greedy or beam search, as `cfg.beam` says, on one padded batch (B, S)."""
+def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, cfg: DecodeConfig,
+                  generator: torch.Generator | None) -> list[list[Hypothesis]]:
+    """Sampling, greedy or beam search, as `cfg` says, on one padded batch (B, S)."""
+    if cfg.sampling:
+        return [[hypothesis] for hypothesis in sample_search(model, src, max_len, cfg.temperature,
+                                                             cfg.top_k, cfg.top_p, generator)]
     if cfg.beam == 1:
         return [[hypothesis] for hypothesis in greedy_search(model, src, max_len)]
     return beam_search(model, src, max_len, cfg.beam, cfg.length_penalty, cfg.alpha)
@@ -243,8 +305,8 @@ def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
-def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
-              cfg: DecodeConfig) -> list[list[Hypothesis]]:
+def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeConfig,
+              generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
     """All finished hypotheses for each source row, best first, in input order.
 
     src_ids: token ids per row, each ending in EOS. Rows are sorted by length
@@ -252,7 +314,8 @@ def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
     have at most min(int(max_len_a * len(src) + max_len_b), max_positions - 1)
     tokens, len(src) counting EOS. An empty row (not even EOS) gets the empty
     output with score 0, without running the model. Greedy search (cfg.beam 1)
-    gives one hypothesis per row.
+    and sampling (cfg.sampling) give one hypothesis per row; sampling draws
+    from `generator`, or from one seeded with cfg.seed when it is None.
     """
     cfg.validate()
     limit = model.cfg.max_positions
@@ -261,6 +324,8 @@ def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
             raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
                              f"max_positions ({limit}); split or drop long lines before decoding")
     device = next(model.parameters()).device
+    if cfg.sampling and generator is None:
+        generator = seeded_generator(cfg.seed, device)
     pad_id = model.cfg.pad_id
     results = [[Hypothesis(tokens=[], score=0.0, logprob=0.0)] for _ in src_ids]
     nonempty = [i for i, ids in enumerate(src_ids) if ids]
@@ -271,16 +336,26 @@ def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
                            dtype=torch.long, device=device)  # (B, S)
         max_len = torch.tensor([min(int(cfg.max_len_a * len(ids) + cfg.max_len_b), limit - 1)
                                 for ids in rows], dtype=torch.long, device=device)  # (B,)
-        for j, hypotheses in zip(batch, _search_batch(model, src, max_len, cfg)):
+        for j, hypotheses in zip(batch, _search_batch(model, src, max_len, cfg, generator)):
             results[nonempty[j]] = hypotheses
     return results
 
 
-def translate_ids(model: Seq2SeqTransformer, src_ids: list[list[int]],
-                  cfg: DecodeConfig) -> list[list[int]]:
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A random generator on `device` for sampling; a fresh random seed when `seed` is None."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def translate_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeConfig,
+                  generator: torch.Generator | None = None) -> list[list[int]]:
     """The best output ids (no BOS, no EOS) for each source row, in input order.
 
     src_ids: token ids per row, each ending in EOS; an empty row gives [].
     Batching, length limits and search are those of `nbest_ids`.
     """
-    return [hypotheses[0].tokens for hypotheses in nbest_ids(model, src_ids, cfg)]
+    return [hypotheses[0].tokens for hypotheses in nbest_ids(model, src_ids, cfg, generator)]

@@ -1,8 +1,15 @@
-"""Text to text with a trained run: tokenize, search, detokenize, one line out per line in."""
+"""Text to text with a trained run: tokenize, search, detokenize, one line out per line in.
+
+A source line longer than the model can read (`max_source_tokens`) is, as
+`DecodeConfig.long_lines` says, either split into sentences that are
+translated separately and joined with a space, or truncated. Either way it
+still gives exactly one output line.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +17,43 @@ import torch
 
 from .checkpoint import WEIGHTS_FILE, load_run
 from .config import DecodeConfig
-from .decode import translate_ids
+from .decode import Hypothesis, nbest_ids, seeded_generator
+from .errors import ConfigError
 from .model import Seq2SeqTransformer
 from .textio import clean_output
 from .tokenizer import TokenizerPair
+
+# A sentence ends at . ! ? ; : followed by whitespace, so that "3.5" and
+# "e.g.x" stay whole; the full-width and CJK forms end a sentence even without
+# whitespace after them, since Chinese and Japanese put none between sentences.
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[\u3002\uff01\uff1f\uff1b\uff1a\uff0e\uff61])\s*")
 
 
 @dataclass
 class TranslateStats:
     lines: int = 0
     empty: int = 0  # empty or whitespace-only lines: answered with an empty line
-    truncated: int = 0  # lines cut to the model's maximum source length
+    split: int = 0  # lines too long for the model, translated in pieces
+    truncated: int = 0  # lines too long for the model, cut to its maximum source length
+
+
+@dataclass
+class TextHypothesis:
+    """One translation of a line, with the search's scores (summed over pieces for a split line)."""
+
+    text: str
+    score: float  # length-penalised log-probability
+    logprob: float  # raw sum of token log-probabilities
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of `text`, cut after sentence punctuation; empty pieces are dropped."""
+    return [piece for piece in _SENTENCE_END.split(text) if piece.strip()]
+
+
+def cut_ids(ids: list[int], limit: int) -> list[list[int]]:
+    """`ids` in consecutive slices of at most `limit` tokens."""
+    return [ids[start:start + limit] for start in range(0, len(ids), limit)]
 
 
 class Translator:
@@ -33,6 +66,9 @@ class Translator:
         device = next(model.parameters()).device
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else contextlib.nullcontext())
+        # One generator for the Translator's life: successive batches draw fresh
+        # samples, and the whole run is repeatable from cfg.seed.
+        self.generator = seeded_generator(cfg.seed, device) if cfg.sampling else None
 
     @classmethod
     def from_run(cls, run_dir: Path | str, device: torch.device, cfg: DecodeConfig,
@@ -47,21 +83,78 @@ class Translator:
     def translate(self, lines: list[str]) -> list[str]:
         """Exactly one output line per input line, in order; empty lines give empty lines.
 
-        Over-long lines are truncated to `max_source_tokens` and counted in `stats`.
+        Over-long lines are split or truncated (`cfg.long_lines`) and counted in `stats`.
         """
+        pieces = self._source_pieces(lines)
+        best = [[hypotheses[0] for hypotheses in line] for line in self._search(pieces)]
+        return [" ".join(hypothesis.text for hypothesis in line) for line in self._detokenize(best)]
+
+    def translate_nbest(self, lines: list[str], n: int) -> list[list[TextHypothesis]]:
+        """Up to `n` translations of each line, best first, in input order.
+
+        Needs 1 <= n <= cfg.beam, and no sampling. An empty line gets one empty
+        hypothesis with score 0. A line split into pieces gets a single
+        hypothesis: the best translation of each piece, joined with a space,
+        with their scores and logprobs summed.
+        """
+        if self.cfg.sampling:
+            raise ConfigError("n-best lists need beam search; sampling gives one output per line")
+        if not 1 <= n <= self.cfg.beam:
+            raise ConfigError(f"n-best size must be between 1 and the beam size ({self.cfg.beam}), got {n}")
+        pieces = self._source_pieces(lines)
+        chosen = [hypotheses_per_piece[0][:n] if len(hypotheses_per_piece) == 1
+                  else [hypotheses[0] for hypotheses in hypotheses_per_piece]
+                  for hypotheses_per_piece in self._search(pieces)]
+        results: list[list[TextHypothesis]] = []
+        for line_pieces, hypotheses in zip(pieces, self._detokenize(chosen)):
+            if len(line_pieces) <= 1:
+                results.append(hypotheses)
+            else:  # one hypothesis made of the pieces' best translations
+                results.append([TextHypothesis(text=" ".join(h.text for h in hypotheses),
+                                               score=sum(h.score for h in hypotheses),
+                                               logprob=sum(h.logprob for h in hypotheses))])
+        return results
+
+    def _source_pieces(self, lines: list[str]) -> list[list[list[int]]]:
+        """For each line, the source rows (ids ending in EOS) to translate: none for an
+        empty line, one for a line that fits, several for a long line being split."""
         src_tok = self.tokenizers.src
-        src_ids: list[list[int]] = []
+        limit = self.max_source_tokens
+        result: list[list[list[int]]] = []
         for line, ids in zip(lines, src_tok.encode(lines)):
             self.stats.lines += 1
             if not line.strip() or not ids:
                 self.stats.empty += 1
-                src_ids.append([])
+                result.append([])
                 continue
-            if len(ids) > self.max_source_tokens:
+            if len(ids) <= limit:
+                pieces = [ids]
+            elif self.cfg.long_lines == "truncate":
                 self.stats.truncated += 1
-                ids = ids[:self.max_source_tokens]
-            src_ids.append(ids + [src_tok.eos_id])
+                pieces = [ids[:limit]]
+            else:
+                self.stats.split += 1
+                pieces = [cut for sentence_ids in src_tok.encode(split_sentences(line))
+                          for cut in cut_ids(sentence_ids, limit)]
+                # Normalisation could in principle make every sentence encode to nothing.
+                pieces = pieces or cut_ids(ids, limit)
+            result.append([piece + [src_tok.eos_id] for piece in pieces])
+        return result
+
+    def _search(self, pieces: list[list[list[int]]]) -> list[list[list[Hypothesis]]]:
+        """The hypotheses of every piece of every line, best first, from one batched search.
+
+        An empty line (no pieces) gets one piece: the empty source, answered
+        with the empty hypothesis without running the model.
+        """
+        rows = [piece for line in pieces for piece in line or [[]]]
         with self.autocast:
-            out_ids = translate_ids(self.model, src_ids, self.cfg)
-        hyps = self.tokenizers.tgt.decode(out_ids)
-        return [clean_output(h) if ids else "" for h, ids in zip(hyps, src_ids)]
+            found = iter(nbest_ids(self.model, rows, self.cfg, self.generator))
+        return [[next(found) for _ in line or [[]]] for line in pieces]
+
+    def _detokenize(self, hypotheses: list[list[Hypothesis]]) -> list[list[TextHypothesis]]:
+        """The same nesting with each hypothesis' tokens turned into one clean line of text."""
+        flat = [hypothesis for group in hypotheses for hypothesis in group]
+        texts = iter(self.tokenizers.tgt.decode([hypothesis.tokens for hypothesis in flat]))
+        return [[TextHypothesis(text=clean_output(next(texts)), score=h.score, logprob=h.logprob)
+                 for h in group] for group in hypotheses]

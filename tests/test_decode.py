@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from seq2seq.config import DecodeConfig, ModelConfig
 from seq2seq.decode import (Hypothesis, _length_batches, beam_search, greedy_search,
-                            length_penalty_factor, nbest_ids, translate_ids)
+                            length_penalty_factor, nbest_ids, sample_search, sampling_distribution,
+                            translate_ids)
 from seq2seq.errors import ConfigError
 from seq2seq.model import DecoderCache, LayerCache, build_model
 
@@ -401,3 +402,57 @@ def test_max_len_zero_gives_empty_output(model):
     found = beam_search(model, pad(rows), torch.tensor([0, 0]), beam=3)
     assert [[h.tokens for h in hyps] for hyps in found] == [[[]], [[]]]
     assert math.isfinite(found[0][0].score)
+
+
+def test_sampling_with_top_k_one_equals_greedy(model):
+    rows = random_sources(6, seed=11)
+    src, max_len = pad(rows), torch.full((6,), 8)
+    generator = torch.Generator().manual_seed(0)
+    assert sample_search(model, src, max_len, temperature=0.7, top_k=1, generator=generator) == \
+        greedy_search(model, src, max_len)
+
+
+def test_sampling_is_repeatable_with_a_seed_and_varies_without(model):
+    rows = random_sources(8, seed=12)
+    cfg = DecodeConfig(sampling=True, seed=5, temperature=2.0, max_len_b=8)
+    first, again = translate_ids(model, rows, cfg), translate_ids(model, rows, cfg)
+    assert first == again
+    other = translate_ids(model, rows, DecodeConfig(sampling=True, seed=6, temperature=2.0, max_len_b=8))
+    assert other != first  # 8 rows at temperature 2: equal draws would be a vanishing coincidence
+
+
+def test_sampled_logprob_is_the_models(model):
+    rows = random_sources(3, seed=13)
+    generator = torch.Generator().manual_seed(1)
+    for row, hypothesis in zip(rows, sample_search(model, pad(rows), torch.full((3,), 6),
+                                                   temperature=3.0, generator=generator)):
+        src = torch.tensor([row])
+        with torch.inference_mode():
+            expected = sum(float(step_logprobs(model, src, hypothesis.tokens[:i])[token])
+                           for i, token in enumerate(hypothesis.tokens + [EOS]))
+        assert hypothesis.logprob == pytest.approx(expected, abs=1e-4)
+        assert hypothesis.score == hypothesis.logprob
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logprobs = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()  # (1, 4)
+    kept = lambda p: sampling_distribution(logprobs, 1.0, 0, p)[0].gt(0).nonzero().squeeze(1).tolist()
+    assert kept(0.4) == [1]
+    assert kept(0.7) == [1, 3]
+    assert kept(0.9) == [0, 1, 3]
+    assert kept(1.0) == [0, 1, 2, 3]
+    probs = sampling_distribution(logprobs, 1.0, 0, 0.7)[0]
+    assert probs.tolist() == pytest.approx([0.0, 0.625, 0.0, 0.375])
+
+
+def test_top_k_and_temperature():
+    logprobs = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()  # (1, 4)
+    assert sampling_distribution(logprobs, 1.0, 2, 1.0)[0].tolist() == pytest.approx([0, 0.625, 0, 0.375])
+    flat = sampling_distribution(logprobs, 1e6, 0, 1.0)[0]  # a huge temperature flattens
+    assert flat.tolist() == pytest.approx([0.25] * 4, abs=1e-4)
+
+
+@pytest.mark.parametrize("changes", [{"temperature": 0.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
+def test_sampling_settings_are_validated(changes):
+    with pytest.raises(ConfigError):
+        DecodeConfig(sampling=True, **changes).validate()

@@ -101,6 +101,18 @@ def test_too_many_non_finite_updates_in_a_row_stop_training(corpus, tmp_path, mo
     assert load_trainer_state(tmp_path / "run", model, torch.optim.AdamW(model.parameters()))["step"] == 4
 
 
+def run_out_of_memory_when(monkeypatch, too_big) -> None:
+    """Make the model raise CUDA's out-of-memory error for the batches where `too_big(src)` holds."""
+    real_forward = Seq2SeqTransformer.forward
+
+    def forward(self, src, tgt_in):
+        if too_big(src):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, src, tgt_in)
+
+    monkeypatch.setattr(Seq2SeqTransformer, "forward", forward)
+
+
 def first_update_gradients(monkeypatch) -> list[list[torch.Tensor]]:
     """Record the accumulated gradients of each update, as the trainer clips them."""
     real_clip = torch.nn.utils.clip_grad_norm_
@@ -124,14 +136,7 @@ def test_out_of_memory_splits_the_batch_with_the_same_update(corpus, tmp_path, m
     plain = list(recorded)
     recorded.clear()
 
-    real_forward = Seq2SeqTransformer.forward
-
-    def forward_with_little_memory(self, src, tgt_in):
-        if src.size(0) > 6:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(self, src, tgt_in)
-
-    monkeypatch.setattr(Seq2SeqTransformer, "forward", forward_with_little_memory)
+    run_out_of_memory_when(monkeypatch, lambda src: src.size(0) > 6)
     events = []
     train(tmp_path / "split", model_cfg, cfg, CPU, on_event=events.append)
     ooms = events_of("oom", events)
@@ -143,14 +148,7 @@ def test_out_of_memory_splits_the_batch_with_the_same_update(corpus, tmp_path, m
 
 
 def test_a_sentence_that_never_fits_is_skipped(corpus, tmp_path, monkeypatch):
-    real_forward = Seq2SeqTransformer.forward
-
-    def forward_without_memory_for_long_sources(self, src, tgt_in):
-        if src.size(1) > 20:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(self, src, tgt_in)
-
-    monkeypatch.setattr(Seq2SeqTransformer, "forward", forward_without_memory_for_long_sources)
+    run_out_of_memory_when(monkeypatch, lambda src: src.size(1) > 20)
     events = []
     train(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", epochs=1), CPU,
           on_event=events.append)

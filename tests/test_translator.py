@@ -1,12 +1,17 @@
+import dataclasses
+
 import pytest
 import torch
 
 from seq2seq.checkpoint import atomic_write_text, save_weights
 from seq2seq.config import DecodeConfig, ModelConfig, RunConfig
 from seq2seq.data import load_corpus
+from seq2seq.decode import translate_ids
+from seq2seq.errors import ConfigError
 from seq2seq.model import build_model
+from seq2seq.textio import clean_output
 from seq2seq.tokenizer import train_tokenizer
-from seq2seq.translator import Translator
+from seq2seq.translator import Translator, cut_ids, split_sentences
 
 from helpers import write_slice
 
@@ -37,12 +42,94 @@ def test_one_line_out_per_line_in(translator):
     assert translator.stats.empty == 2 and translator.stats.lines == 5
 
 
-def test_over_long_lines_are_truncated_and_counted(translator):
-    before = translator.stats.truncated
-    out = translator.translate(["a man " * 40, "A dog."])
+def make_translator(translator: Translator, **changes) -> Translator:
+    """A Translator on the fixture's model and tokenizers with other decode settings."""
+    cfg = DecodeConfig(**{**dataclasses.asdict(translator.cfg), **changes})
+    return Translator(translator.model, translator.tokenizers, cfg)
+
+
+def test_over_long_lines_are_truncated_and_counted_when_asked(translator):
+    truncating = make_translator(translator, long_lines="truncate")
+    out = truncating.translate(["a man " * 40, "A dog."])
     assert len(out) == 2
-    assert translator.stats.truncated == before + 1
-    assert translator.max_source_tokens == 15
+    assert truncating.stats.truncated == 1 and truncating.stats.split == 0
+    assert truncating.max_source_tokens == 15
+
+
+def test_long_line_is_split_into_sentences_translated_alone(translator):
+    sentences = ["A dog runs.", "Two men talk!", "A girl sings?", "It rains;", "a cat sleeps:",
+                 "A boy jumps.", "The sun shines."]
+    assert len(translator.tokenizers.src.encode([" ".join(sentences)])[0]) > 15
+    splitting = make_translator(translator)
+    out = splitting.translate([" ".join(sentences), "A dog."])
+    assert len(out) == 2 and out[0].splitlines() == [out[0]]
+    assert splitting.stats.split == 1 and splitting.stats.truncated == 0
+    assert out[0] == " ".join(splitting.translate(sentences))
+
+
+def test_long_sentence_without_punctuation_is_cut_at_the_token_limit(translator):
+    line = "a man " * 40
+    splitting = make_translator(translator)
+    out = splitting.translate([line])
+    assert splitting.stats.split == 1 and len(out) == 1
+    src = translator.tokenizers.src
+    ids = src.encode([line])[0]
+    assert len(ids) > 30  # at least three pieces
+    pieces = [piece + [src.eos_id] for piece in cut_ids(ids, 15)]
+    expected = translator.tokenizers.tgt.decode(translate_ids(translator.model, pieces, translator.cfg))
+    assert out[0] == " ".join(clean_output(text) for text in expected)
+
+
+def test_split_sentences():
+    assert split_sentences("Hi there. Pi is 3.14!  Why?\tOk; a: b") == ["Hi there.", "Pi is 3.14!", "Why?",
+                                                                        "Ok;", "a:", "b"]
+    assert split_sentences("e.g.x. end.") == ["e.g.x.", "end."]
+    assert split_sentences("\u4f60\u597d\u3002\u518d\u89c1\uff01 \u8c22\u8c22") == [
+        "\u4f60\u597d\u3002", "\u518d\u89c1\uff01", "\u8c22\u8c22"]
+    assert split_sentences(" . ") == [" ."]
+
+
+def test_cut_ids():
+    assert cut_ids([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+    assert cut_ids([1, 2], 2) == [[1, 2]]
+
+
+def test_long_lines_must_be_split_or_truncate():
+    with pytest.raises(ConfigError, match="long lines"):
+        DecodeConfig(long_lines="drop").validate()
+
+
+def test_nbest_lists_are_ranked_and_in_order(translator):
+    lines = ["A dog runs.", "", "Two men are talking.", "A girl."]
+    nbest = make_translator(translator, beam=3).translate_nbest(lines, 3)
+    assert len(nbest) == len(lines)
+    assert [(h.text, h.score, h.logprob) for h in nbest[1]] == [("", 0.0, 0.0)]
+    for line, hypotheses in zip(lines, nbest):
+        if line:
+            assert 1 <= len(hypotheses) <= 3
+            scores = [h.score for h in hypotheses]
+            assert scores == sorted(scores, reverse=True)
+    # The first hypothesis is what `translate` gives.
+    assert [h[0].text for h in nbest] == make_translator(translator, beam=3).translate(lines)
+
+
+def test_nbest_of_a_split_line_is_its_joined_best_pieces(translator):
+    sentences = ["A dog runs.", "Two men talk!", "A girl sings?", "It rains;", "a cat sleeps:",
+                 "A boy jumps.", "The sun shines."]
+    beam3 = make_translator(translator, beam=3)
+    [joined] = beam3.translate_nbest([" ".join(sentences)], 2)
+    alone = beam3.translate_nbest(sentences, 1)
+    assert len(joined) == 1
+    assert joined[0].text == " ".join(h[0].text for h in alone)
+    assert joined[0].score == pytest.approx(sum(h[0].score for h in alone))
+    assert joined[0].logprob == pytest.approx(sum(h[0].logprob for h in alone))
+
+
+def test_nbest_larger_than_the_beam_is_refused(translator):
+    with pytest.raises(ConfigError, match="beam size"):
+        make_translator(translator, beam=2).translate_nbest(["A dog."], 3)
+    with pytest.raises(ConfigError):
+        make_translator(translator, beam=2).translate_nbest(["A dog."], 0)
 
 
 def test_output_does_not_depend_on_the_other_lines_in_the_batch(translator):

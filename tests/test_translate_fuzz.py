@@ -1,0 +1,114 @@
+"""`s2s translate` in-process on arbitrary input: one output line per input line, always.
+
+Random Unicode (line separators, NUL, tabs, very long lines) and random bytes
+(invalid UTF-8 included) go through the real command with a tiny untrained
+model whose short max_positions makes long lines take the splitting path.
+The n-best output formats are checked here too, on the same model.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from cli.main import app
+from seq2seq.checkpoint import atomic_write_text, save_weights
+from seq2seq.config import ModelConfig, RunConfig
+from seq2seq.data import load_corpus
+from seq2seq.model import build_model
+from seq2seq.tokenizer import train_tokenizer
+
+from helpers import write_slice
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """An untrained run whose sources may be at most 31 tokens."""
+    folder = tmp_path_factory.mktemp("run")
+    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "c", "val", 300), "en", "de"), folder,
+                                 vocab_size=150)
+    cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
+                      encoder_layers=1, decoder_layers=1, max_positions=32)
+    atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
+        "tokenizer.model": tokenizers.src.sha256}).to_json())
+    torch.manual_seed(0)
+    save_weights(build_model(cfg), folder / "model.safetensors")
+    return folder
+
+
+def translate(run: Path, data: bytes, *options: str):
+    result = runner.invoke(app, ["translate", "-m", str(run), "--beam", "2", "--device", "cpu",
+                                 "--max-len-b", "3", "--max-len-a", "0.5", *options], input=data)
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result
+
+
+def input_lines(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+lines = st.lists(st.one_of(st.text(), st.text(st.sampled_from("ab .!?\r\t\u2028\x00\x85\u3002")),
+                           st.text(min_size=200, max_size=600)), max_size=6)
+inputs = st.one_of(lines.map(lambda ls: "\n".join(ls).encode("utf-8")),
+                   lines.map(lambda ls: ("\n".join(ls) + "\n").encode("utf-8")),
+                   st.binary(max_size=300))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=inputs)
+def test_one_output_line_per_input_line_whatever_the_input(run, data):
+    out = translate(run, data).stdout_bytes.decode("utf-8").split("\n")
+    assert out[-1] == ""
+    assert len(out) - 1 == input_lines(data)
+    assert all(line.splitlines() == [line] for line in out[:-1] if line)
+
+
+def test_nbest_jsonl_has_one_object_per_line(run):
+    data = "A dog runs.\n\nTwo men \u2028 talk.\n".encode("utf-8")
+    records = [json.loads(line) for line in translate(run, data, "--nbest", "2").stdout.splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3]
+    assert [r["source"] for r in records] == ["A dog runs.", "", "Two men \u2028 talk."]
+    assert records[1]["hypotheses"] == [{"text": "", "score": 0.0, "logprob": 0.0}]
+    for record in (records[0], records[2]):
+        scores = [h["score"] for h in record["hypotheses"]]
+        assert 1 <= len(scores) <= 2 and scores == sorted(scores, reverse=True)
+
+
+def test_nbest_tsv_has_one_row_per_hypothesis(run):
+    data = b"A dog runs.\n\nTwo men talk.\n"
+    rows = [line.split("\t") for line in
+            translate(run, data, "--nbest", "2", "--nbest-format", "tsv").stdout.split("\n")[:-1]]
+    assert all(len(row) == 4 for row in rows)
+    assert sorted({int(row[0]) for row in rows}) == [1, 2, 3]
+    assert [row for row in rows if row[0] == "2"] == [["2", "1", "0.000000", ""]]
+    for line in ("1", "3"):
+        ranked = [row for row in rows if row[0] == line]
+        assert [row[1] for row in ranked] == [str(rank) for rank in range(1, len(ranked) + 1)]
+        assert [float(row[2]) for row in ranked] == sorted((float(row[2]) for row in ranked), reverse=True)
+
+
+def test_sampling_with_a_seed_is_repeatable(run):
+    data = b"A dog runs.\nTwo men talk.\nA dog runs.\n"
+    first = translate(run, data, "--sample", "--seed", "3", "--top-p", "0.9").stdout
+    assert first == translate(run, data, "--sample", "--seed", "3", "--top-p", "0.9").stdout
+    assert first.count("\n") == 3
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--nbest", "3"], "more than --beam"),
+    (["--nbest", "1", "--sample"], "--sample"),
+    (["--nbest", "1", "--nbest-format", "csv"], "jsonl or tsv"),
+    (["--long-lines", "drop"], "split or truncate"),
+    (["--sample", "--temperature", "0"], "temperature"),
+])
+def test_bad_translate_options_are_one_error_line(run, options, message):
+    result = runner.invoke(app, ["translate", "-m", str(run), "--beam", "2", "--device", "cpu", *options],
+                           input=b"A dog.\n")
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error:") and message in result.stderr
