@@ -44,7 +44,7 @@ bench: install
 	$(BIN)/python bench/pipeline.py --out runs/bench-demo --label "make demo recipe" -- $(DEMO_TRAIN_FLAGS)
 
 lint: install
-	$(BIN)/python -m compileall -q cli seq2seq tests bench
+	$(BIN)/ruff check cli seq2seq tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

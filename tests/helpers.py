@@ -32,3 +32,27 @@ def tiny_train_config(train: str, valid: str, **overrides) -> TrainConfig:
                   lr=3e-3, warmup_steps=10, log_every=5, patience=0, seed=7)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
+    """A complete run directory (config, shared 150-piece tokenizer, weights) of an untrained model.
+
+    Enough for everything that loads a run or checks its input without needing good translations.
+    """
+    import torch
+
+    from seq2seq.checkpoint import atomic_write_text, save_weights
+    from seq2seq.config import RunConfig
+    from seq2seq.data import load_corpus
+    from seq2seq.model import build_model
+    from seq2seq.tokenizer import train_tokenizer
+
+    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "corpus", "val", 300), "en", "de"), folder,
+                                 vocab_size=150)
+    cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
+                      encoder_layers=1, decoder_layers=1, max_positions=max_positions)
+    atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
+        tokenizers.src.path.name: tokenizers.src.sha256}).to_json())
+    torch.manual_seed(0)
+    save_weights(build_model(cfg), folder / "model.safetensors")
+    return folder

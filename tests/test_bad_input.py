@@ -12,13 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.checkpoint import atomic_write_text, save_weights
-from seq2seq.config import ModelConfig, RunConfig
-from seq2seq.data import load_corpus
-from seq2seq.model import build_model
-from seq2seq.tokenizer import train_tokenizer
 
-from helpers import MULTI30K, write_slice
+from helpers import MULTI30K, make_untrained_run, write_slice
 
 runner = CliRunner()
 # Reading this file fails with EIO whoever the reader is (root ignores file modes).
@@ -40,15 +35,7 @@ def fails_cleanly(args: list[str], *fragments: str) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A run directory with an untrained model: loading and input checks need no training."""
-    folder = tmp_path_factory.mktemp("run")
-    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "c", "val", 300), "en", "de"), folder,
-                                 vocab_size=150)
-    cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
-                      encoder_layers=1, decoder_layers=1)
-    atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
-        "tokenizer.model": tokenizers.src.sha256}).to_json())
-    save_weights(build_model(cfg), folder / "model.safetensors")
-    return folder
+    return make_untrained_run(tmp_path_factory.mktemp("run"))
 
 
 def copy_run(run: Path, target: Path, without: str | None = None) -> Path:

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from seq2seq.checkpoint import atomic_write_text, load_run, load_weights, save_weights
-from seq2seq.config import ModelConfig, RunConfig
+from seq2seq.config import ModelConfig
 from seq2seq.errors import RunDirError
 from seq2seq.model import build_model
 from seq2seq.tokenizer import train_tokenizer
 from seq2seq.data import load_corpus
 
-from helpers import write_slice
+from helpers import make_untrained_run, write_slice
 
 CPU = torch.device("cpu")
 
@@ -19,15 +19,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A minimal run directory: config, tokenizer and untrained weights."""
-    folder = tmp_path_factory.mktemp("run")
-    prefix = write_slice(folder / "corpus", "val", 300)
-    tokenizers = train_tokenizer(load_corpus(prefix, "en", "de"), folder, vocab_size=150)
-    model_cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
-                            encoder_layers=1, decoder_layers=1)
-    atomic_write_text(folder / "config.json", RunConfig(
-        model=model_cfg, tokenizer_sha256={tokenizers.src.path.name: tokenizers.src.sha256}).to_json())
-    save_weights(build_model(model_cfg), folder / "model.safetensors")
-    return folder
+    return make_untrained_run(tmp_path_factory.mktemp("run"))
 
 
 def copy_run(run_dir, tmp_path):

@@ -18,7 +18,7 @@ from seq2seq.model import Seq2SeqTransformer, build_model
 from seq2seq.train import train
 
 from helpers import tiny_model_config, tiny_train_config, write_slice
-from kill_harness import deterministic_env, final_weights, run_kill_test, train_args
+from kill_harness import deterministic_env, run_kill_test, train_args
 
 CPU = torch.device("cpu")
 
@@ -63,16 +63,21 @@ def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch
     assert not list(run.rglob("*.tmp"))
 
 
-def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+def make_the_loss_nan(monkeypatch, on_call) -> None:
+    """Turn the training loss into NaN on the calls (counted from 1) for which `on_call(n)` holds."""
     real_loss = train_module.label_smoothed_loss
     calls = []
 
-    def sometimes_nan(logits, *args):
+    def loss(logits, *args):
         calls.append(1)
-        loss, nll = real_loss(logits, *args)
-        return (loss * float("nan"), nll) if len(calls) in (3, 4) else (loss, nll)
+        value, nll = real_loss(logits, *args)
+        return (value * float("nan"), nll) if on_call(len(calls)) else (value, nll)
 
-    monkeypatch.setattr(train_module, "label_smoothed_loss", sometimes_nan)
+    monkeypatch.setattr(train_module, "label_smoothed_loss", loss)
+
+
+def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+    make_the_loss_nan(monkeypatch, lambda n: n in (3, 4))
     events = []
     result = train(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", max_steps=6), CPU,
                    on_event=events.append)
@@ -85,15 +90,7 @@ def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatc
 
 
 def test_too_many_non_finite_updates_in_a_row_stop_training(corpus, tmp_path, monkeypatch):
-    real_loss = train_module.label_smoothed_loss
-    calls = []
-
-    def nan_after_four(logits, *args):
-        calls.append(1)
-        loss, nll = real_loss(logits, *args)
-        return (loss * float("nan"), nll) if len(calls) > 4 else (loss, nll)
-
-    monkeypatch.setattr(train_module, "label_smoothed_loss", nan_after_four)
+    make_the_loss_nan(monkeypatch, lambda n: n > 4)
     cfg = tiny_train_config(corpus, "", max_steps=50, valid_every=2, max_bad_updates=3)
     with pytest.raises(TrainingDiverged, match="not finite for 3 updates in a row after step 4"):
         train(tmp_path / "run", tiny_model_config(), cfg, CPU)

@@ -10,19 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.checkpoint import atomic_write_text, save_weights
-from seq2seq.config import ModelConfig, RunConfig
-from seq2seq.data import load_corpus
-from seq2seq.model import build_model
-from seq2seq.tokenizer import train_tokenizer
 
-from helpers import write_slice
+from helpers import make_untrained_run
 
 runner = CliRunner()
 
@@ -30,16 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """An untrained run whose sources may be at most 31 tokens."""
-    folder = tmp_path_factory.mktemp("run")
-    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "c", "val", 300), "en", "de"), folder,
-                                 vocab_size=150)
-    cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
-                      encoder_layers=1, decoder_layers=1, max_positions=32)
-    atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
-        "tokenizer.model": tokenizers.src.sha256}).to_json())
-    torch.manual_seed(0)
-    save_weights(build_model(cfg), folder / "model.safetensors")
-    return folder
+    return make_untrained_run(tmp_path_factory.mktemp("run"), max_positions=32)
 
 
 def translate(run: Path, data: bytes, *options: str):

@@ -3,17 +3,13 @@ import dataclasses
 import pytest
 import torch
 
-from seq2seq.checkpoint import atomic_write_text, save_weights
-from seq2seq.config import DecodeConfig, ModelConfig, RunConfig
-from seq2seq.data import load_corpus
+from seq2seq.config import DecodeConfig
 from seq2seq.decode import translate_ids
 from seq2seq.errors import ConfigError
-from seq2seq.model import build_model
 from seq2seq.textio import clean_output
-from seq2seq.tokenizer import train_tokenizer
 from seq2seq.translator import Translator, cut_ids, split_sentences
 
-from helpers import write_slice
+from helpers import make_untrained_run
 
 CPU = torch.device("cpu")
 
@@ -21,15 +17,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def translator(tmp_path_factory):
     """An untrained model whose sources may be at most 15 tokens: enough to test the contract."""
-    folder = tmp_path_factory.mktemp("run")
-    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "c", "val", 300), "en", "de"), folder,
-                                 vocab_size=150)
-    cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
-                      encoder_layers=1, decoder_layers=1, max_positions=16)
-    atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
-        "tokenizer.model": tokenizers.src.sha256}).to_json())
-    torch.manual_seed(0)
-    save_weights(build_model(cfg), folder / "model.safetensors")
+    folder = make_untrained_run(tmp_path_factory.mktemp("run"), max_positions=16)
     return Translator.from_run(folder, CPU, DecodeConfig(beam=2, max_len_b=4))
 
 
