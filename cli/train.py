@@ -13,7 +13,7 @@ import torch.distributed as dist
 import typer
 
 from seq2seq.checkpoint import read_run_config
-from seq2seq.config import PRESETS, resolve_train_configs
+from seq2seq.config import PRESETS, RESUME_BUDGET_FIELDS, resolve_train_configs
 from seq2seq.device import resolve_device
 from seq2seq.errors import ConfigError
 from seq2seq.train import train as run_training
@@ -143,16 +143,16 @@ def train_command(
         saved = read_run_config(run)
         # The same command plus --resume must work: flags may repeat saved values,
         # and only the stopping budget may change.
-        budget = {"epochs", "max_steps", "max_time", "patience"}
         changed = [f"{name} (saved {getattr(section, name)!r}, given {value!r})"
                    for section, flags in ((saved.model, model_flags), (saved.train, train_flags))
                    for name, value in flags.items()
-                   if name not in budget and getattr(section, name) != value]
+                   if name not in RESUME_BUDGET_FIELDS and getattr(section, name) != value]
         if changed:
             raise ConfigError("--resume continues a run with its saved config; only --epochs, --max-steps, "
                               f"--max-time and --patience may change, but these differ: {'; '.join(changed)}")
         model_cfg = saved.model
-        train_cfg = dataclasses.replace(saved.train, **{k: v for k, v in train_flags.items() if k in budget})
+        train_cfg = dataclasses.replace(saved.train, **{k: v for k, v in train_flags.items()
+                                                        if k in RESUME_BUDGET_FIELDS})
         train_cfg.validate()
     else:
         model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)

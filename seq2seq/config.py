@@ -150,6 +150,11 @@ class TrainConfig:
                               f"train.max_len ({self.max_len}) so that every kept pair fits a batch")
 
 
+# The TrainConfig fields a resumed run may change: its stopping budget. The
+# rest must match the saved config, or resuming would not continue the same run.
+RESUME_BUDGET_FIELDS = ("epochs", "max_steps", "max_time", "patience")
+
+
 @dataclass
 class DecodeConfig:
     """Search settings for `s2s translate` and validation."""

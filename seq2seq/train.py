@@ -31,7 +31,7 @@ from .batching import Batch, EpochBatches, TokenStore, collate, token_batches
 from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, MetricsLog, RunLock, atomic_write, atomic_write_text,
                          has_trainer_state, load_trainer_state, read_run_config,
                          load_weights, remove_unfinished_writes, save_trainer_state, save_weights)
-from .config import DecodeConfig, ModelConfig, RunConfig, TrainConfig
+from .config import RESUME_BUDGET_FIELDS, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from .data import encode_corpus, filter_pairs, load_corpus
 from .decode import translate_ids
 from .errors import ConfigError, RunDirError, TrainingDiverged
@@ -513,11 +513,10 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
         saved = read_run_config(run_dir)
-        budget = dict(epochs=train_cfg.epochs, max_steps=train_cfg.max_steps,
-                      max_time=train_cfg.max_time, patience=train_cfg.patience)
+        budget = {name: getattr(train_cfg, name) for name in RESUME_BUDGET_FIELDS}
         if model_cfg != saved.model or train_cfg != dataclasses.replace(saved.train, **budget):
             raise ConfigError(f"{run_dir}: resuming with a config other than the saved one; "
-                              "only epochs, max_steps, max_time and patience may change")
+                              f"only {', '.join(RESUME_BUDGET_FIELDS)} may change")
         model_cfg = saved.model
     model_cfg.validate()
     train_cfg.validate()

@@ -194,3 +194,9 @@ def test_an_output_that_is_the_input_is_refused(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fails_cleanly(["translate", "-m", run, "-i", "in.txt", "-o", "./in.txt"], "is the input file")
     assert (tmp_path / "in.txt").read_text() == "hello\n"
+
+
+def test_resume_with_a_changed_setting(run):
+    fails_cleanly(["train", "--run", run, "--resume", "--lr", "5", "--epochs", "3"],
+                  "only --epochs, --max-steps, --max-time and --patience may change", "lr (saved 0.001, given 5.0)")
+    assert not (run / "checkpoints").exists()
