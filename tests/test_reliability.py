@@ -18,7 +18,7 @@ from seq2seq.model import Seq2SeqTransformer, build_model
 from seq2seq.train import train
 
 from helpers import tiny_model_config, tiny_train_config, write_slice
-from kill_harness import deterministic_env, run_kill_test, train_args
+from kill_harness import check_everything_loads, deterministic_env, last_logged_step, run_kill_test, train_args
 
 CPU = torch.device("cpu")
 
@@ -176,6 +176,24 @@ def test_an_interrupt_saves_a_resumable_checkpoint(corpus, tmp_path, signum, cod
                              capture_output=True, text=True, env=deterministic_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed at step {step}" in resumed.stderr
+
+
+def test_a_second_interrupt_exits_at_once_and_harms_nothing(corpus, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(train_args(run, corpus, max_steps=100000, checkpoint_every=2),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=deterministic_env())
+    deadline = time.monotonic() + 120
+    while last_logged_step(run) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert check_everything_loads(run) is not None
+    resumed = subprocess.run(train_args(run, corpus, max_steps=8, checkpoint_every=2) + ["--resume"],
+                             capture_output=True, text=True, env=deterministic_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
 def test_kill_minus_nine_at_random_moments_loses_nothing(corpus, tmp_path):
