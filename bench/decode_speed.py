@@ -99,7 +99,7 @@ def main() -> None:
     for beam, r in ours.items():
         row = f"| {beam} | {r['sent_per_s']:,.1f} | {r['tgt_tok_per_s']:,.0f} | {r['bleu']:.2f} |"
         if peer:
-            p = {k.split(".", 1)[1]: v for k, v in peer.items() if k.startswith(f"test_2016_flickr.beam{beam}.")}
+            p = {k.rsplit(".", 1)[1]: v for k, v in peer.items() if k.startswith(f"test_2016_flickr.beam{beam}.")}
             row += (f" {p['sent_per_s']:,.1f} | {p['tgt_tok_per_s']:,.0f} | {p['bleu']:.2f} |"
                     f" {r['sent_per_s'] / p['sent_per_s']:.2f}x |")
         else:
