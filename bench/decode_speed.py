@@ -29,6 +29,8 @@ from seq2seq.device import resolve_device
 from seq2seq.evaluate import score_corpus
 from seq2seq.translator import Translator
 
+from results import append_entry, machine
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "hf_marian.py"
 DATA = ROOT / "data" / "multi30k"
@@ -87,9 +89,8 @@ def main() -> None:
     memory = peak_memory_mb(device)
     peer = time_peer(Path(a.peer_model), a.repeats) if a.peer_model else None
 
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
     lines = [f"\n## {date.today().isoformat()}: decoding speed on test_2016_flickr (1,000 sentences)\n",
-             f"- Machine: {device}, {gpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}",
+             f"- Machine: {machine()}; decoding on {device}",
              f"- Command: `python bench/decode_speed.py {' '.join(sys.argv[1:])}`",
              f"- Protocol: one warm-up pass, then the best of {a.repeats}; s2s batches of {a.batch_tokens} "
              f"source tokens, the peer's of 128 sentences; s2s peak memory {memory:,.0f} MB "
@@ -105,10 +106,7 @@ def main() -> None:
         else:
             row += " - | - | - | - |"
         lines.append(row)
-    entry = "\n".join(lines) + "\n"
-    with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-        f.write(entry)
-    print(entry)
+    append_entry(lines)
 
 
 if __name__ == "__main__":

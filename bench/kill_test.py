@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import write_slice  # noqa: E402
+from results import append_entry, machine  # noqa: E402
 from kill_harness import run_kill_test  # noqa: E402
 
 
@@ -36,13 +37,11 @@ def main() -> None:
                                checkpoint_every=a.checkpoint_every, seed=a.seed, max_delay=2.0)
         seconds = time.monotonic() - start
     command = " ".join(["python", "bench/kill_test.py", *sys.argv[1:]])
-    entry = (f"\n## {date.today().isoformat()}: kill -9 test\n\n"
-             f"- Command: `{command}` (tiny model, 1,000 Multi30k pairs, a checkpoint every "
-             f"{a.checkpoint_every} updates, {a.max_steps} updates)\n"
-             f"- Result: {report.summary()}; {seconds:.0f} s\n")
-    with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-        f.write(entry)
-    print(entry)
+    append_entry([f"\n## {date.today().isoformat()}: kill -9 test\n",
+                  f"- Machine: {machine()}",
+                  f"- Command: `{command}` (tiny model, 1,000 Multi30k pairs, a checkpoint every "
+                  f"{a.checkpoint_every} updates, {a.max_steps} updates)",
+                  f"- Result: {report.summary()}; {seconds:.0f} s"])
     if not report.identical:
         sys.exit("final weights differ from the uninterrupted run")
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -21,24 +19,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+from results import append_entry, machine
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 S2S = str(Path(sys.executable).parent / "s2s")
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}"
 
 
 def timed(args: list[str]) -> tuple[float, str]:
@@ -101,10 +85,7 @@ def main() -> None:
         lines.append(f"- test_2016_flickr {stage}: BLEU {result['bleu']['score']:.2f}, "
                      f"chrF {result['chrf']['score']:.2f}, TER {result['ter']['score']:.2f} "
                      f"(`{result['bleu']['signature']}`)")
-    entry = "\n".join(lines) + "\n"
-    with open(RESULTS, "a", encoding="utf-8") as f:
-        f.write(entry)
-    print(entry)
+    append_entry(lines)
 
 
 if __name__ == "__main__":

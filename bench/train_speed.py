@@ -24,6 +24,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from results import append_entry, machine
+
 ROOT = Path(__file__).resolve().parent.parent
 S2S = str(Path(sys.executable).parent / "s2s")
 PEER = ROOT.parent / "shared" / "peers" / "hf_marian.py"
@@ -94,19 +96,6 @@ def peer_tokens_per_second(work: Path, limit: int, shape: str, dropout: float,
     return result["train_tgt_tok_per_s"], args
 
 
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["small"], choices=list(SHAPES))
@@ -138,10 +127,7 @@ def main() -> None:
              f"s2s batches of {a.max_tokens} padded tokens, the peer's of 128 (small) or 256 (base) sentences",
              "", "| shape | s2s target tok/s | transformers target tok/s | ratio |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {shape} | {ours:,.0f} | {peer:,.0f} | {ours / peer:.2f}x |" for shape, ours, peer, _, _ in rows]
-    entry = "\n".join(lines) + "\n"
-    with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-        f.write(entry)
-    print(entry)
+    append_entry(lines)
 
 
 if __name__ == "__main__":
