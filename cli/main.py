@@ -112,8 +112,6 @@ def decode_config(beam: int, length_penalty: str, alpha: float, max_len_a: float
                   batch_tokens: int, long_lines: str = "split", sampling: bool = False,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   seed: Optional[int] = None) -> DecodeConfig:
-    if length_penalty not in ("gnmt", "average", "none"):
-        raise ConfigError(f"--length-penalty must be gnmt, average or none, got {length_penalty!r}")
     cfg = DecodeConfig(beam=beam, length_penalty=length_penalty, alpha=alpha, max_len_a=max_len_a,
                        max_len_b=max_len_b, max_tokens=batch_tokens, long_lines=long_lines,
                        sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

@@ -15,10 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CHECKPOINTS_DIR, atomic_write, save_weights
+from .checkpoint import CHECKPOINTS_DIR, SNAPSHOTS_DIR, atomic_write, save_weights
 from .errors import ConfigError, RunDirError
-
-SNAPSHOTS_DIR = "weights"
 
 
 @dataclass

@@ -43,6 +43,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
+SNAPSHOTS_DIR = "weights"  # weights-only snapshots for averaging (seq2seq.average), under CHECKPOINTS_DIR
 LAST_POINTER = "last.json"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
@@ -110,7 +111,7 @@ def remove_unfinished_writes(run_dir: Path) -> None:
         if folder.is_dir() and folder.name > last:
             shutil.rmtree(folder, ignore_errors=True)
     # Weight snapshots (seq2seq.average) from steps the resumed run will redo.
-    for snapshot in (run_dir / CHECKPOINTS_DIR / "weights").glob("step_*.safetensors"):
+    for snapshot in (run_dir / CHECKPOINTS_DIR / SNAPSHOTS_DIR).glob("step_*.safetensors"):
         if snapshot.name.removesuffix(".safetensors") > last:
             snapshot.unlink(missing_ok=True)
 

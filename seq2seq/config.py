@@ -182,6 +182,8 @@ class DecodeConfig:
     def validate(self) -> None:
         if self.beam < 1:
             raise ConfigError(f"beam size must be at least 1, got {self.beam}")
+        if self.length_penalty not in ("gnmt", "average", "none"):
+            raise ConfigError(f"--length-penalty must be gnmt, average or none, got {self.length_penalty!r}")
         if self.long_lines not in ("split", "truncate"):
             raise ConfigError(f"long lines must be split or truncate, got {self.long_lines!r}")
         if not self.temperature > 0:

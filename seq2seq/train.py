@@ -33,12 +33,12 @@ from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, MetricsLog, RunLock, atomic_
                          load_weights, remove_unfinished_writes, save_trainer_state, save_weights)
 from .config import RESUME_BUDGET_FIELDS, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from .data import encode_corpus, filter_pairs, load_corpus
-from .decode import translate_ids
 from .errors import ConfigError, RunDirError, TrainingDiverged
 from .evaluate import score_corpus
 from .interrupt import StopSignals
 from .model import Seq2SeqTransformer, build_model, count_parameters
 from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
+from .translator import Translator
 
 Event = dict[str, Any]
 AVERAGE_FILE = "average.safetensors"
@@ -344,20 +344,12 @@ class Trainer:
             nll_sum += label_smoothed_loss(logits, batch.tgt_out, self.model_cfg.pad_id, 0.0)[1]
             tokens += batch.n_tgt_tokens
         nll = nll_sum.item() / max(tokens, 1)
-        hyps = self.translate(model, data.valid_src_lines)
+        # The same path as `s2s translate`: empty lines, long lines and detokenising alike.
+        translator = Translator(model, data.tokenizers, DecodeConfig(beam=cfg.valid_beam))
+        hyps = translator.translate(data.valid_src_lines)
         bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
         return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
                 "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
-
-    def translate(self, model: Seq2SeqTransformer, lines: list[str]) -> list[str]:
-        """Translate raw source lines with `model` (validation BLEU)."""
-        tok = self.data.tokenizers
-        limit = self.model_cfg.max_positions - 1  # leave room for EOS
-        src_ids = [ids[:limit] + [tok.src.eos_id] if line.strip() else []
-                   for line, ids in zip(lines, tok.src.encode(lines))]
-        with self.autocast:
-            out = translate_ids(model, src_ids, DecodeConfig(beam=self.cfg.valid_beam))
-        return tok.tgt.decode(out)
 
     @property
     def epochs_done(self) -> float:
