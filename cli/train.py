@@ -79,6 +79,19 @@ def train_command(
     norm: Annotated[Optional[str], _opt("pre or post layer norm. [default: pre]", MODEL, "--norm")] = None,
     max_positions: Annotated[Optional[int], _opt("Longest sequence the model accepts. [default: 1024]",
                                                  MODEL, "--max-positions")] = None,
+    positions: Annotated[Optional[str], _opt("sinusoidal or learned (added to the embeddings), or rope "
+                                             "(rotary queries and keys). [default: sinusoidal]",
+                                             MODEL, "--positions")] = None,
+    attention: Annotated[Optional[str], _opt("softmax, or performer (FAVOR+ linear attention). "
+                                             "[default: softmax]", MODEL, "--attention")] = None,
+    performer_in: Annotated[Optional[str], _opt("Where Performer attention goes: some of encoder, decoder, "
+                                                "cross, comma-separated. [default: encoder,decoder,cross]",
+                                                MODEL, "--performer-in")] = None,
+    performer_features: Annotated[Optional[int], _opt("FAVOR+ random features per head. [default: 256]",
+                                                      MODEL, "--performer-features")] = None,
+    performer_redraw_every: Annotated[Optional[int], _opt("Redraw the FAVOR+ features every N updates; "
+                                                          "0 = never. [default: 1000]",
+                                                          MODEL, "--performer-redraw-every")] = None,
     share_embeddings: Annotated[Optional[bool], typer.Option(
         "--share-embeddings/--no-share-embeddings", show_default=False, rich_help_panel=MODEL,
         help="Tie source, target and output embeddings when the vocabulary is shared. [default: share]")] = None,
@@ -124,7 +137,9 @@ def train_command(
     model_flags = {k: v for k, v in dict(
         d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim, encoder_layers=encoder_layers,
         decoder_layers=decoder_layers, dropout=dropout, attention_dropout=attention_dropout,
-        activation=activation, norm=norm, max_positions=max_positions,
+        activation=activation, norm=norm, max_positions=max_positions, positions=positions,
+        attention=attention, performer_in=performer_in, performer_features=performer_features,
+        performer_redraw_every=performer_redraw_every,
         share_embeddings=share_embeddings).items() if v is not None}
     train_flags = {k: v for k, v in dict(
         train=train, valid=valid, src_lang=src, tgt_lang=tgt, tokenizer=tokenizer, vocab_size=vocab_size,

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import CHECKPOINTS_DIR, SNAPSHOTS_DIR, atomic_write, save_weights
 from .errors import ConfigError, RunDirError
+from .performer import RANDOM_FEATURES_BUFFER
 
 
 @dataclass
@@ -79,17 +80,26 @@ def prune_snapshots(run_dir: Path, keep: int) -> None:
 
 
 def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of the tensors in `paths`, accumulated in float32, one file at a time."""
+    """The element-wise mean of the tensors in `paths`, accumulated in float32, one file at a time.
+
+    FAVOR+ random features are draws, not weights: their mean would be a
+    projection no layer was ever trained with, so they are copied from the
+    last file in `paths` instead.
+    """
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
+    copied: dict[str, torch.Tensor] = {}
     for path in paths:
         tensors = load_file(str(path))
-        if total and tensors.keys() != total.keys():
+        if (total or copied) and tensors.keys() != total.keys() | copied.keys():
             raise RunDirError(f"{path}: holds other tensors than {paths[0]}; snapshots of different models")
         for name, tensor in tensors.items():
-            dtypes[name] = tensor.dtype
-            total[name] = total.get(name, 0) + tensor.float()
-    return {name: (value / len(paths)).to(dtypes[name]) for name, value in total.items()}
+            if name.endswith(RANDOM_FEATURES_BUFFER):
+                copied[name] = tensor
+            else:
+                dtypes[name] = tensor.dtype
+                total[name] = total.get(name, 0) + tensor.float()
+    return {**{name: (value / len(paths)).to(dtypes[name]) for name, value in total.items()}, **copied}
 
 
 def write_average(paths: list[Path], output: Path, metadata: dict[str, str]) -> None:

@@ -21,6 +21,10 @@ from .errors import ConfigError
 # Bump when the run-directory layout or a config field changes meaning.
 FORMAT_VERSION = 1
 
+# Where `ModelConfig.performer_in` may put FAVOR+: encoder self-attention,
+# decoder self-attention and cross-attention.
+PERFORMER_PLACES = ("encoder", "decoder", "cross")
+
 
 @dataclass
 class ModelConfig:
@@ -41,6 +45,17 @@ class ModelConfig:
     activation: Literal["relu", "gelu"] = "relu"
     norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably without long warm-up
     max_positions: int = 1024  # longest sequence, in tokens, either side
+    # "sinusoidal" or "learned" tables added to the embeddings, or "rope": rotary
+    # queries and keys in every self-attention layer (see seq2seq.positions).
+    positions: Literal["sinusoidal", "learned", "rope"] = "sinusoidal"
+    # "performer" replaces softmax attention with FAVOR+ (see seq2seq.performer)
+    # in the places listed in performer_in.
+    attention: Literal["softmax", "performer"] = "softmax"
+    performer_in: str = "encoder,decoder,cross"  # comma-separated: encoder, decoder, cross
+    performer_features: int = 256  # random features per head
+    # Training updates between redraws of the random features; 0 never redraws.
+    # The features are saved with the weights and fixed at inference.
+    performer_redraw_every: int = 1000
     # Tie source embeddings, target embeddings and the output projection when
     # both languages share one vocabulary; the decoder's input and output
     # embeddings are always tied.
@@ -61,9 +76,27 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"rope positions rotate channel pairs, so the head dimension "
+                              f"(d_model / n_heads = {self.d_model // self.n_heads}) must be even")
+        if self.attention == "performer":
+            places = self.performer_in.split(",")
+            unknown = [p for p in places if p not in PERFORMER_PLACES]
+            if unknown or not places:
+                raise ConfigError(f"model.performer_in must list some of {', '.join(PERFORMER_PLACES)}, "
+                                  f"comma-separated; got {self.performer_in!r}")
+            if self.performer_features <= 0:
+                raise ConfigError(f"model.performer_features must be positive, got {self.performer_features}")
+            if self.performer_redraw_every < 0:
+                raise ConfigError("model.performer_redraw_every must not be negative, "
+                                  f"got {self.performer_redraw_every}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ConfigError("model.share_embeddings needs one vocabulary for both languages, "
                               f"but the sizes differ ({self.src_vocab_size} vs {self.tgt_vocab_size})")
+
+    def performer_places(self) -> set[str]:
+        """Where FAVOR+ replaces softmax attention: a subset of PERFORMER_PLACES."""
+        return set(self.performer_in.split(",")) if self.attention == "performer" else set()
 
 
 # Architecture presets; vocabulary sizes come from the tokenizer. Parameter
@@ -351,4 +384,10 @@ def resolve_train_configs(config_file: Path | str | None, preset: str | None,
         model_values.update(preset_values(preset))
     model_values.update(model_flags)
     train_values.update(train_flags)
-    return from_dict(ModelConfig, model_values), from_dict(TrainConfig, train_values)
+    model = from_dict(ModelConfig, model_values)
+    performer_flags = [name for name in ("performer_in", "performer_features", "performer_redraw_every")
+                       if name in model_flags]
+    if performer_flags and model.attention != "performer":
+        raise ConfigError(f"--{performer_flags[0].replace('_', '-')} only applies to Performer attention; "
+                          "add --attention performer")
+    return model, from_dict(TrainConfig, train_values)

@@ -283,7 +283,20 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.maybe_redraw_features()
         return UpdateOutcome(loss_sum, tokens, applied=True)
+
+    def maybe_redraw_features(self) -> None:
+        """Fresh FAVOR+ random features every `performer_redraw_every` updates.
+
+        The draw is seeded by the run's seed and the step, so every DDP rank
+        draws the same features, and a resumed run draws what an uninterrupted
+        one would have.
+        """
+        every = self.model_cfg.performer_redraw_every
+        if self.model_cfg.attention == "performer" and every and self.step % every == 0:
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+            self.model.redraw_random_features(generator)
 
     def accumulate_gradients(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, int]:
         """Forward and backward over each batch; returns the summed loss and target tokens."""

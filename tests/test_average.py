@@ -20,6 +20,14 @@ def test_average_is_the_elementwise_mean(tmp_path):
     assert mean["w"].tolist() == [2.0, 4.0] and mean["b"].tolist() == [0.5]
 
 
+def test_performer_random_features_are_copied_from_the_last_snapshot_not_averaged(tmp_path):
+    features = "encoder_layers.0.self_attn.favor.random_features"
+    save_file({"w": torch.tensor([1.0]), features: torch.tensor([[1.0, -1.0]])}, str(tmp_path / "a.safetensors"))
+    save_file({"w": torch.tensor([3.0]), features: torch.tensor([[0.5, 2.0]])}, str(tmp_path / "b.safetensors"))
+    mean = average_weights([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    assert mean["w"].tolist() == [2.0] and mean[features].tolist() == [[0.5, 2.0]]
+
+
 def test_select_last_or_best():
     snaps = [Snapshot(None, step, bleu) for step, bleu in [(2, 10.0), (4, 30.0), (6, 20.0), (8, 25.0)]]
     assert [s.step for s in select_snapshots(snaps, last=2)] == [6, 8]

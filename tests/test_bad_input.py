@@ -138,6 +138,12 @@ def test_bad_config_file(tmp_path, config, fragment):
     (["--d-model", "100", "--heads", "8"], "must divide"),
     (["--max-len", "-1"], "max_len must be positive"),
     (["--norm", "sideways"], "must be one of 'pre', 'post'"),
+    (["--positions", "absolute"], "must be one of 'sinusoidal', 'learned', 'rope'"),
+    (["--attention", "linear"], "must be one of 'softmax', 'performer'"),
+    (["--performer-in", "encoder"], "--performer-in only applies to Performer attention"),
+    (["--attention", "performer", "--performer-in", "encoder,memory"], "performer_in must list"),
+    (["--attention", "performer", "--performer-features", "0"], "performer_features must be positive"),
+    (["--positions", "rope", "--d-model", "30", "--heads", "2"], "head dimension"),
 ])
 def test_bad_training_flags(tmp_path, flags, fragment):
     fails_cleanly(["train", "--run", tmp_path / "r", *flags], fragment)

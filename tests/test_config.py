@@ -24,6 +24,10 @@ def test_round_trip_through_json():
     ({"share_embeddings": 1}, "must be of type bool"),
     ({"norm": "middle"}, "must be one of"),
     ({"dropout": 1.5}, r"in \[0, 1\)"),
+    ({"positions": "alibi"}, "must be one of"),
+    ({"attention": "performer", "performer_in": ""}, "performer_in must list"),
+    ({"attention": "performer", "performer_redraw_every": -1}, "must not be negative"),
+    ({"positions": "rope", "d_model": 6, "n_heads": 2}, "must be even"),
 ])
 def test_bad_model_config_is_refused(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -68,3 +72,15 @@ def test_config_file_errors_name_the_file(tmp_path):
         resolve_train_configs(path, None, {}, {})
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_train_configs(None, "huge", {}, {})
+
+
+def test_a_config_from_before_the_variants_loads_with_their_defaults():
+    model = from_dict(ModelConfig, {"d_model": 64, "n_heads": 2})
+    assert (model.positions, model.attention, model.performer_places()) == ("sinusoidal", "softmax", set())
+
+
+def test_performer_options_need_performer_attention():
+    with pytest.raises(ConfigError, match="--performer-features only applies"):
+        resolve_train_configs(None, None, {"performer_features": 64}, {})
+    model, _ = resolve_train_configs(None, None, {"attention": "performer", "performer_in": "cross,encoder"}, {})
+    assert model.performer_places() == {"cross", "encoder"}

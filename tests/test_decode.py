@@ -22,6 +22,7 @@ from seq2seq.decode import (Hypothesis, _length_batches, beam_search, greedy_sea
                             length_penalty_factor, nbest_ids, sample_search, sampling_distribution,
                             translate_ids)
 from seq2seq.errors import ConfigError
+from seq2seq.attention import KeyValueState
 from seq2seq.model import DecoderCache, LayerCache, build_model
 
 VOCAB = 24
@@ -235,13 +236,16 @@ class TableModel(nn.Module):
             if not cache.layers:
                 cache.layers = [LayerCache()]
             layer = cache.layers[0]
-            if layer.cross_k is None:
-                source = self.source_hash(memory, src_mask)
-                layer.cross_k = layer.cross_v = source[:, None, None, None]  # (B, 1, 1, 1)
-            past = layer.self_k[:, 0, :, 0] if layer.self_k is not None else tgt_in[:, :0].float()
+            if layer.cross_state is None:
+                source = self.source_hash(memory, src_mask)[:, None, None, None]  # (B, 1, 1, 1)
+                layer.cross_state = KeyValueState(source, source)
+            past = (layer.self_state.k[:, 0, :, 0] if layer.self_state is not None
+                    else tgt_in[:, :0].float())
             prefix = torch.cat([past, tgt_in.float()], dim=1).long()  # (B, T_all)
-            layer.self_k = layer.self_v = prefix.float()[:, None, :, None]  # (B, 1, T_all, 1)
-            source = layer.cross_k[:, 0, 0, 0]
+            stored = prefix.float()[:, None, :, None]  # (B, 1, T_all, 1)
+            layer.self_state = KeyValueState(stored, stored)
+            cache.length = prefix.size(1)
+            source = layer.cross_state.k[:, 0, 0, 0]
         code = source.long() % self.SLOTS  # (B,)
         logits = []
         for t in range(prefix.size(1)):

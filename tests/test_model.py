@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from seq2seq.config import PRESETS, ModelConfig, apply_preset
-from seq2seq.model import DecoderCache, build_model, count_parameters, sinusoidal_table
+from seq2seq.model import DecoderCache, build_model, count_parameters
+from seq2seq.positions import sinusoidal_table
 
 
 def tiny_model(**overrides) -> torch.nn.Module:
@@ -20,15 +21,27 @@ def random_batch(vocab=40, b=3, s=7, t=6):
     return src, tgt
 
 
+# Every position kind with softmax attention, and FAVOR+ in each place and everywhere.
+VARIANTS = [
+    dict(positions="sinusoidal"), dict(positions="learned"), dict(positions="rope"),
+    dict(attention="performer", performer_in="encoder", performer_features=16),
+    dict(attention="performer", performer_in="decoder", performer_features=16),
+    dict(attention="performer", performer_in="cross", performer_features=16),
+    dict(attention="performer", performer_features=16, positions="rope"),
+    dict(attention="performer", performer_features=16, positions="learned", norm="post"),
+]
+VARIANT_IDS = ["-".join(str(v) for v in variant.values()) for variant in VARIANTS]
+
+
 def test_forward_shapes():
     model = tiny_model()
     src, tgt = random_batch()
     assert model(src, tgt).shape == (3, 6, 40)
 
 
-@pytest.mark.parametrize("norm", ["pre", "post"])
-def test_cached_decoding_equals_full_decoding(norm):
-    model = tiny_model(norm=norm)
+@pytest.mark.parametrize("variant", VARIANTS + [dict(norm="post")], ids=VARIANT_IDS + ["post-norm"])
+def test_cached_decoding_equals_full_decoding(variant):
+    model = tiny_model(**variant)
     src, tgt = random_batch()
     full = model(src, tgt)
     memory, mask = model.encode(src)
@@ -42,8 +55,9 @@ def test_cached_decoding_equals_full_decoding(norm):
     assert cache.length == tgt.size(1)
 
 
-def test_decoder_is_causal():
-    model = tiny_model()
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_decoder_is_causal(variant):
+    model = tiny_model(**variant)
     src, tgt = random_batch()
     changed = tgt.clone()
     changed[:, 4:] = 5
@@ -52,8 +66,9 @@ def test_decoder_is_causal():
     assert not torch.allclose(a[:, 4:], b[:, 4:])
 
 
-def test_source_padding_is_ignored():
-    model = tiny_model()
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_source_padding_is_ignored(variant):
+    model = tiny_model(**variant)
     src, tgt = random_batch()
     longer = torch.cat([src, torch.zeros(3, 5, dtype=torch.long)], dim=1)  # more padding
     torch.testing.assert_close(model(src, tgt), model(longer, tgt), atol=1e-5, rtol=1e-5)

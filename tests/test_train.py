@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -128,3 +129,60 @@ def test_separate_vocabularies_untie_the_embeddings_and_translate(corpus, tmp_pa
     assert translator.model.src_embed is not translator.model.tgt_embed
     out = translator.translate(["A dog runs.", "", "Two men."])
     assert len(out) == 3 and out[1] == ""
+
+
+@pytest.fixture(scope="module")
+def shared_tokenizer(corpus, tmp_path_factory):
+    from seq2seq.data import load_corpus
+    from seq2seq.tokenizer import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(load_corpus(corpus[0], "en", "de"), folder, vocab_size=200)
+    return str(folder)
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned", "rope"])
+@pytest.mark.parametrize("attention", ["softmax", "performer"])
+def test_every_position_and_attention_variant_trains(corpus, shared_tokenizer, tmp_path, positions, attention):
+    model_cfg = replace(tiny_model_config(), positions=positions, attention=attention,
+                        performer_features=32, performer_redraw_every=5)
+    events = []
+    train(tmp_path / "run", model_cfg,
+          tiny_train_config(corpus[0], "", tokenizer=shared_tokenizer, epochs=0, max_steps=25, log_every=1),
+          CPU, on_event=events.append)
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert len(losses) == 25 and all(map(math.isfinite, losses))
+    # Single batches are noisy: compare the mean of the first and last five updates.
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["model"]["positions"], config["model"]["attention"]) == (positions, attention)
+
+
+def test_a_performer_run_translates_with_the_features_it_saved(corpus, shared_tokenizer, tmp_path):
+    from seq2seq.config import DecodeConfig
+    from seq2seq.translator import Translator
+
+    model_cfg = replace(tiny_model_config(), positions="rope", attention="performer",
+                        performer_in="encoder,decoder", performer_features=16, performer_redraw_every=4)
+    train(tmp_path / "run", model_cfg,
+          tiny_train_config(corpus[0], corpus[1], tokenizer=shared_tokenizer, epochs=0, max_steps=8,
+                            valid_every=4, valid_bleu_max=10), CPU)
+    snapshots = sorted((tmp_path / "run" / "checkpoints" / "weights").glob("*.safetensors"))
+    features = [{k: v for k, v in load_file(str(path)).items() if k.endswith("random_features")}
+                for path in snapshots]
+    # Encoder and decoder self-attention have features; softmax cross-attention has none.
+    assert len(features) == 2 and len(features[0]) == 2
+    assert not any("cross_attn" in name for name in features[0])
+    # Redrawn between the snapshots at steps 4 and 8.
+    assert all(not torch.equal(features[0][k], features[1][k]) for k in features[0])
+
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    translator = Translator.from_run(tmp_path / "run", CPU, DecodeConfig(beam=3, max_len_b=8))
+    loaded = translator.model.state_dict()
+    for name, value in saved.items():
+        if name.endswith("random_features"):
+            assert torch.equal(loaded[name], value), name
+    lines = ["A dog runs in the park.", "", "Two men are talking."]
+    out = translator.translate(lines)
+    assert len(out) == 3 and out[1] == ""
+    assert out == Translator.from_run(tmp_path / "run", CPU, DecodeConfig(beam=3, max_len_b=8)).translate(lines)
