@@ -13,24 +13,11 @@ import argparse
 import json
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
-from results import append_entry, machine
-
-ROOT = Path(__file__).resolve().parent.parent
-S2S = str(Path(sys.executable).parent / "s2s")
-
-
-def timed(args: list[str]) -> tuple[float, str]:
-    start = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {shlex.join(args)}\n{done.stderr}")
-    return time.monotonic() - start, done.stdout
+from results import ROOT, S2S, append_entry, machine, run_timed, shown
 
 
 def main() -> None:
@@ -61,7 +48,7 @@ def main() -> None:
     seconds, scores = {}, {}
     for stage, args in commands.items():
         print(f"{stage}: {shlex.join(args)}", file=sys.stderr)
-        seconds[stage], stdout = timed(args)
+        seconds[stage], stdout = run_timed(args)
         if stage.startswith("test"):
             scores[stage] = json.loads(stdout)
     records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -69,11 +56,9 @@ def main() -> None:
     best = max(valid, key=lambda r: r["valid_bleu"]) if valid else None
     train_rates = [r["tgt_tokens_per_s"] for r in records if r["event"] == "train"]
 
-    rel = lambda args: shlex.join(str(Path(x).relative_to(ROOT)) if x.startswith(str(ROOT)) else
-                                  ("s2s" if x == S2S else x) for x in args)
     lines = [f"\n## {date.today().isoformat()}: {a.label} ({a.src}->{a.tgt})\n",
              f"- Machine: {machine()}",
-             "- Commands:", *[f"  - `{rel(args)}`" for args in commands.values()],
+             "- Commands:", *[f"  - `{shown(args)}`" for args in commands.values()],
              "- Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
              + f"; tokenizer + training {seconds['tokenizer'] + seconds['train']:.0f} s",
              f"- Training: {records[-1]['step'] if records else 0} updates, "

@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = RESULTS.parent.parent
+S2S = str(Path(sys.executable).parent / "s2s")  # the `s2s` of the environment running the bench
+
+
+def run_timed(args: list[str]) -> tuple[float, str]:
+    """Run a command; its wall time in seconds and its stdout. Exits with its stderr if it fails."""
+    start = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {shlex.join(args)}\n{done.stderr}")
+    return time.monotonic() - start, done.stdout
+
+
+def shown(args: list[str]) -> str:
+    """A command as RESULTS.md shows it: `s2s` for our binary, paths relative to the repository."""
+    return shlex.join("s2s" if x == S2S else
+                      str(Path(x).relative_to(ROOT)) if x.startswith(str(ROOT)) else x for x in args)
 
 
 def machine() -> str:

@@ -56,24 +56,26 @@ def _require_eval_mode(model: Seq2SeqTransformer) -> None:
         raise ValueError("decoding needs the model in eval mode; call model.eval() first")
 
 
-def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor,
-                         src_mask: Tensor, cache: DecoderCache) -> Tensor:
-    """Log-probabilities (N, V) of the token after `last_tokens` (N, 1); the cache grows by one."""
-    logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1]  # (N, V)
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (N, V): float32 even under autocast
-    logprobs[:, [model.cfg.pad_id, model.cfg.bos_id]] = float("-inf")
-    return logprobs
+def _next_token_logits(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor,
+                       src_mask: Tensor, cache: DecoderCache) -> tuple[Tensor, Tensor]:
+    """Scores of the token after `last_tokens` (N, 1); the cache grows by one.
+
+    Returns float32 logits (N, V), with padding and BOS at -inf, and their log
+    normaliser (N, 1), taken before that masking: log p = logits - normaliser.
+    The searches rank by logits and subtract the normaliser only from the few
+    tokens they keep, which spares a log-softmax over the whole vocabulary at
+    every step.
+    """
+    logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1].float()  # (N, V)
+    log_normaliser = logits.logsumexp(dim=-1, keepdim=True)  # (N, 1)
+    logits[:, model.cfg.pad_id] = float("-inf")
+    logits[:, model.cfg.bos_id] = float("-inf")
+    return logits, log_normaliser
 
 
-def _force_eos(logprobs: Tensor, at_limit: Tensor, eos_id: int) -> Tensor:
-    """Leave only EOS, at its model log-probability, in rows `at_limit` (N,) of (N, V)."""
-    eos_only = torch.full_like(logprobs, float("-inf"))  # (N, V)
-    eos_only[:, eos_id] = logprobs[:, eos_id]
-    return torch.where(at_limit[:, None], eos_only, logprobs)  # (N, V)
-
-
-# Picks the next token (N,) from the log-probabilities (N, V) of the rows still decoding.
-TokenChoice = Callable[[Tensor], Tensor]
+# Picks the next token (N,) from the logits (N, V) of the rows still decoding
+# and their log normaliser (N, 1): log p = logits - normaliser.
+TokenChoice = Callable[[Tensor, Tensor], Tensor]
 
 
 def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
@@ -98,10 +100,11 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
     results: list[Hypothesis | None] = [None] * n_rows
 
     for step in range(int(max_len.max()) + 1):
-        logprobs = _next_token_logprobs(model, history[:, -1:], memory, src_mask, cache)  # (N, V)
-        logprobs = _force_eos(logprobs, row_max_len <= step, eos_id)  # (N, V)
-        token = choose(logprobs)  # (N,)
-        total_logprob = total_logprob + logprobs.gather(1, token[:, None]).squeeze(1)  # (N,)
+        logits, log_normaliser = _next_token_logits(model, history[:, -1:], memory, src_mask, cache)
+        token = choose(logits, log_normaliser)  # (N,)
+        token = token.masked_fill(row_max_len <= step, eos_id)  # at the length limit only EOS may follow
+        token_logprob = logits.gather(1, token[:, None]) - log_normaliser  # (N, 1)
+        total_logprob = total_logprob + token_logprob.squeeze(1)  # (N,)
         history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
         ended = token.eq(eos_id)  # (N,)
         if not ended.any():
@@ -133,7 +136,8 @@ def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> li
     output may have; at that length EOS is forced. Returns one `Hypothesis` per
     row, in row order, with score equal to logprob.
     """
-    return _one_token_per_step(model, src, max_len, lambda logprobs: logprobs.argmax(dim=1))
+    # The normaliser is the same for every token of a row, so the best logit is the best token.
+    return _one_token_per_step(model, src, max_len, lambda logits, _: logits.argmax(dim=1))
 
 
 def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
@@ -172,8 +176,8 @@ def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, tempe
     one `Hypothesis` per row, in row order; its score and logprob are the
     model's log-probability of the drawn tokens, before temperature and filtering.
     """
-    def draw(logprobs: Tensor) -> Tensor:
-        probs = sampling_distribution(logprobs, temperature, top_k, top_p)  # (N, V)
+    def draw(logits: Tensor, log_normaliser: Tensor) -> Tensor:
+        probs = sampling_distribution(logits - log_normaliser, temperature, top_k, top_p)  # (N, V)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
 
     return _one_token_per_step(model, src, max_len, draw)
@@ -222,14 +226,21 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
 
     for step in range(max(sentence_max_len) + 1):
         n = len(origin)
-        logprobs = _next_token_logprobs(model, history[:, -1:], memory, src_mask, cache)  # (N*K, V)
-        logprobs = _force_eos(logprobs, row_max_len <= step, eos_id)  # (N*K, V)
-        vocab = logprobs.size(1)
-        candidates = (beam_logprob.view(-1, 1) + logprobs).view(n, k * vocab)  # (N, K*V)
-        # 2K candidates: at most K of them (one per beam) end in EOS, so K continue.
-        top_logprob, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (N, 2K)
-        top_row = top_index // vocab + first_row[:n]  # (N, 2K): the row each candidate extends
-        top_token = top_index % vocab  # (N, 2K)
+        logits, log_normaliser = _next_token_logits(model, history[:, -1:], memory, src_mask, cache)
+        # The sentence's best 2K continuations are among its beams' best 2K each,
+        # so rank within each row first and only then across the K rows.
+        width = min(2 * k, logits.size(1))
+        row_logit, row_token = logits.topk(width, dim=1)  # (N*K, W)
+        at_limit = row_max_len <= step  # (N*K,)
+        if at_limit.any():  # only EOS may follow: it becomes the row's one finite candidate
+            eos_only = torch.full_like(row_logit, float("-inf"))
+            eos_only[:, 0] = logits[:, eos_id]
+            row_logit = torch.where(at_limit[:, None], eos_only, row_logit)
+            row_token = row_token.masked_fill(at_limit[:, None], eos_id)
+        row_logprob = beam_logprob.view(-1, 1) + (row_logit - log_normaliser)  # (N*K, W)
+        top_logprob, top_index = row_logprob.view(n, k * width).topk(min(2 * k, k * width), dim=1)  # (N, 2K)
+        top_row = top_index // width + first_row[:n]  # (N, 2K): the row each candidate extends
+        top_token = row_token.view(n, k * width).gather(1, top_index)  # (N, 2K)
         ends = top_token.eq(eos_id)  # (N, 2K)
 
         # EOS candidates within the top K finish; -inf ones come from dead beams.
