@@ -1,0 +1,73 @@
+"""A/B of the search code: `seq2seq/decode.py` at a git revision against the working tree.
+
+Both versions translate Multi30k test_2016_flickr with the same loaded model
+in one process, interleaved, best of 3 passes each, at beams 1 and 5; it
+prints sentences/s for each, the speed-up, and how many outputs are
+identical. For checking that a change to the search is faster and changes
+no output. Prints only; copy what matters into bench/RESULTS.md by hand.
+
+    python bench/decode_ab.py --run runs/bench-variants/sinusoidal --base d5201a2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import seq2seq.decode as current
+from seq2seq.checkpoint import load_run
+from seq2seq.config import DecodeConfig
+
+from results import ROOT
+
+
+def decode_module_at(revision: str):
+    """seq2seq/decode.py as it was at `revision`, imported as a sibling of the current one."""
+    source = subprocess.run(["git", "show", f"{revision}:seq2seq/decode.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "decode_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("seq2seq.decode_base", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--base", required=True, help="git revision whose decode.py is the baseline")
+    parser.add_argument("--device", default="cpu")
+    a = parser.parse_args()
+    model, tokenizers, _ = load_run(a.run, torch.device(a.device))
+    model.eval()
+    with gzip.open(ROOT / "data" / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    ids = [row + [model.cfg.eos_id] for row in tokenizers.src.encode(lines)]
+    versions = {"base": decode_module_at(a.base), "current": current}
+    for beam in (1, 5):
+        cfg = DecodeConfig(beam=beam)
+        best: dict[str, float] = {}
+        outputs = {}
+        for _ in range(3):
+            for name, module in versions.items():
+                start = time.perf_counter()
+                outputs[name] = module.translate_ids(model, ids, cfg)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+        same = sum(x == y for x, y in zip(outputs["base"], outputs["current"]))
+        print(f"beam {beam}: {a.base} {len(ids) / best['base']:.0f} sent/s, working tree "
+              f"{len(ids) / best['current']:.0f} sent/s ({best['base'] / best['current']:.2f}x); "
+              f"identical outputs {same}/{len(ids)}")
+
+
+if __name__ == "__main__":
+    main()
