@@ -55,26 +55,24 @@ def _require_eval_mode(model: Seq2SeqTransformer) -> None:
         raise ValueError("decoding needs the model in eval mode; call model.eval() first")
 
 
-def _next_token_logits(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor,
-                       src_mask: Tensor, cache: DecoderCache) -> tuple[Tensor, Tensor]:
-    """Scores of the token after `last_tokens` (N, 1); the cache grows by one.
+def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor | None,
+                         src_mask: Tensor, cache: DecoderCache) -> Tensor:
+    """Log-probabilities (N, V), float32, of the token after `last_tokens` (N, 1); the cache grows by one.
 
-    Returns float32 logits (N, V), with padding and BOS at -inf, and their log
-    normaliser (N, 1), taken before that masking: log p = logits - normaliser.
-    The searches rank by logits and subtract the normaliser only from the few
-    tokens they keep, which spares a log-softmax over the whole vocabulary at
-    every step.
+    Padding and BOS are set to -inf after normalising, so the other tokens
+    keep the model's own log-probabilities. `memory` is read only on the
+    first step, while the cache has no summary of the source yet.
     """
-    logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1].float()  # (N, V)
-    log_normaliser = logits.logsumexp(dim=-1, keepdim=True)  # (N, 1)
-    logits[:, model.cfg.pad_id] = float("-inf")
-    logits[:, model.cfg.bos_id] = float("-inf")
-    return logits, log_normaliser
+    logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1]  # (N, V)
+    # One fused log-softmax: on the CPU it is faster than a logsumexp alone.
+    logprobs = logits.float().log_softmax(dim=-1)
+    logprobs[:, model.cfg.pad_id] = float("-inf")
+    logprobs[:, model.cfg.bos_id] = float("-inf")
+    return logprobs
 
 
-# Picks the next token (N,) from the logits (N, V) of the rows still decoding
-# and their log normaliser (N, 1): log p = logits - normaliser.
-TokenChoice = Callable[[Tensor, Tensor], Tensor]
+# Picks the next token (N,) from the log-probabilities (N, V) of the rows still decoding.
+TokenChoice = Callable[[Tensor], Tensor]
 
 
 def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
@@ -99,10 +97,12 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
     results: list[Hypothesis | None] = [None] * n_rows
 
     for step in range(int(max_len.max()) + 1):
-        logits, log_normaliser = _next_token_logits(model, history[:, -1:], memory, src_mask, cache)
-        token = choose(logits, log_normaliser)  # (N,)
+        # The cache summarises the source on the first step; memory is not needed after it.
+        logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
+                                        src_mask, cache)  # (N, V)
+        token = choose(logprobs)  # (N,)
         token = token.masked_fill(row_max_len <= step, eos_id)  # at the length limit only EOS may follow
-        token_logprob = logits.gather(1, token[:, None]) - log_normaliser  # (N, 1)
+        token_logprob = logprobs.gather(1, token[:, None])  # (N, 1)
         total_logprob = total_logprob + token_logprob.squeeze(1)  # (N,)
         history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
         ended = token.eq(eos_id)  # (N,)
@@ -119,7 +119,6 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
             break
         origin = [origin[row] for row in keep.tolist()]
         cache.select(keep)
-        memory = memory.index_select(0, keep)  # (N', S, D)
         src_mask = src_mask.index_select(0, keep)  # (N', S)
         history = history.index_select(0, keep)  # (N', step + 2)
         total_logprob = total_logprob.index_select(0, keep)  # (N',)
@@ -135,8 +134,7 @@ def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> li
     output may have; at that length EOS is forced. Returns one `Hypothesis` per
     row, in row order, with score equal to logprob.
     """
-    # The normaliser is the same for every token of a row, so the best logit is the best token.
-    return _one_token_per_step(model, src, max_len, lambda logits, _: logits.argmax(dim=1))
+    return _one_token_per_step(model, src, max_len, lambda logprobs: logprobs.argmax(dim=1))
 
 
 def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
@@ -175,8 +173,8 @@ def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, tempe
     one `Hypothesis` per row, in row order; its score and logprob are the
     model's log-probability of the drawn tokens, before temperature and filtering.
     """
-    def draw(logits: Tensor, log_normaliser: Tensor) -> Tensor:
-        probs = sampling_distribution(logits - log_normaliser, temperature, top_k, top_p)  # (N, V)
+    def draw(logprobs: Tensor) -> Tensor:
+        probs = sampling_distribution(logprobs, temperature, top_k, top_p)  # (N, V)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
 
     return _one_token_per_step(model, src, max_len, draw)
@@ -210,39 +208,40 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
     sentence_max_len = max_len.tolist()  # by input sentence, for the Python-side bookkeeping
 
     memory, src_mask = model.encode(src)  # (B, S, D), (B, S)
-    memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, D): sentence i's beams are rows i*K ...
-    src_mask = src_mask.repeat_interleave(k, dim=0)  # (B*K, S)
-    row_max_len = max_len.to(device).repeat_interleave(k)  # (B*K,)
+    row_max_len = max_len.to(device)  # (B,): one row per sentence until the first step fans out
     cache = DecoderCache()
     # N sentences are still searching (N <= B); `origin` maps each to its input sentence.
     origin = list(range(n_sentences))
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sentences)]
-    history = torch.full((n_sentences * k, 1), model.cfg.bos_id, dtype=torch.long, device=device)  # (N*K, 1)
-    # Only beam 0 is live at first, so the K beams don't all pick the same tokens.
-    beam_logprob = torch.full((n_sentences, k), float("-inf"), device=device)  # (N, K)
-    beam_logprob[:, 0] = 0.0
-    first_row = torch.arange(n_sentences, device=device)[:, None] * k  # (B, 1): row of beam 0
+    # Rows are sentences x beams, sentence i's beams in rows i*beams ... . All K beams
+    # would start from the same BOS, so the first step runs one beam per sentence
+    # (and summarises the source once per sentence); it fans out to K beams after it.
+    history = torch.full((n_sentences, 1), model.cfg.bos_id, dtype=torch.long, device=device)  # (N*beams, 1)
+    beam_logprob = torch.zeros(n_sentences, 1, device=device)  # (N, beams)
+    sentence_index = torch.arange(n_sentences, device=device)[:, None]  # (B, 1)
 
     for step in range(max(sentence_max_len) + 1):
-        n = len(origin)
-        logits, log_normaliser = _next_token_logits(model, history[:, -1:], memory, src_mask, cache)
+        n, beams = beam_logprob.shape
+        logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
+                                        src_mask, cache)  # (N*beams, V)
         # The sentence's best 2K continuations are among its beams' best 2K each,
-        # so rank within each row first and only then across the K rows.
-        width = min(2 * k, logits.size(1))
-        row_logit, row_token = logits.topk(width, dim=1)  # (N*K, W)
-        at_limit = row_max_len <= step  # (N*K,)
+        # so rank within each row first and only then across the beams.
+        width = min(2 * k, logprobs.size(1))
+        row_logprob, row_token = logprobs.topk(width, dim=1)  # (N*beams, W)
+        at_limit = row_max_len <= step  # (N*beams,)
         if at_limit.any():  # only EOS may follow: it becomes the row's one finite candidate
-            eos_only = torch.full_like(row_logit, float("-inf"))
-            eos_only[:, 0] = logits[:, eos_id]
-            row_logit = torch.where(at_limit[:, None], eos_only, row_logit)
+            eos_only = torch.full_like(row_logprob, float("-inf"))
+            eos_only[:, 0] = logprobs[:, eos_id]
+            row_logprob = torch.where(at_limit[:, None], eos_only, row_logprob)
             row_token = row_token.masked_fill(at_limit[:, None], eos_id)
-        row_logprob = beam_logprob.view(-1, 1) + (row_logit - log_normaliser)  # (N*K, W)
-        top_logprob, top_index = row_logprob.view(n, k * width).topk(min(2 * k, k * width), dim=1)  # (N, 2K)
-        top_row = top_index // width + first_row[:n]  # (N, 2K): the row each candidate extends
-        top_token = row_token.view(n, k * width).gather(1, top_index)  # (N, 2K)
-        ends = top_token.eq(eos_id)  # (N, 2K)
+        row_logprob = beam_logprob.view(-1, 1) + row_logprob  # (N*beams, W)
+        candidates = min(2 * k, beams * width)  # C
+        top_logprob, top_index = row_logprob.view(n, beams * width).topk(candidates, dim=1)  # (N, C)
+        top_row = top_index // width + sentence_index[:n] * beams  # (N, C): the row each candidate extends
+        top_token = row_token.view(n, beams * width).gather(1, top_index)  # (N, C)
+        ends = top_token.eq(eos_id)  # (N, C)
 
-        # EOS candidates within the top K finish; -inf ones come from dead beams.
+        # EOS candidates within the top K finish; -inf ones extend dead beams or padding.
         finishing = ends[:, :k] & top_logprob[:, :k].isfinite()  # (N, K)
         if finishing.any():
             factor = length_penalty_factor(step + 1, length_penalty, alpha)
@@ -254,9 +253,11 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
                 if len(hypotheses) < k:
                     hypotheses.append(Hypothesis(tokens=tokens, score=logprob / factor, logprob=logprob))
 
-        # The first K non-EOS candidates of each sentence, in rank order, live on.
+        # The first K non-EOS candidates of each sentence, in rank order, live on. Only
+        # when there are fewer than K (a vocabulary smaller than the beam) do EOS ones
+        # fill the last places, as dead beams.
         live = ends.long().sort(dim=1, stable=True).indices[:, :k]  # (N, K)
-        live_logprob = top_logprob.gather(1, live)  # (N, K)
+        live_logprob = top_logprob.gather(1, live).masked_fill(ends.gather(1, live), float("-inf"))  # (N, K)
         live_row = top_row.gather(1, live)  # (N, K)
         live_token = top_token.gather(1, live)  # (N, K)
 
@@ -264,23 +265,23 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
                      if len(finished[s]) < k and step < sentence_max_len[s]]
         if not searching:
             break
-        if len(searching) < n:
+        same_sentences = len(searching) == n
+        if not same_sentences:
             # Drop finished sentences from the batch: later steps cost only what is left.
             keep = torch.tensor(searching, device=device)  # (N',)
             origin = [origin[i] for i in searching]
             live_logprob = live_logprob.index_select(0, keep)  # (N', K)
             live_row = live_row.index_select(0, keep)  # (N', K)
             live_token = live_token.index_select(0, keep)  # (N', K)
-            rows = live_row.view(-1)  # (N'*K,)
-            # Within a sentence the cross-attention keys are identical, so reordering
-            # them along with the dropped rows is harmless.
-            cache.select(rows, cross=True)
-            memory = memory.index_select(0, rows)  # (N'*K, S, D)
+        rows = live_row.view(-1)  # (N'*K,)
+        # The beams of a sentence share its source: the cross-attention summary and
+        # the row's source mask and length limit need reordering only when sentences
+        # leave the batch or the first step fans out, not when beams move.
+        reshaped = not same_sentences or live_row.size(1) != beams
+        cache.select(rows, cross=reshaped)
+        if reshaped:
             src_mask = src_mask.index_select(0, rows)  # (N'*K, S)
             row_max_len = row_max_len.index_select(0, rows)  # (N'*K,)
-        else:
-            rows = live_row.view(-1)  # (N*K,)
-            cache.select(rows, cross=False)  # beams move only within their own sentence
         history = torch.cat([history.index_select(0, rows),
                              live_token.view(-1, 1)], dim=1)  # (N'*K, step + 2)
         beam_logprob = live_logprob  # (N', K)

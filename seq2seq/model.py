@@ -112,9 +112,12 @@ class DecoderLayer(nn.Module):
         self.cross_block = Residual(cfg.d_model, cfg.dropout, pre)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, pre)
 
-    def forward(self, x: Tensor, memory: Tensor, src_mask: Tensor,
+    def forward(self, x: Tensor, memory: Tensor | None, src_mask: Tensor,
                 cache: LayerCache | None, offset: int = 0) -> Tensor:
-        """x (B, T, D) at target positions offset ...; memory (B, S, D); src_mask (B, S)."""
+        """x (B, T, D) at target positions offset ...; memory (B, S, D); src_mask (B, S).
+
+        `memory` may be None once `cache` holds the source summary.
+        """
         def self_attend(h: Tensor) -> Tensor:
             if cache is None:
                 return self.self_attn(h, h, causal=True)
@@ -125,6 +128,8 @@ class DecoderLayer(nn.Module):
             if cache is None:
                 return self.cross_attn(h, memory, key_mask=src_mask)
             if cache.cross_state is None:  # the source is fixed: summarise it once
+                if memory is None:
+                    raise ValueError("the first decoding step needs the encoder output (memory)")
                 cache.cross_state = self.cross_attn.summarize_source(memory, src_mask)
             return self.cross_attn.attend_summary(h, cache.cross_state, src_mask)
 
@@ -206,12 +211,14 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, src_mask)
         return self.encoder_norm(x), src_mask
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor,
+    def decode(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor,
                cache: DecoderCache | None = None) -> Tensor:
         """Next-token logits (B, T, V) for target inputs (B, T).
 
         Without a cache, `tgt_in` is the whole prefix (teacher forcing). With a
-        cache, it holds only the new positions; the cache grows by T.
+        cache, it holds only the new positions; the cache grows by T. Once the
+        cache holds the source summary (after its first call), `memory` is not
+        read and may be None; `src_mask` still is.
         """
         offset = 0
         if cache is not None:
