@@ -58,8 +58,8 @@ class TrainDisplay:
         elif kind == "resume":
             self.console.print(f"resumed at step {event['step']} (epoch {event['epoch']:.2f})")
         elif kind == "skip":
-            self.console.print(f"[yellow]skipped update after step {event['step']}: {event['reason']} "
-                               f"({event['in_a_row']} in a row)[/]")
+            self.console.print(f"[yellow]skipped {event['skipped']} update(s) by step {event['step']}: "
+                               f"{event['reason']} ({event['in_a_row']} in a row now)[/]")
         elif kind == "oom":
             self.console.print(f"[yellow]out of memory at step {event['step']}: {event['action']}; "
                                f"batches of at most {event['max_tokens_from_next_epoch']:,} tokens "
@@ -93,7 +93,8 @@ class TrainDisplay:
 
     def train(self, event: dict[str, Any]) -> None:
         stats = (f"loss {event['loss']:.3f}  lr {event['lr']:.2e}  "
-                 f"{event['tgt_tokens_per_s'] / 1000:.1f}k tok/s  epoch {event['epoch']:.2f}")
+                 f"{event['tgt_tokens_per_s'] / 1000:.1f}k tok/s  {event['model_tflops_per_s']:.2f} TFLOP/s  "
+                 f"epoch {event['epoch']:.2f}")
         if self.progress is not None:
             self.progress.update(self.task, completed=event["step"], stats=stats)
         else:

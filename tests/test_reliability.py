@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import signal
 import subprocess
 import time
@@ -9,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import seq2seq.checkpoint as checkpoint
 import seq2seq.train as train_module
@@ -31,6 +33,14 @@ def corpus(tmp_path_factory):
 
 def events_of(kind, events):
     return [e for e in events if e["event"] == kind]
+
+
+def read_checkpoint(run):
+    """Weights and optimizer tensors of the run's last trainer state."""
+    root = run / checkpoint.CHECKPOINTS_DIR
+    folder = root / json.loads((root / checkpoint.LAST_POINTER).read_text())["dir"]
+    optimizer = {k: v for k, v in load_file(folder / checkpoint.TRAINER_TENSORS).items() if k.startswith("optim.")}
+    return {**load_file(folder / checkpoint.WEIGHTS_FILE), **optimizer}
 
 
 def test_a_second_trainer_on_the_same_run_stops_at_once(corpus, tmp_path):
@@ -81,21 +91,38 @@ def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatc
     events = []
     result = train(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", max_steps=6), CPU,
                    on_event=events.append)
-    assert result.step == 6
-    assert [e["in_a_row"] for e in events_of("skip", events)] == [1, 2]
+    assert result.step == 6  # updates tried, the 2 skipped ones included
+    # The device counts skips; the host reads them at the next log interval (every 5 updates).
+    assert [(e["step"], e["skipped"], e["in_a_row"]) for e in events_of("skip", events)] == [(5, 2, 0)]
+    assert all(math.isfinite(e["loss"]) for e in events_of("train", events))
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000006" / "trainer.json").read_text())
     assert state["counters"]["skipped_updates"] == 2 and state["counters"]["bad_in_a_row"] == 0
     for name, value in build_model(read_run_config(tmp_path / "run").model).state_dict().items():
         assert torch.isfinite(value).all(), name
 
 
+def test_a_skipped_update_leaves_weights_and_optimizer_untouched(corpus, tmp_path, monkeypatch):
+    make_the_loss_nan(monkeypatch, lambda n: n == 3)
+    cfg = tiny_train_config(corpus, "", max_steps=2, log_every=1)
+    train(tmp_path / "run", tiny_model_config(), cfg, CPU)
+    before = read_checkpoint(tmp_path / "run")
+    # Step 3 is not finite: after it, weights and optimizer moments equal step 2's exactly.
+    train(tmp_path / "run", read_run_config(tmp_path / "run").model, replace(cfg, max_steps=3), CPU, resume=True)
+    after = read_checkpoint(tmp_path / "run")
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
 def test_too_many_non_finite_updates_in_a_row_stop_training(corpus, tmp_path, monkeypatch):
     make_the_loss_nan(monkeypatch, lambda n: n > 4)
     cfg = tiny_train_config(corpus, "", max_steps=50, valid_every=2, max_bad_updates=3)
-    with pytest.raises(TrainingDiverged, match="not finite for 3 updates in a row after step 4"):
+    with pytest.raises(TrainingDiverged, match="not finite for 4 updates in a row by step 8"):
         train(tmp_path / "run", tiny_model_config(), cfg, CPU)
+    # The last checkpoint (step 6) holds step 4's weights: the skipped updates never touched them.
     model = build_model(read_run_config(tmp_path / "run").model)
-    assert load_trainer_state(tmp_path / "run", model, torch.optim.AdamW(model.parameters()))["step"] == 4
+    assert load_trainer_state(tmp_path / "run", model, torch.optim.AdamW(model.parameters()))["step"] == 6
+    assert all(torch.isfinite(value).all() for value in model.state_dict().values())
 
 
 def run_out_of_memory_when(monkeypatch, too_big) -> None:
