@@ -41,7 +41,7 @@ DEMO_TRAIN_FLAGS ?= --preset tiny --lr 3e-3 --warmup-steps 300 --max-tokens 2500
 
 # The demo's recipe, timed stage by stage; appends to bench/RESULTS.md.
 bench: install
-	$(BIN)/python bench/pipeline.py --out runs/bench-demo --label "make demo recipe" -- $(DEMO_TRAIN_FLAGS)
+	$(BIN)/python bench/quality.py --out runs/bench-demo --label "make demo recipe" -- $(DEMO_TRAIN_FLAGS)
 
 lint: install
 	$(BIN)/ruff check cli seq2seq tests bench
