@@ -132,6 +132,9 @@ def train_command(
     average_last: Annotated[Optional[int], _opt("At the end, average the last N snapshots and keep the "
                                                 "average if it validates at least as well. [default: 0]",
                                                 VALID, "--average-last")] = None,
+    compile_step: Annotated[Optional[bool], _opt("torch.compile the training step (for GPUs; slower on "
+                                                 "the CPU). [default: off]", RUN,
+                                                 "--compile/--no-compile")] = None,
 ) -> None:
     """Train a Transformer. With no options: English to German on the bundled Multi30k, into runs/."""
     model_flags = {k: v for k, v in dict(
@@ -149,7 +152,7 @@ def train_command(
         max_bad_updates=max_bad_updates,
         valid_every=valid_every, valid_beam=valid_beam, valid_bleu_max=valid_bleu_max, patience=patience,
         early_stop_metric=early_stop_metric, log_every=log_every, keep_snapshots=keep_snapshots,
-        average_last=average_last).items() if v is not None}
+        average_last=average_last, compile=compile_step).items() if v is not None}
     if resume:
         if run is None:
             raise ConfigError("--resume needs --run DIR, the run directory to continue")

@@ -154,6 +154,9 @@ class TrainConfig:
     max_bad_updates: int = 5
     seed: int = 1
     num_proc: int = 1  # processes for tokenizing the corpus with datasets.map
+    # torch.compile the training forward and loss, with dynamic shapes: one graph serves
+    # every batch shape. It pays on a GPU; on the CPU it measured 9% slower.
+    compile: bool = False
 
     def validate(self) -> None:
         if not self.src_lang or not self.tgt_lang:

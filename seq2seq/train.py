@@ -229,6 +229,14 @@ class Trainer:
         self.signals = StopSignals()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else contextlib.nullcontext())
+        self.forward_loss = self.eager_forward_loss
+        if cfg.compile:
+            # dynamic=True makes batch size and lengths symbolic from the first compile, so
+            # token-budget batches of every shape reuse one graph instead of recompiling. Duck
+            # shaping would tie source and target length together whenever the first batch
+            # has them equal, and recompile at the first batch where they differ.
+            torch.fx.experimental._config.use_duck_shape = False
+            self.forward_loss = torch.compile(self.eager_forward_loss, dynamic=True)
 
     # ------------------------------------------------------------------ data
 
@@ -368,13 +376,16 @@ class Trainer:
             # Under DDP, all-reduce gradients only on the last micro-batch.
             sync = (i == len(batches) - 1 or self.world_size == 1)
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                with self.autocast:
-                    logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
-                loss, _ = label_smoothed_loss(logits, batch.tgt_out, self.model_cfg.pad_id,
-                                              self.cfg.label_smoothing)
+                loss = self.forward_loss(batch.src, batch.tgt_in, batch.tgt_out)
                 (loss / tokens).backward()
             loss_sum += loss.detach()
         return loss_sum, tokens
+
+    def eager_forward_loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+        """Summed label-smoothed loss of one batch: src (B, S), tgt_in and tgt_out (B, T)."""
+        with self.autocast:
+            logits = self.train_model(src, tgt_in)  # (B, T, V)
+        return label_smoothed_loss(logits, tgt_out, self.model_cfg.pad_id, self.cfg.label_smoothing)[0]
 
     def split_after_oom(self, parts: list[np.ndarray]) -> list[np.ndarray]:
         """Halve the batches of an update that ran out of memory; drop a lone sentence that cannot fit."""

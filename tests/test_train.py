@@ -81,6 +81,21 @@ def test_resume_is_exact(corpus, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_compiled_step_computes_what_the_eager_one_does(corpus, tmp_path):
+    """--compile changes how the step runs, not what it computes (dropout off to compare)."""
+    train_prefix, _ = corpus
+    cfg = tiny_train_config(train_prefix, "", epochs=0, max_steps=4, log_every=1)
+    model = replace(tiny_model_config(), dropout=0.0)
+    eager, compiled = [], []
+    train(tmp_path / "eager", model, cfg, CPU, on_event=eager.append)
+    torch._dynamo.reset()
+    train(tmp_path / "compiled", model, replace(cfg, compile=True), CPU, on_event=compiled.append)
+    losses = lambda events: [e["loss"] for e in events if e["event"] == "train"]
+    assert losses(compiled) == pytest.approx(losses(eager), rel=1e-4)
+    # Four batches of different shapes, one graph: dynamic shapes do not recompile per shape.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 def test_resume_refuses_a_changed_config(corpus, tmp_path):
     train_prefix, valid_prefix = corpus
     cfg = tiny_train_config(train_prefix, "", max_steps=3)
