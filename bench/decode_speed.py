@@ -29,11 +29,7 @@ from seq2seq.device import resolve_device
 from seq2seq.evaluate import score_corpus
 from seq2seq.translator import Translator
 
-from results import append_entry, machine
-
-ROOT = Path(__file__).resolve().parent.parent
-PEER = ROOT.parent / "shared" / "peers" / "hf_marian.py"
-DATA = ROOT / "data" / "multi30k"
+from results import DATA, PEER, append_entry, machine
 
 
 def read(path: Path) -> list[str]:

@@ -12,6 +12,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ROOT = RESULTS.parent.parent
 S2S = str(Path(sys.executable).parent / "s2s")  # the `s2s` of the environment running the bench
+DATA = ROOT / "data" / "multi30k"
+# transformers doing the same job. On the GPU machine, where ../shared does not
+# travel, S2S_PEER points at a copy carried with the repository.
+PEER = Path(os.environ.get("S2S_PEER", ROOT.parent / "shared" / "peers" / "hf_marian.py"))
 
 
 def run_timed(args: list[str]) -> tuple[float, str]:

@@ -4,10 +4,11 @@ For each model shape, trains one epoch over the same slice of Multi30k
 English-German with the same shared unigram vocabulary, first with
 `s2s train`, then with the peer (`../shared/peers/hf_marian.py`, a Marian
 model from scratch), and reports target tokens per second of training for
-both and their ratio. Appends a table to bench/RESULTS.md.
+both and their ratio, with model TFLOP/s and, on a known GPU, model FLOPs
+utilisation (MFU). Appends a table to bench/RESULTS.md.
 
     python bench/train_speed.py --shapes small --limit 4000 --vocab 4000   # the 2-core CPU comparison
-    python bench/train_speed.py --shapes small base --limit 0        # on a GPU: all 29,000 pairs
+    python bench/train_speed.py --shapes small base --limit 0 --max-tokens 16384 --device cuda -- --compile
 
 The peer needs `pip install -e .[bench]` (transformers and accelerate).
 """
@@ -24,12 +25,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-from results import append_entry, machine
-
-ROOT = Path(__file__).resolve().parent.parent
-S2S = str(Path(sys.executable).parent / "s2s")
-PEER = ROOT.parent / "shared" / "peers" / "hf_marian.py"
-DATA = ROOT / "data" / "multi30k"
+from results import DATA, PEER, S2S, append_entry, machine
 
 # Shapes as the peer names them: (layers per side, d_model, heads, FFN, peer batch in sentences).
 SHAPES = {
@@ -62,25 +58,26 @@ def run(args: list[str]) -> str:
     return done.stdout
 
 
-def s2s_tokens_per_second(work: Path, prefix: str, shape: str, max_tokens: int, device: str,
-                          dropout: float) -> tuple[float, list[str]]:
-    """Target tokens per second over one epoch of `s2s train` (validation off)."""
+def s2s_rates(work: Path, prefix: str, shape: str, max_tokens: int, device: str, dropout: float,
+              extra: list[str]) -> tuple[float, float, list[str]]:
+    """Target tokens/s and model TFLOP/s over one epoch of `s2s train` (validation off)."""
     layers, dim, heads, ffn, _ = SHAPES[shape]
     run_dir = work / f"s2s-{shape}"
     args = [S2S, "train", "--run", str(run_dir), "--train", prefix, "--valid", "", "--tokenizer",
             str(work / "tok"), "--encoder-layers", str(layers), "--decoder-layers", str(layers),
             "--d-model", str(dim), "--heads", str(heads), "--ffn-dim", str(ffn), "--dropout", str(dropout),
             "--max-tokens", str(max_tokens), "--epochs", "1", "--lr", "1e-3", "--log-every", "10",
-            "--keep-snapshots", "0", "--device", device]
+            "--keep-snapshots", "0", "--device", device, *extra]
     run(args)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["event"] == "train"]
-    # Tokens of each logged interval, from its rate and duration, over the whole epoch's time.
-    tokens, previous = 0.0, 0.0
+    # Each logged interval's tokens and FLOPs, from its rates and duration, over the epoch's whole time.
+    tokens, tflops, previous = 0.0, 0.0, 0.0
     for r in train:
         tokens += r["tgt_tokens_per_s"] * (r["elapsed"] - previous)
+        tflops += r["model_tflops_per_s"] * (r["elapsed"] - previous)
         previous = r["elapsed"]
-    return tokens / previous, args
+    return tokens / previous, tflops / previous, args
 
 
 def peer_tokens_per_second(work: Path, limit: int, shape: str, dropout: float,
@@ -96,6 +93,21 @@ def peer_tokens_per_second(work: Path, limit: int, shape: str, dropout: float,
     return result["train_tgt_tok_per_s"], args
 
 
+# Dense bf16 tensor-core peaks from the vendor's data sheets, in TFLOP/s, by device name.
+BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
+                    "H200": 989.4, "A100": 312.0}
+
+
+def peak_tflops() -> float | None:
+    """The bf16 peak of this machine's GPU, if it is one we know; None on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["small"], choices=list(SHAPES))
@@ -105,6 +117,7 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--vocab", type=int, default=8000, help="shared vocabulary size, both toolkits")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("s2s_flags", nargs="*", help="extra flags for `s2s train` (after --), e.g. --compile")
     a = parser.parse_args()
     try:
         import transformers  # noqa: F401
@@ -116,17 +129,27 @@ def main() -> None:
         prefix = write_slice(work / "data", a.limit)
         run([S2S, "tokenizer", "train", "--corpus", prefix, "-o", str(work / "tok"), "--vocab-size", str(a.vocab)])
         for shape in a.shapes:
-            ours, our_args = s2s_tokens_per_second(work, prefix, shape, a.max_tokens, a.device, a.dropout)
+            tokens, tflops, our_args = s2s_rates(work, prefix, shape, a.max_tokens, a.device, a.dropout,
+                                                 a.s2s_flags)
             peer, peer_args = peer_tokens_per_second(work, a.limit, shape, a.dropout, a.vocab)
-            rows.append((shape, ours, peer, our_args, peer_args))
+            rows.append((shape, tokens, tflops, peer, our_args, peer_args))
+    peak = peak_tflops()
     lines = [f"\n## {date.today().isoformat()}: training throughput, s2s vs transformers (one run)\n",
              f"- Machine: {machine()}",
              f"- Command: `python bench/train_speed.py {shlex.join(sys.argv[1:])}`",
              f"- Data: first {a.limit or 29000:,} pairs of Multi30k en-de, shared {a.vocab:,}-piece unigram "
              "vocabulary, one epoch; "
              f"s2s batches of {a.max_tokens} padded tokens, the peer's of 128 (small) or 256 (base) sentences",
-             "", "| shape | s2s target tok/s | transformers target tok/s | ratio |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {shape} | {ours:,.0f} | {peer:,.0f} | {ours / peer:.2f}x |" for shape, ours, peer, _, _ in rows]
+             "- Model TFLOP/s count matrix products of real tokens, backward at twice the forward "
+             "(seq2seq/flops.py). The peer's figure is its tokens/s times s2s's FLOPs per target token: "
+             "same shape, same data."
+             + (f" MFU is against {peak:g} TFLOP/s, the GPU's dense bf16 peak." if peak else ""),
+             "", "| shape | s2s target tok/s | s2s model TFLOP/s | s2s MFU | transformers target tok/s "
+             "| transformers model TFLOP/s | ratio |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for shape, tokens, tflops, peer, _, _ in rows:
+        mfu = f"{tflops / peak:.1%}" if peak else "-"
+        lines.append(f"| {shape} | {tokens:,.0f} | {tflops:.3f} | {mfu} | {peer:,.0f} "
+                     f"| {peer * tflops / tokens:.3f} | {tokens / peer:.2f}x |")
     append_entry(lines)
 
 
