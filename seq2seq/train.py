@@ -253,13 +253,14 @@ class Trainer:
         train_corpus = load_corpus(cfg.train, cfg.src_lang, cfg.tgt_lang)
         tokenizers = self.prepare_tokenizers(train_corpus)
         train_ids = self.encode_split("train", cfg.train, train_corpus, tokenizers)
-        data = PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids")),
-                            TokenStore(train_ids.data.column("tgt_ids")), None, None, [], [])
+        # Token ids live on the training device; batches are gathered there.
+        data = PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids"), self.device),
+                            TokenStore(train_ids.data.column("tgt_ids"), self.device), None, None, [], [])
         if cfg.valid:
             valid_corpus = load_corpus(cfg.valid, cfg.src_lang, cfg.tgt_lang)
             valid_ids = self.encode_split("valid", cfg.valid, valid_corpus, tokenizers)
-            data.valid_src = TokenStore(valid_ids.data.column("src_ids"))
-            data.valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"))
+            data.valid_src = TokenStore(valid_ids.data.column("src_ids"), self.device)
+            data.valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"), self.device)
             # BLEU is scored on the raw text of every pair, filtered or not.
             limit = cfg.valid_bleu_max or len(valid_corpus)
             data.valid_src_lines = valid_corpus["src"][:limit]
@@ -295,8 +296,7 @@ class Trainer:
         return load_tokenizers(self.run_dir)
 
     def batch(self, index: np.ndarray, src: TokenStore, tgt: TokenStore) -> Batch:
-        return collate(src.rows(index), tgt.rows(index), self.model_cfg.pad_id,
-                       self.model_cfg.bos_id).to(self.device)
+        return collate(src, tgt, index, self.model_cfg.pad_id, self.model_cfg.bos_id)
 
     # -------------------------------------------------------------- training
 

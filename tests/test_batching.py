@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import torch
 
 from seq2seq.batching import EpochBatches, TokenStore, collate, token_batches
 
@@ -34,16 +35,30 @@ def test_ranks_get_disjoint_equal_shards():
 
 
 def test_collate_shifts_targets_for_teacher_forcing():
-    store = TokenStore(pa.array([[5, 6, 3], [7, 3]], type=pa.list_(pa.int32())))
-    batch = collate(store.rows(np.array([0, 1])), store.rows(np.array([1, 0])), pad_id=0, bos_id=2)
+    src = TokenStore(pa.array([[5, 6, 3], [7, 3]], type=pa.list_(pa.int32())))
+    tgt = TokenStore(pa.array([[7, 3], [5, 6, 3]], type=pa.list_(pa.int32())))
+    batch = collate(src, tgt, np.array([0, 1]), pad_id=0, bos_id=2)
     assert batch.src.tolist() == [[5, 6, 3], [7, 3, 0]]
     assert batch.tgt_out.tolist() == [[7, 3, 0], [5, 6, 3]]
     assert batch.tgt_in.tolist() == [[2, 7, 0], [2, 5, 6]]
     assert batch.n_tgt_tokens == 5
+    assert batch.src.dtype == batch.tgt_in.dtype == torch.long
 
 
 def test_token_store_handles_sliced_chunked_columns():
     column = pa.chunked_array([pa.array([[1], [2, 2]]), pa.array([[3, 3, 3]])]).slice(1)
     store = TokenStore(column)
     assert store.lengths.tolist() == [2, 3]
-    assert [r.tolist() for r in store.rows(np.array([1, 0]))] == [[3, 3, 3], [2, 2]]
+    assert store.padded(np.array([1, 0]), pad_id=0).tolist() == [[3, 3, 3], [2, 2, 0]]
+
+
+def test_gathered_batches_equal_padding_each_row_by_hand():
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(4, 50, size=rng.integers(1, 12)).tolist() for _ in range(40)]
+    store = TokenStore(pa.array(rows, type=pa.list_(pa.int32())))
+    index = rng.permutation(40)[:17]
+    width = max(len(rows[i]) for i in index)
+    expected = [rows[i] + [0] * (width - len(rows[i])) for i in index]
+    shifted = [[2] + rows[i][:-1] + [0] * (width - len(rows[i])) for i in index]
+    assert store.padded(index, pad_id=0).tolist() == expected
+    assert store.padded(index, pad_id=0, bos_id=2).tolist() == shifted
