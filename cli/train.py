@@ -106,6 +106,9 @@ def train_command(
                                               "[default: 0]", OPTIM, "--max-time")] = None,
     lr: Annotated[Optional[float], _opt("Peak learning rate. [default: 1e-3]", OPTIM, "--lr")] = None,
     warmup_steps: Annotated[Optional[int], _opt("[default: 1000]", OPTIM, "--warmup-steps")] = None,
+    lr_schedule: Annotated[Optional[str], _opt("Decay after warm-up: inverse_sqrt, or cosine to 0 at the "
+                                               "last update. [default: inverse_sqrt]", OPTIM,
+                                               "--lr-schedule")] = None,
     weight_decay: Annotated[Optional[float], _opt("[default: 0.0]", OPTIM, "--weight-decay")] = None,
     label_smoothing: Annotated[Optional[float], _opt("[default: 0.1]", OPTIM, "--label-smoothing")] = None,
     clip_norm: Annotated[Optional[float], _opt("Gradient norm clip; 0 = off. [default: 1.0]",
@@ -147,7 +150,7 @@ def train_command(
     train_flags = {k: v for k, v in dict(
         train=train, valid=valid, src_lang=src, tgt_lang=tgt, tokenizer=tokenizer, vocab_size=vocab_size,
         max_len=max_len, num_proc=num_proc, max_tokens=max_tokens, accum_steps=accum_steps, epochs=epochs,
-        max_steps=max_steps, max_time=max_time, lr=lr, warmup_steps=warmup_steps,
+        max_steps=max_steps, max_time=max_time, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,
         weight_decay=weight_decay, label_smoothing=label_smoothing, clip_norm=clip_norm, seed=seed,
         max_bad_updates=max_bad_updates,
         valid_every=valid_every, valid_beam=valid_beam, valid_bleu_max=valid_bleu_max, patience=patience,

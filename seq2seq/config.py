@@ -133,7 +133,11 @@ class TrainConfig:
     max_steps: int = 0  # optimizer updates; 0 means no limit
     max_time: float = 0.0  # seconds of training; 0 means no limit
     lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    warmup_steps: int = 1000  # linear warm-up, then inverse square root decay
+    warmup_steps: int = 1000  # linear warm-up, then the decay of lr_schedule
+    # After warm-up, "inverse_sqrt" decays with 1/sqrt(step) (Vaswani et al., fairseq);
+    # "cosine" follows half a cosine down to 0 at the run's last update, which needs
+    # epochs or max_steps to say when that is.
+    lr_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
@@ -174,6 +178,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.lr_schedule == "cosine" and not (self.epochs or self.max_steps):
+            raise ConfigError("train.lr_schedule cosine needs epochs or max_steps: it decays to 0 "
+                              "at the last update, and max_time alone does not say which that is")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.valid_beam < 1:

@@ -123,6 +123,15 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
+def cosine_lr(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up to `peak` over `warmup` updates, then half a cosine down to 0 after update `total`."""
+    step = max(step, 1)
+    if step <= warmup:
+        return peak * step / warmup
+    progress = min((step - warmup) / (total - warmup + 1), 1.0) if total > warmup else 1.0
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class EarlyStopping:
     """Tracks the best validation score and how many validations since it improved."""
 
@@ -303,7 +312,10 @@ class Trainer:
     def update(self, group: list[np.ndarray]) -> UpdateOutcome:
         """One optimizer update over `group`, the pair indices of its accumulated batches."""
         self.train_model.train()
-        lr = inverse_sqrt_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps)
+        if self.cfg.lr_schedule == "cosine":
+            lr = cosine_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps, self.planned_updates())
+        else:
+            lr = inverse_sqrt_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         parts = list(group)
@@ -489,14 +501,21 @@ class Trainer:
         self.validated_step = self.step
         self.emit({"event": "resume", "step": self.step, "epoch": self.epochs_done})
 
+    @property
+    def updates_per_epoch(self) -> int:
+        return math.ceil(len(self.batches) / self.cfg.accum_steps)
+
+    def planned_updates(self) -> int:
+        """Updates until epochs or max_steps runs out, whichever is first; 0 if neither is set."""
+        total = self.updates_per_epoch * self.cfg.epochs if self.cfg.epochs else 0
+        if self.cfg.max_steps:
+            total = min(total, self.cfg.max_steps) if total else self.cfg.max_steps
+        return total
+
     def run(self) -> TrainResult:
         cfg = self.cfg
-        per_epoch = math.ceil(len(self.batches) / cfg.accum_steps)
-        total = per_epoch * cfg.epochs if cfg.epochs else 0
-        if cfg.max_steps:
-            total = min(total, cfg.max_steps) if total else cfg.max_steps
         self.emit({"event": "start", "run_dir": str(self.run_dir), "step": self.step,
-                   "total_steps": total, "updates_per_epoch": per_epoch,
+                   "total_steps": self.planned_updates(), "updates_per_epoch": self.updates_per_epoch,
                    "params": count_parameters(self.model), "device": str(self.device),
                    "world_size": self.world_size, "max_time": cfg.max_time})
         start = time.monotonic()

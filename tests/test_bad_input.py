@@ -144,6 +144,8 @@ def test_bad_config_file(tmp_path, config, fragment):
     (["--attention", "performer", "--performer-in", "encoder,memory"], "performer_in must list"),
     (["--attention", "performer", "--performer-features", "0"], "performer_features must be positive"),
     (["--positions", "rope", "--d-model", "30", "--heads", "2"], "head dimension"),
+    (["--lr-schedule", "linear"], "must be one of 'inverse_sqrt', 'cosine'"),
+    (["--lr-schedule", "cosine", "--epochs", "0", "--max-time", "60"], "cosine needs epochs or max_steps"),
 ])
 def test_bad_training_flags(tmp_path, flags, fragment):
     fails_cleanly(["train", "--run", tmp_path / "r", *flags], fragment)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from seq2seq.config import ModelConfig
 from seq2seq.errors import ConfigError, RunDirError
-from seq2seq.train import EarlyStopping, inverse_sqrt_lr, label_smoothed_loss, train
+from seq2seq.train import EarlyStopping, cosine_lr, inverse_sqrt_lr, label_smoothed_loss, train
 
 from helpers import tiny_model_config, tiny_train_config, write_slice
 
@@ -25,6 +25,14 @@ def test_schedule_warms_up_then_decays():
     assert inverse_sqrt_lr(1, 1.0, 100) == pytest.approx(0.01)
     assert inverse_sqrt_lr(100, 1.0, 100) == pytest.approx(1.0)
     assert inverse_sqrt_lr(400, 1.0, 100) == pytest.approx(0.5)
+
+
+def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_update():
+    assert cosine_lr(50, 1.0, 100, 1100) == pytest.approx(0.5)
+    assert cosine_lr(100, 1.0, 100, 1100) == pytest.approx(1.0)
+    assert cosine_lr(600, 1.0, 100, 1100) == pytest.approx(0.5, abs=1e-3)  # halfway through the decay
+    assert 0 < cosine_lr(1100, 1.0, 100, 1100) < 1e-5
+    assert cosine_lr(5000, 1.0, 100, 1100) == 0.0  # past the plan (a resumed run with more steps)
 
 
 def test_early_stopping_counts_validations_without_improvement():
@@ -94,6 +102,17 @@ def test_a_compiled_step_computes_what_the_eager_one_does(corpus, tmp_path):
     assert losses(compiled) == pytest.approx(losses(eager), rel=1e-4)
     # Four batches of different shapes, one graph: dynamic shapes do not recompile per shape.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_cosine_run_follows_its_schedule_to_the_last_update(corpus, tmp_path):
+    train_prefix, _ = corpus
+    cfg = tiny_train_config(train_prefix, "", epochs=0, max_steps=6, warmup_steps=2, log_every=1,
+                            lr_schedule="cosine")
+    events = []
+    train(tmp_path / "run", tiny_model_config(), cfg, CPU, on_event=events.append)
+    lrs = [e["lr"] for e in events if e["event"] == "train"]
+    assert lrs == pytest.approx([cosine_lr(step, cfg.lr, 2, 6) for step in range(1, 7)])
+    assert lrs[-1] < 0.1 * cfg.lr  # 0.095 x peak: the last update still learns a little
 
 
 def test_resume_refuses_a_changed_config(corpus, tmp_path):
