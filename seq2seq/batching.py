@@ -60,30 +60,24 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def padded(self, index: np.ndarray, pad_id: int, bos_id: int | None = None) -> Tensor:
-        """Rows `index`, right-padded into a long tensor (B, L) on the store's device.
-
-        With `bos_id`, each row is shifted right for teacher forcing: BOS, then
-        the row without its last id. L is the longest row's length either way.
-        """
+    def padded(self, index: np.ndarray, pad_id: int) -> Tensor:
+        """Rows `index`, right-padded into a long tensor (B, L) on the store's device."""
         width = int(self.lengths[index].max())  # from the host copy: no device sync
         rows = host_to_device(np.asarray(index, dtype=np.int64), self.device)  # (B,)
-        shift = 0 if bos_id is None else 1
-        read_at = torch.arange(width, device=self.device) - shift  # (L,): the row position column l reads
-        inside = (read_at >= 0) & (read_at < self.row_lengths[rows, None] - shift)  # (B, L)
-        flat = self.starts[rows, None] + read_at.clamp(min=0)  # (B, L) into values
-        ids = self.values[flat.clamp(max=max(len(self.values) - 1, 0))].long()  # (B, L)
-        ids = ids.masked_fill(~inside, pad_id)
-        if bos_id is not None:
-            ids[:, 0] = bos_id
-        return ids
+        position = torch.arange(width, device=self.device)  # (L,)
+        inside = position < self.row_lengths[rows, None]  # (B, L)
+        flat = (self.starts[rows, None] + position).clamp(max=max(len(self.values) - 1, 0))  # (B, L) into values
+        return self.values[flat].long().masked_fill(~inside, pad_id)
 
 
 def collate(src: TokenStore, tgt: TokenStore, index: np.ndarray, pad_id: int, bos_id: int) -> Batch:
     """Pairs `index` as a batch; targets shifted right: tgt_in = BOS + y[:-1], tgt_out = y (ending in EOS)."""
-    return Batch(src=src.padded(index, pad_id),  # (B, S)
-                 tgt_in=tgt.padded(index, pad_id, bos_id),  # (B, T)
-                 tgt_out=tgt.padded(index, pad_id),  # (B, T)
+    tgt_out = tgt.padded(index, pad_id)  # (B, T)
+    # tgt_in is tgt_out moved one place right behind BOS; the place each row's EOS
+    # moves into is padding in tgt_out, so the same mask pads both.
+    bos = torch.full_like(tgt_out[:, :1], bos_id)  # (B, 1)
+    tgt_in = torch.cat([bos, tgt_out[:, :-1]], dim=1).masked_fill(tgt_out.eq(pad_id), pad_id)  # (B, T)
+    return Batch(src=src.padded(index, pad_id), tgt_in=tgt_in, tgt_out=tgt_out,  # src (B, S)
                  n_tgt_tokens=int(tgt.lengths[index].sum()))
 
 

@@ -61,4 +61,4 @@ def test_gathered_batches_equal_padding_each_row_by_hand():
     expected = [rows[i] + [0] * (width - len(rows[i])) for i in index]
     shifted = [[2] + rows[i][:-1] + [0] * (width - len(rows[i])) for i in index]
     assert store.padded(index, pad_id=0).tolist() == expected
-    assert store.padded(index, pad_id=0, bos_id=2).tolist() == shifted
+    assert collate(store, store, index, pad_id=0, bos_id=2).tgt_in.tolist() == shifted
