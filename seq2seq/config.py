@@ -21,6 +21,9 @@ from .errors import ConfigError
 # Bump when the run-directory layout or a config field changes meaning.
 FORMAT_VERSION = 1
 
+# How beam search may divide a hypothesis' log-probability by its length (seq2seq.decode).
+LENGTH_PENALTIES = ("gnmt", "average", "none")
+
 # Where `ModelConfig.performer_in` may put FAVOR+: encoder self-attention,
 # decoder self-attention and cross-attention.
 PERFORMER_PLACES = ("encoder", "decoder", "cross")
@@ -225,7 +228,7 @@ class DecodeConfig:
     def validate(self) -> None:
         if self.beam < 1:
             raise ConfigError(f"beam size must be at least 1, got {self.beam}")
-        if self.length_penalty not in ("gnmt", "average", "none"):
+        if self.length_penalty not in LENGTH_PENALTIES:
             raise ConfigError(f"--length-penalty must be gnmt, average or none, got {self.length_penalty!r}")
         if self.long_lines not in ("split", "truncate"):
             raise ConfigError(f"long lines must be split or truncate, got {self.long_lines!r}")

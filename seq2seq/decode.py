@@ -18,11 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import DecodeConfig
+from .config import LENGTH_PENALTIES, DecodeConfig
 from .errors import ConfigError
 from .model import DecoderCache, Seq2SeqTransformer
-
-LENGTH_PENALTIES = ("gnmt", "average", "none")
 
 
 @dataclass

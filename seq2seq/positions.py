@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+
 def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
     """The fixed position table of Vaswani et al.: sin on even, cos on odd channels. (P, D)"""
     position = torch.arange(max_positions, dtype=torch.float32)[:, None]  # (P, 1)
