@@ -12,7 +12,6 @@ no output. Prints only; copy what matters into bench/RESULTS.md by hand.
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import seq2seq.decode as current
 from seq2seq.checkpoint import load_run
 from seq2seq.config import DecodeConfig
 
-from results import ROOT
+from results import DATA, ROOT, read_lines
 
 
 def decode_module_at(revision: str):
@@ -50,8 +49,7 @@ def main() -> None:
     a = parser.parse_args()
     model, tokenizers, _ = load_run(a.run, torch.device(a.device))
     model.eval()
-    with gzip.open(ROOT / "data" / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = read_lines(DATA / "test_2016_flickr.en.gz")
     ids = [row + [model.cfg.eos_id] for row in tokenizers.src.encode(lines)]
     versions = {"base": decode_module_at(a.base), "current": current}
     for beam in (1, 5):

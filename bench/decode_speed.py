@@ -13,7 +13,6 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import resource
 import subprocess
@@ -29,12 +28,7 @@ from seq2seq.device import resolve_device
 from seq2seq.evaluate import score_corpus
 from seq2seq.translator import Translator
 
-from results import DATA, PEER, append_entry, machine
-
-
-def read(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+from results import DATA, PEER, append_entry, machine, read_lines
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -79,8 +73,8 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=8000)
     a = parser.parse_args()
     device = resolve_device(a.device)
-    sources = read(DATA / "test_2016_flickr.en.gz")
-    refs = read(DATA / "test_2016_flickr.de.gz")
+    sources = read_lines(DATA / "test_2016_flickr.en.gz")
+    refs = read_lines(DATA / "test_2016_flickr.de.gz")
     ours = {beam: time_s2s(Path(a.run), device, beam, sources, refs, a.repeats, a.batch_tokens) for beam in (1, 5)}
     memory = peak_memory_mb(device)
     peer = time_peer(Path(a.peer_model), a.repeats) if a.peer_model else None

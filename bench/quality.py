@@ -23,7 +23,6 @@ settings:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shlex
 import shutil
@@ -39,11 +38,8 @@ from seq2seq.device import resolve_device
 from seq2seq.evaluate import score_corpus
 from seq2seq.translator import Translator
 
-from results import ROOT, S2S, append_entry, machine, run_timed, shown
+from results import ROOT, S2S, append_entry, machine, read_lines, run_timed, shown
 
-def read(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return f.read().splitlines()
 
 def snapshot_scores(run: Path, device: str, sources: list[str], refs: list[str]) -> dict[int, float]:
     """Test BLEU at beam 5 of every weights snapshot of `run`, by step."""
@@ -56,6 +52,7 @@ def snapshot_scores(run: Path, device: str, sources: list[str], refs: list[str])
         print(f"snapshot step {snapshot.step}: test BLEU {scores[snapshot.step]:.2f}", file=sys.stderr)
     return scores
 
+
 def milestone_times(scores: dict[int, float], valid: list[dict], start: float,
                     milestones: list[float]) -> dict[float, tuple[int, float] | None]:
     """For each milestone, (step, seconds since `start`) of the first snapshot reaching it, or None."""
@@ -65,6 +62,7 @@ def milestone_times(scores: dict[int, float], valid: list[dict], start: float,
         first = next((step for step in sorted(scores) if scores[step] >= milestone and step in saved_at), None)
         reached[milestone] = None if first is None else (first, saved_at[first])
     return reached
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,7 +105,7 @@ def main() -> None:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["event"] == "valid"]
     train_rates = [r["tgt_tokens_per_s"] for r in records if r["event"] == "train"]
-    by_step = snapshot_scores(run, a.device, read(test_src), read(test_ref))
+    by_step = snapshot_scores(run, a.device, read_lines(test_src), read_lines(test_ref))
     reached = milestone_times(by_step, valid, start, a.milestones)
 
     lines = [f"\n## {date.today().isoformat()}: {a.label} ({a.src}->{a.tgt})\n",
@@ -130,6 +128,7 @@ def main() -> None:
                      f"chrF {result['chrf']['score']:.2f}, TER {result['ter']['score']:.2f} "
                      f"(`{result['bleu']['signature']}`)")
     append_entry(lines)
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shlex
 import subprocess
@@ -16,6 +17,12 @@ DATA = ROOT / "data" / "multi30k"
 # transformers doing the same job. On the GPU machine, where ../shared does not
 # travel, S2S_PEER points at a copy carried with the repository.
 PEER = Path(os.environ.get("S2S_PEER", ROOT.parent / "shared" / "peers" / "hf_marian.py"))
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a gzipped text file, such as a Multi30k split, without their newlines."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
 
 
 def run_timed(args: list[str]) -> tuple[float, str]:

@@ -19,13 +19,12 @@ import argparse
 import gzip
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 from datetime import date
 from pathlib import Path
 
-from results import DATA, PEER, S2S, append_entry, machine
+from results import DATA, PEER, S2S, append_entry, machine, run_timed
 
 # Shapes as the peer names them: (layers per side, d_model, heads, FFN, peer batch in sentences).
 SHAPES = {
@@ -51,11 +50,9 @@ def write_slice(folder: Path, limit: int) -> str:
 
 
 def run(args: list[str]) -> str:
+    """Run a command, shown on stderr first; its stdout."""
     print("$ " + shlex.join(args), file=sys.stderr)
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {shlex.join(args)}\n{done.stderr[-3000:]}")
-    return done.stdout
+    return run_timed(args)[1]
 
 
 def s2s_rates(work: Path, prefix: str, shape: str, max_tokens: int, device: str, dropout: float,
