@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from .errors import ConfigError
 
@@ -27,6 +28,19 @@ LENGTH_PENALTIES = ("gnmt", "average", "none")
 # Where `ModelConfig.performer_in` may put FAVOR+: encoder self-attention,
 # decoder self-attention and cross-attention.
 PERFORMER_PLACES = ("encoder", "decoder", "cross")
+
+
+def require_finite(cfg: Any, name_of: Callable[[str], str]) -> None:
+    """ConfigError unless every float of a config (tuples included) is a finite number.
+
+    NaN passes every `<` and `>` check unnoticed, and an infinite learning
+    rate or clip norm turns the weights into NaN: both are refused up front.
+    """
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{name_of(f.name)} must be a finite number, got {item}")
 
 
 @dataclass
@@ -69,6 +83,7 @@ class ModelConfig:
     eos_id: int = 3
 
     def validate(self) -> None:
+        require_finite(self, lambda name: f"model.{name}")
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "ffn_dim",
                      "encoder_layers", "decoder_layers", "max_positions"):
             if getattr(self, name) <= 0:
@@ -166,6 +181,7 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> None:
+        require_finite(self, lambda name: f"train.{name}")
         if not self.src_lang or not self.tgt_lang:
             raise ConfigError("train.src_lang and train.tgt_lang must be set")
         if self.src_lang == self.tgt_lang:
@@ -212,6 +228,10 @@ class DecodeConfig:
     alpha: float = 0.6
     max_len_a: float = 1.5  # output length limit: a * source tokens + b
     max_len_b: int = 10
+    # The fewest output tokens before EOS may end a non-empty source line. 1, as in
+    # CTranslate2 and Marian: an empty output for a non-empty line is never a translation,
+    # yet an immediate EOS can outscore one under a length penalty.
+    min_len: int = 1
     max_tokens: int = 8000  # source tokens per batch (after padding)
     # A source line longer than the model's max_positions - 1 tokens is either
     # "split" at sentence punctuation (then at the token limit) and its pieces'
@@ -226,6 +246,7 @@ class DecodeConfig:
     seed: int | None = None  # None draws a fresh seed
 
     def validate(self) -> None:
+        require_finite(self, lambda name: f"--{name.replace('_', '-')}")
         if self.beam < 1:
             raise ConfigError(f"beam size must be at least 1, got {self.beam}")
         if self.length_penalty not in LENGTH_PENALTIES:
@@ -245,6 +266,8 @@ class DecodeConfig:
                               f"got a={self.max_len_a}, b={self.max_len_b}")
         if self.max_len_a == 0 and self.max_len_b == 0:
             raise ConfigError("max length a and b are both 0: no output could be produced")
+        if self.min_len < 0:
+            raise ConfigError(f"--min-len must not be negative, got {self.min_len}")
         if self.max_tokens <= 0:
             raise ConfigError(f"decode max_tokens must be positive, got {self.max_tokens}")
 

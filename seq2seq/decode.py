@@ -7,13 +7,22 @@ vocabulary. Beam search folds sentences and beams into one batch dimension
 All searches feed one new token per step through a `DecoderCache` and drop
 sentences from the batch as soon as they are done, so the batch shrinks as
 the search goes on. Padding and BOS are never produced: their log-probability
-is set to -inf before a token is chosen (as fairseq does for padding).
+is set to -inf before a token is chosen (as fairseq does for padding). So is
+EOS's before `min_len` output tokens, so that a non-empty source never gets an
+empty output by accident (CTranslate2's min_decoding_length, Marian's default).
+
+An output that reaches its length limit without EOS is cut there and finished
+as it is (`Hypothesis.hit_limit`), scored by the log-probability of its tokens
+alone, as CTranslate2 does at max_decoding_length. Forcing an EOS there instead
+(as fairseq does) would add a log-probability the model never chose, often so
+low that an early, short or empty output wins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -29,14 +38,26 @@ class Hypothesis:
 
     tokens: list[int]  # output ids, without BOS and without the final EOS
     score: float  # length-penalised log-probability: what beams are ranked by
-    logprob: float  # raw sum of token log-probabilities, EOS included
+    logprob: float  # raw sum of token log-probabilities, EOS included unless hit_limit
+    hit_limit: bool = False  # cut at the length limit without EOS
+
+
+def _empty_cut() -> Hypothesis:
+    """The output of a row whose length limit is 0: nothing, cut by the limit, scored 0."""
+    return Hypothesis(tokens=[], score=0.0, logprob=0.0, hit_limit=True)
 
 
 def length_penalty_factor(length: int, kind: str, alpha: float) -> float:
     """The divisor of a hypothesis' log-probability: score = logprob / factor.
 
-    `length` counts output tokens including EOS. "gnmt" is ((5 + len) / 6) ** alpha
-    (Wu et al. 2016), "average" is len ** alpha, "none" is 1.
+    `length` counts the tokens whose log-probabilities are in the sum: for an
+    output that ended with EOS, its tokens and the EOS; for one cut at the
+    length limit (`Hypothesis.hit_limit`), which has no EOS, its tokens only.
+    Both kinds finish at the same step with the same length: at a limit of L,
+    an output of L - 1 tokens and EOS, and a cut one of L tokens, have length L.
+    (An output cut at a limit of 0 has length 0 and score 0 without a division.)
+    "gnmt" is ((5 + len) / 6) ** alpha (Wu et al. 2016), "average" is
+    len ** alpha, "none" is 1.
     """
     if kind == "gnmt":
         return ((5 + length) / 6) ** alpha
@@ -53,66 +74,105 @@ def _require_eval_mode(model: Seq2SeqTransformer) -> None:
         raise ValueError("decoding needs the model in eval mode; call model.eval() first")
 
 
+def check_beam_size(beam: int, vocab_size: int) -> None:
+    """Refuse a beam below 1 or wider than the target vocabulary.
+
+    The batch holds up to `beam` rows per sentence, so an absurd beam exhausts
+    memory before it finishes; a search wider than the vocabulary has pieces
+    is never a sensible setting.
+    """
+    if beam < 1:
+        raise ConfigError(f"beam size must be at least 1, got {beam}")
+    if beam > vocab_size:
+        raise ConfigError(f"--beam {beam} is more than the target vocabulary ({vocab_size} pieces); "
+                          f"use at most {vocab_size}")
+
+
 def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor | None,
-                         src_mask: Tensor, cache: DecoderCache) -> Tensor:
+                         src_mask: Tensor, cache: DecoderCache, eos_allowed: bool) -> Tensor:
     """Log-probabilities (N, V), float32, of the token after `last_tokens` (N, 1); the cache grows by one.
 
-    Padding and BOS are set to -inf after normalising, so the other tokens
-    keep the model's own log-probabilities. `memory` is read only on the
-    first step, while the cache has no summary of the source yet.
+    Padding, BOS and, unless `eos_allowed`, EOS are set to -inf after
+    normalising, so the other tokens keep the model's own log-probabilities.
+    `memory` is read only on the first step, while the cache has no summary
+    of the source yet.
     """
     logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1]  # (N, V)
     # One fused log-softmax: on the CPU it is faster than a logsumexp alone.
     logprobs = logits.float().log_softmax(dim=-1)
     logprobs[:, model.cfg.pad_id] = float("-inf")
     logprobs[:, model.cfg.bos_id] = float("-inf")
+    if not eos_allowed:
+        logprobs[:, model.cfg.eos_id] = float("-inf")
     return logprobs
+
+
+Found = TypeVar("Found")
+
+
+def _search_rows_with_room(src: Tensor, max_len: Tensor, search: Callable[[Tensor, list[int]], list[Found]],
+                           empty: Callable[[], Found]) -> list[Found]:
+    """What `search(rows, limits)` finds for the rows of src (B, S) that have room for a token, and
+    `empty()` for the others, in row order.
+
+    max_len: (B,) long, read to the host once here, so that the searches keep
+    their limits in a list. A row with max_len 0 can only give the empty
+    output, cut by the limit: the model need not run for it.
+    """
+    limits = max_len.tolist()
+    room = [i for i, limit in enumerate(limits) if limit > 0]
+    if len(room) < len(limits):
+        src = src.index_select(0, torch.tensor(room, dtype=torch.long, device=src.device))  # (B', S)
+    found = iter(search(src, [limits[i] for i in room]))
+    return [next(found) if limit > 0 else empty() for limit in limits]
 
 
 # Picks the next token (N,) from the log-probabilities (N, V) of the rows still decoding.
 TokenChoice = Callable[[Tensor], Tensor]
 
 
-def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
+def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int], min_len: int,
                         choose: TokenChoice) -> list[Hypothesis]:
     """The loop shared by greedy search and sampling: one chosen token per row and step.
 
-    src: (B, S) padded source ids. max_len: (B,) long; at that length EOS is
-    forced. Each Hypothesis' score and logprob are the model's log-probability
-    of the chosen tokens, whatever `choose` did to pick them.
+    src: (B, S) padded source ids. limits: the most tokens of each row's
+    output, each at least 1; a row that reaches it without EOS is cut there
+    (hit_limit). EOS may not end an output of fewer than `min_len` tokens.
+    Each Hypothesis' score and logprob are the model's log-probability of the
+    chosen tokens, whatever `choose` did to pick them.
     """
-    _require_eval_mode(model)
     n_rows = src.size(0)
     if n_rows == 0:
         return []
     eos_id = model.cfg.eos_id
     memory, src_mask = model.encode(src)  # (B, S, D), (B, S)
     cache = DecoderCache()
-    row_max_len = max_len.to(src.device)  # (N,): N rows still decoding, N <= B
+    row_max_len = torch.tensor(limits, device=src.device)  # (N,): N rows still decoding, N <= B
     origin = list(range(n_rows))  # the input row of each row still decoding
     history = torch.full((n_rows, 1), model.cfg.bos_id, dtype=torch.long, device=src.device)  # (N, 1)
     total_logprob = torch.zeros(n_rows, device=src.device)  # (N,)
     results: list[Hypothesis | None] = [None] * n_rows
 
-    for step in range(int(max_len.max()) + 1):
+    for step in range(max(limits)):
         # The cache summarises the source on the first step; memory is not needed after it.
         logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
-                                        src_mask, cache)  # (N, V)
+                                        src_mask, cache, eos_allowed=step >= min_len)  # (N, V)
         token = choose(logprobs)  # (N,)
-        token = token.masked_fill(row_max_len <= step, eos_id)  # at the length limit only EOS may follow
         token_logprob = logprobs.gather(1, token[:, None])  # (N, 1)
         total_logprob = total_logprob + token_logprob.squeeze(1)  # (N,)
         history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
-        ended = token.eq(eos_id)  # (N,)
-        if not ended.any():
+        done = token.eq(eos_id) | row_max_len.eq(step + 1)  # (N,): ended, or cut at the limit
+        if not done.any():
             continue
-        ended_rows = ended.nonzero().squeeze(1)  # (E,)
-        for row, tokens, logprob in zip(ended_rows.tolist(),
-                                        history[ended_rows, 1:-1].tolist(),
-                                        total_logprob[ended_rows].tolist()):
-            results[origin[row]] = Hypothesis(tokens=tokens, score=logprob, logprob=logprob)
+        done_rows = done.nonzero().squeeze(1)  # (E,)
+        for row, tokens, logprob in zip(done_rows.tolist(),
+                                        history[done_rows, 1:].tolist(),
+                                        total_logprob[done_rows].tolist()):
+            ended = tokens[-1] == eos_id
+            results[origin[row]] = Hypothesis(tokens=tokens[:-1] if ended else tokens, score=logprob,
+                                              logprob=logprob, hit_limit=not ended)
         # Set finished rows aside so later steps only pay for the rows still decoding.
-        keep = (~ended).nonzero().squeeze(1)  # (N',)
+        keep = (~done).nonzero().squeeze(1)  # (N',)
         if keep.numel() == 0:
             break
         origin = [origin[row] for row in keep.tolist()]
@@ -121,18 +181,26 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor,
         history = history.index_select(0, keep)  # (N', step + 2)
         total_logprob = total_logprob.index_select(0, keep)  # (N',)
         row_max_len = row_max_len.index_select(0, keep)  # (N',)
-    return results  # every row has met EOS: it is forced at its max_len
+    return results  # every row has ended or been cut by its limit
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor) -> list[Hypothesis]:
+def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, *,
+                  min_len: int = 1) -> list[Hypothesis]:
     """The most probable next token at each step, for each source row.
 
     src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
-    output may have; at that length EOS is forced. Returns one `Hypothesis` per
+    output may have; an output that reaches it is cut there (hit_limit). EOS
+    may not end an output of fewer than `min_len` tokens (so min_len above a
+    row's max_len gives exactly max_len tokens). Returns one `Hypothesis` per
     row, in row order, with score equal to logprob.
     """
-    return _one_token_per_step(model, src, max_len, lambda logprobs: logprobs.argmax(dim=1))
+    _require_eval_mode(model)
+    return _search_rows_with_room(
+        src, max_len,
+        lambda rows, limits: _one_token_per_step(model, rows, limits, min_len,
+                                                 lambda logprobs: logprobs.argmax(dim=1)),
+        _empty_cut)
 
 
 def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
@@ -141,7 +209,7 @@ def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_
     Logprobs are divided by `temperature`; then only the `top_k` most probable
     tokens (0: all) are kept, and of those the smallest set whose probability
     mass reaches `top_p`; what is kept is renormalised. Tokens at -inf (padding,
-    BOS, all but EOS at the length limit) keep probability 0.
+    BOS, EOS before min_len) keep probability 0.
     """
     logits = logprobs / temperature  # (N, V)
     if 0 < top_k < logits.size(1):
@@ -162,51 +230,62 @@ def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_
 
 @torch.inference_mode()
 def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> list[Hypothesis]:
+                  top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, *,
+                  min_len: int = 1) -> list[Hypothesis]:
     """One random output per source row, each token drawn from `sampling_distribution`.
 
-    src: (B, S) padded source ids. max_len: (B,) long; at that length EOS is
-    forced. `generator` (on src's device) makes the draws repeatable. Returns
-    one `Hypothesis` per row, in row order; its score and logprob are the
-    model's log-probability of the drawn tokens, before temperature and filtering.
+    src: (B, S) padded source ids. max_len and min_len: as in `greedy_search`.
+    `generator` (on src's device) makes the draws repeatable. Returns one
+    `Hypothesis` per row, in row order; its score and logprob are the model's
+    log-probability of the drawn tokens, before temperature and filtering.
     """
     def draw(logprobs: Tensor) -> Tensor:
         probs = sampling_distribution(logprobs, temperature, top_k, top_p)  # (N, V)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
 
-    return _one_token_per_step(model, src, max_len, draw)
+    _require_eval_mode(model)
+    return _search_rows_with_room(
+        src, max_len, lambda rows, limits: _one_token_per_step(model, rows, limits, min_len, draw), _empty_cut)
 
 
 @torch.inference_mode()
 def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: int,
-                length_penalty: str = "gnmt", alpha: float = 0.6) -> list[list[Hypothesis]]:
+                length_penalty: str = "gnmt", alpha: float = 0.6, *, min_len: int = 1) -> list[list[Hypothesis]]:
     """Beam search with `beam` (K) hypotheses per sentence, batched over sentences.
 
     src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
-    output may have; at that length EOS is forced. Hypotheses are ranked by
-    logprob / `length_penalty_factor(len incl. EOS, length_penalty, alpha)`.
-    Returns, for each of the B sentences, up to K finished hypotheses, best first.
+    output may have. EOS may not end an output of fewer than `min_len` tokens.
+    Hypotheses are ranked by logprob / `length_penalty_factor(length,
+    length_penalty, alpha)`. Returns, for each of the B sentences, up to K
+    finished hypotheses, best first. K may not exceed the target vocabulary.
 
     Stopping follows fairseq: a sentence is done as soon as it has K finished
-    hypotheses (or reaches its max_len). This is cheaper than waiting until no
-    live beam could still beat the worst finished one, and only EOS candidates
-    that rank within the top K are finished, so beam 1 is exactly greedy search.
+    hypotheses, or at its max_len. This is cheaper than waiting until no live
+    beam could still beat the worst finished one, and only EOS candidates that
+    rank within the top K are finished, so beam 1 is exactly greedy search. At
+    max_len, unlike fairseq, no EOS is forced: the live beams are cut as they
+    are (hit_limit) and compete with the finished hypotheses, best first, until
+    the sentence has K.
     """
     _require_eval_mode(model)
-    if beam < 1:
-        raise ConfigError(f"beam size must be at least 1, got {beam}")
+    check_beam_size(beam, model.cfg.tgt_vocab_size)
     length_penalty_factor(1, length_penalty, alpha)  # reject an unknown kind before any work
+    return _search_rows_with_room(
+        src, max_len,
+        lambda rows, limits: _beam_search(model, rows, limits, beam, length_penalty, alpha, min_len),
+        lambda: [_empty_cut()])
+
+
+def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: int, length_penalty: str,
+                 alpha: float, min_len: int) -> list[list[Hypothesis]]:
+    """`beam_search` on sentences src (B, S) whose length limits, each at least 1, are `limits`."""
     n_sentences = src.size(0)
     if n_sentences == 0:
         return []
-    k = beam
     eos_id = model.cfg.eos_id
     device = src.device
-    sentence_max_len = max_len.tolist()  # by input sentence, for the Python-side bookkeeping
 
     memory, src_mask = model.encode(src)  # (B, S, D), (B, S)
-    row_max_len = max_len.to(device)  # (B,): one row per sentence until the first step fans out
     cache = DecoderCache()
     # N sentences are still searching (N <= B); `origin` maps each to its input sentence.
     origin = list(range(n_sentences))
@@ -218,31 +297,27 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
     beam_logprob = torch.zeros(n_sentences, 1, device=device)  # (N, beams)
     sentence_index = torch.arange(n_sentences, device=device)[:, None]  # (B, 1)
 
-    for step in range(max(sentence_max_len) + 1):
+    for step in range(max(limits)):
         n, beams = beam_logprob.shape
         logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
-                                        src_mask, cache)  # (N*beams, V)
+                                        src_mask, cache, eos_allowed=step >= min_len)  # (N*beams, V)
         # The sentence's best 2K continuations are among its beams' best 2K each,
         # so rank within each row first and only then across the beams.
         width = min(2 * k, logprobs.size(1))
         row_logprob, row_token = logprobs.topk(width, dim=1)  # (N*beams, W)
-        at_limit = row_max_len <= step  # (N*beams,)
-        if at_limit.any():  # only EOS may follow: it becomes the row's one finite candidate
-            eos_only = torch.full_like(row_logprob, float("-inf"))
-            eos_only[:, 0] = logprobs[:, eos_id]
-            row_logprob = torch.where(at_limit[:, None], eos_only, row_logprob)
-            row_token = row_token.masked_fill(at_limit[:, None], eos_id)
         row_logprob = beam_logprob.view(-1, 1) + row_logprob  # (N*beams, W)
         candidates = min(2 * k, beams * width)  # C
         top_logprob, top_index = row_logprob.view(n, beams * width).topk(candidates, dim=1)  # (N, C)
         top_row = top_index // width + sentence_index[:n] * beams  # (N, C): the row each candidate extends
         top_token = row_token.view(n, beams * width).gather(1, top_index)  # (N, C)
         ends = top_token.eq(eos_id)  # (N, C)
+        # Whatever finishes in this step, by EOS after `step` tokens or cut at step + 1, has this length.
+        factor = length_penalty_factor(step + 1, length_penalty, alpha)
 
-        # EOS candidates within the top K finish; -inf ones extend dead beams or padding.
+        # EOS candidates within the top K finish; -inf ones extend dead beams or padding,
+        # or are EOS before min_len.
         finishing = ends[:, :k] & top_logprob[:, :k].isfinite()  # (N, K)
         if finishing.any():
-            factor = length_penalty_factor(step + 1, length_penalty, alpha)
             rows = top_row[:, :k][finishing]  # (E,), in the row-major order of nonzero()
             for (i, _), tokens, logprob in zip(finishing.nonzero().tolist(),
                                                history.index_select(0, rows)[:, 1:].tolist(),
@@ -259,8 +334,26 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
         live_row = top_row.gather(1, live)  # (N, K)
         live_token = top_token.gather(1, live)  # (N, K)
 
-        searching = [i for i, s in enumerate(origin)
-                     if len(finished[s]) < k and step < sentence_max_len[s]]
+        at_limit = [i for i, s in enumerate(origin) if step + 1 == limits[s] and len(finished[s]) < k]
+        if at_limit:
+            # These sentences end here: their live beams are cut as they are and finish,
+            # best first, until the sentence has K hypotheses. Only steps where some
+            # sentence reaches its limit pay for this transfer.
+            index = torch.tensor(at_limit, device=device)  # (L,)
+            cut_rows = live_row.index_select(0, index).view(-1)  # (L*K,)
+            cut_tokens = torch.cat([history.index_select(0, cut_rows)[:, 1:],
+                                    live_token.index_select(0, index).view(-1, 1)], dim=1)  # (L*K, step + 1)
+            for i, beam_tokens, beam_logprobs in zip(at_limit,
+                                                     cut_tokens.view(len(at_limit), -1, step + 1).tolist(),
+                                                     live_logprob.index_select(0, index).tolist()):
+                hypotheses = finished[origin[i]]
+                for tokens, logprob in zip(beam_tokens, beam_logprobs):
+                    if len(hypotheses) == k or logprob == float("-inf"):  # dead beams come last
+                        break
+                    hypotheses.append(Hypothesis(tokens=tokens, score=logprob / factor, logprob=logprob,
+                                                 hit_limit=True))
+
+        searching = [i for i, s in enumerate(origin) if len(finished[s]) < k and step + 1 < limits[s]]
         if not searching:
             break
         same_sentences = len(searching) == n
@@ -273,13 +366,12 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
             live_token = live_token.index_select(0, keep)  # (N', K)
         rows = live_row.view(-1)  # (N'*K,)
         # The beams of a sentence share its source: the cross-attention summary and
-        # the row's source mask and length limit need reordering only when sentences
-        # leave the batch or the first step fans out, not when beams move.
+        # the row's source mask need reordering only when sentences leave the batch
+        # or the first step fans out, not when beams move.
         reshaped = not same_sentences or live_row.size(1) != beams
         cache.select(rows, cross=reshaped)
         if reshaped:
             src_mask = src_mask.index_select(0, rows)  # (N'*K, S)
-            row_max_len = row_max_len.index_select(0, rows)  # (N'*K,)
         history = torch.cat([history.index_select(0, rows),
                              live_token.view(-1, 1)], dim=1)  # (N'*K, step + 2)
         beam_logprob = live_logprob  # (N', K)
@@ -291,11 +383,11 @@ def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, cfg: 
                   generator: torch.Generator | None) -> list[list[Hypothesis]]:
     """Sampling, greedy or beam search, as `cfg` says, on one padded batch (B, S)."""
     if cfg.sampling:
-        return [[hypothesis] for hypothesis in sample_search(model, src, max_len, cfg.temperature,
-                                                             cfg.top_k, cfg.top_p, generator)]
+        return [[hypothesis] for hypothesis in sample_search(model, src, max_len, cfg.temperature, cfg.top_k,
+                                                             cfg.top_p, generator, min_len=cfg.min_len)]
     if cfg.beam == 1:
-        return [[hypothesis] for hypothesis in greedy_search(model, src, max_len)]
-    return beam_search(model, src, max_len, cfg.beam, cfg.length_penalty, cfg.alpha)
+        return [[hypothesis] for hypothesis in greedy_search(model, src, max_len, min_len=cfg.min_len)]
+    return beam_search(model, src, max_len, cfg.beam, cfg.length_penalty, cfg.alpha, min_len=cfg.min_len)
 
 
 def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -321,12 +413,16 @@ def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeCo
     src_ids: token ids per row, each ending in EOS. Rows are sorted by length
     and batched so that rows x longest source <= cfg.max_tokens. Each output may
     have at most min(int(max_len_a * len(src) + max_len_b), max_positions - 1)
-    tokens, len(src) counting EOS. An empty row (not even EOS) gets the empty
-    output with score 0, without running the model. Greedy search (cfg.beam 1)
-    and sampling (cfg.sampling) give one hypothesis per row; sampling draws
-    from `generator`, or from one seeded with cfg.seed when it is None.
+    tokens, len(src) counting EOS, and is cut there if it gets that far
+    (hit_limit); it has at least cfg.min_len tokens, or as many as that limit
+    allows. An empty row (not even EOS) gets the empty output with score 0,
+    without running the model. Greedy search (cfg.beam 1) and sampling
+    (cfg.sampling) give one hypothesis per row; sampling draws from
+    `generator`, or from one seeded with cfg.seed when it is None.
     """
     cfg.validate()
+    if not cfg.sampling:  # sampling ignores the beam
+        check_beam_size(cfg.beam, model.cfg.tgt_vocab_size)
     limit = model.cfg.max_positions
     for line, ids in enumerate(src_ids, start=1):
         if len(ids) > limit:

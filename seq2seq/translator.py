@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import WEIGHTS_FILE, load_run
 from .config import DecodeConfig
-from .decode import Hypothesis, nbest_ids, seeded_generator
+from .decode import Hypothesis, check_beam_size, nbest_ids, seeded_generator
 from .errors import ConfigError
 from .model import Seq2SeqTransformer
 from .textio import clean_output
@@ -35,6 +35,9 @@ class TranslateStats:
     empty: int = 0  # empty or whitespace-only lines: answered with an empty line
     split: int = 0  # lines too long for the model, translated in pieces
     truncated: int = 0  # lines too long for the model, cut to its maximum source length
+    # Lines whose chosen output (any piece of a split line) was cut at the output length limit.
+    length_limited: int = 0
+    empty_outputs: int = 0  # non-empty lines whose output is empty or whitespace once detokenized
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Translator:
 
     def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig):
         cfg.validate()
+        if not cfg.sampling:  # sampling ignores the beam
+            check_beam_size(cfg.beam, model.cfg.tgt_vocab_size)
         self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
         self.stats = TranslateStats()
         device = next(model.parameters()).device
@@ -83,11 +88,14 @@ class Translator:
     def translate(self, lines: list[str]) -> list[str]:
         """Exactly one output line per input line, in order; empty lines give empty lines.
 
-        Over-long lines are split or truncated (`cfg.long_lines`) and counted in `stats`.
+        Over-long lines are split or truncated (`cfg.long_lines`), and counted
+        in `stats` with the outputs cut at the length limit or left empty.
         """
         pieces = self._source_pieces(lines)
         best = [[hypotheses[0] for hypotheses in line] for line in self._search(pieces)]
-        return [" ".join(hypothesis.text for hypothesis in line) for line in self._detokenize(best)]
+        texts = [" ".join(h.text for h in line if h.text) for line in self._detokenize(best)]
+        self._count_outputs(pieces, best, texts)
+        return texts
 
     def translate_nbest(self, lines: list[str], n: int) -> list[list[TextHypothesis]]:
         """Up to `n` translations of each line, best first, in input order.
@@ -95,7 +103,8 @@ class Translator:
         Needs 1 <= n <= cfg.beam, and no sampling. An empty line gets one empty
         hypothesis with score 0. A line split into pieces gets a single
         hypothesis: the best translation of each piece, joined with a space,
-        with their scores and logprobs summed.
+        with their scores and logprobs summed. `stats` counts each line's best
+        hypothesis as `translate` does.
         """
         if self.cfg.sampling:
             raise ConfigError("n-best lists need beam search; sampling gives one output per line")
@@ -110,9 +119,12 @@ class Translator:
             if len(line_pieces) <= 1:
                 results.append(hypotheses)
             else:  # one hypothesis made of the pieces' best translations
-                results.append([TextHypothesis(text=" ".join(h.text for h in hypotheses),
+                results.append([TextHypothesis(text=" ".join(h.text for h in hypotheses if h.text),
                                                score=sum(h.score for h in hypotheses),
                                                logprob=sum(h.logprob for h in hypotheses))])
+        best = [hypotheses[:1] if len(line_pieces) <= 1 else hypotheses
+                for line_pieces, hypotheses in zip(pieces, chosen)]
+        self._count_outputs(pieces, best, [hypotheses[0].text for hypotheses in results])
         return results
 
     def _source_pieces(self, lines: list[str]) -> list[list[list[int]]]:
@@ -151,6 +163,15 @@ class Translator:
         with self.autocast:
             found = iter(nbest_ids(self.model, rows, self.cfg, self.generator))
         return [[next(found) for _ in line or [[]]] for line in pieces]
+
+    def _count_outputs(self, pieces: list[list[list[int]]], best: list[list[Hypothesis]],
+                       texts: list[str]) -> None:
+        """Count the lines whose output, made of the hypotheses `best` (one per piece), was cut
+        at the length limit or is empty; an empty line's empty answer is not counted."""
+        for line_pieces, line_best, text in zip(pieces, best, texts):
+            if line_pieces:
+                self.stats.length_limited += any(hypothesis.hit_limit for hypothesis in line_best)
+                self.stats.empty_outputs += not text.strip()
 
     def _detokenize(self, hypotheses: list[list[Hypothesis]]) -> list[list[TextHypothesis]]:
         """The same nesting with each hypothesis' tokens turned into one clean line of text."""

@@ -3,6 +3,8 @@
 Greedy and beam search are compared with one-sentence-at-a-time runs, with
 uncached references that recompute the whole prefix each step, and, on a
 fake model with a fixed table of log-probabilities, with exhaustive search.
+The references follow the same rules: no EOS before min_len tokens, and an
+output that reaches max_len is cut there, scored without EOS.
 """
 
 from __future__ import annotations
@@ -63,42 +65,68 @@ def step_logprobs(model, src: Tensor, prefix: list[int]) -> Tensor:
     return logprobs
 
 
-def reference_greedy(model, src_row: list[int], max_len: int) -> Hypothesis:
+def reference_greedy(model, src_row: list[int], max_len: int, min_len: int = 1) -> Hypothesis:
     src = torch.tensor([src_row])
     tokens, total = [], 0.0
     with torch.inference_mode():
-        while True:
+        while len(tokens) < max_len:
             logprobs = step_logprobs(model, src, tokens)
-            token = EOS if len(tokens) == max_len else int(logprobs.argmax())
+            if len(tokens) < min_len:
+                logprobs[EOS] = float("-inf")
+            token = int(logprobs.argmax())
             total += float(logprobs[token])
             if token == EOS:
                 return Hypothesis(tokens, total, total)
             tokens.append(token)
+    return Hypothesis(tokens, total, total, hit_limit=True)
 
 
 def reference_beam(model, src_row: list[int], max_len: int, beam: int,
-                   penalty: str, alpha: float) -> list[Hypothesis]:
-    """fairseq's beam search for one sentence, uncached, with Python lists."""
+                   penalty: str, alpha: float, min_len: int = 1) -> list[Hypothesis]:
+    """fairseq's beam search for one sentence, uncached, with Python lists; but at max_len
+    the live beams are cut as they are, without EOS."""
+    if max_len == 0:
+        return [Hypothesis([], 0.0, 0.0, hit_limit=True)]
     src = torch.tensor([src_row])
     live = [([], 0.0)]
     finished: list[Hypothesis] = []
     with torch.inference_mode():
-        for step in range(max_len + 1):
+        for step in range(max_len):
             candidates = []
             for tokens, total in live:
-                logprobs = step_logprobs(model, src, tokens).tolist()
-                allowed = [EOS] if step == max_len else range(len(logprobs))
-                candidates += [(total + logprobs[t], tokens + [t]) for t in allowed
-                               if logprobs[t] > float("-inf")]
+                logprobs = step_logprobs(model, src, tokens)
+                if step < min_len:
+                    logprobs[EOS] = float("-inf")
+                candidates += [(total + logprob, tokens + [t]) for t, logprob in enumerate(logprobs.tolist())
+                               if logprob > float("-inf")]
             candidates.sort(key=lambda c: -c[0])
             factor = length_penalty_factor(step + 1, penalty, alpha)
             for total, tokens in candidates[:beam]:
                 if tokens[-1] == EOS and len(finished) < beam:
                     finished.append(Hypothesis(tokens[:-1], total / factor, total))
-            if len(finished) >= beam or step == max_len:
-                break
             live = [(tokens, total) for total, tokens in candidates if tokens[-1] != EOS][:beam]
+            if len(finished) >= beam:
+                break
+            if step + 1 == max_len:
+                finished += [Hypothesis(tokens, total / factor, total, hit_limit=True)
+                             for tokens, total in live][:beam - len(finished)]
     return sorted(finished, key=lambda h: -h.score)
+
+
+class EosFirst(nn.Module):
+    """`inner` with `bias` added to the EOS logit: it would end every output at once."""
+
+    def __init__(self, inner: nn.Module, bias: float = 30.0):
+        super().__init__()
+        self.inner, self.cfg, self.bias = inner, inner.cfg, bias
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        return self.inner.encode(src)
+
+    def decode(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor,
+               cache: DecoderCache | None = None) -> Tensor:
+        logits = self.inner.decode(tgt_in, memory, src_mask, cache)  # (B, T, V)
+        return logits + self.bias * F.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))
 
 
 # --- length penalty ---------------------------------------------------------------
@@ -132,26 +160,28 @@ def test_beam_one_equals_greedy(model):
     assert [h.logprob for h in greedy] == pytest.approx([hyps[0].logprob for hyps in beam], abs=1e-5)
 
 
-def test_greedy_cached_equals_uncached_reference(model):
+@pytest.mark.parametrize("min_len", [0, 1, 4])
+def test_greedy_cached_equals_uncached_reference(model, min_len):
     rows = random_sources(5, seed=2)
     max_len = torch.tensor([12, 3, 0, 8, 12])
-    found = greedy_search(model, pad(rows), max_len)
+    found = greedy_search(model, pad(rows), max_len, min_len=min_len)
     for row, limit, hyp in zip(rows, max_len.tolist(), found):
-        expected = reference_greedy(model, row, limit)
-        assert hyp.tokens == expected.tokens
+        expected = reference_greedy(model, row, limit, min_len)
+        assert (hyp.tokens, hyp.hit_limit) == (expected.tokens, expected.hit_limit)
         assert hyp.logprob == pytest.approx(expected.logprob, abs=1e-4)
         assert hyp.score == hyp.logprob
-        assert len(hyp.tokens) <= limit
+        assert min(min_len, limit) <= len(hyp.tokens) <= limit
+        assert hyp.hit_limit == (len(hyp.tokens) == limit)
 
 
-@pytest.mark.parametrize("penalty", ["gnmt", "none"])
-def test_beam_equals_uncached_reference_beam(model, penalty):
+@pytest.mark.parametrize(("penalty", "min_len"), [("gnmt", 1), ("none", 0), ("gnmt", 3)])
+def test_beam_equals_uncached_reference_beam(model, penalty, min_len):
     rows = random_sources(4, seed=3)
     max_len = torch.tensor([6, 10, 2, 8])
-    found = beam_search(model, pad(rows), max_len, beam=3, length_penalty=penalty, alpha=0.6)
+    found = beam_search(model, pad(rows), max_len, beam=3, length_penalty=penalty, alpha=0.6, min_len=min_len)
     for row, limit, hyps in zip(rows, max_len.tolist(), found):
-        expected = reference_beam(model, row, limit, 3, penalty, 0.6)
-        assert [h.tokens for h in hyps] == [h.tokens for h in expected]
+        expected = reference_beam(model, row, limit, 3, penalty, 0.6, min_len)
+        assert [(h.tokens, h.hit_limit) for h in hyps] == [(h.tokens, h.hit_limit) for h in expected]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
@@ -181,9 +211,10 @@ def test_beam_hypotheses_are_ranked_and_scored(model):
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
         for h in hyps:
             assert EOS not in h.tokens and BOS not in h.tokens and PAD not in h.tokens
-            assert len(h.tokens) <= 10
-            factor = length_penalty_factor(len(h.tokens) + 1, "gnmt", 1.0)
-            assert h.score == pytest.approx(h.logprob / factor)
+            assert 1 <= len(h.tokens) <= 10  # min_len 1 by default
+            assert h.hit_limit == (len(h.tokens) == 10)  # an output that ends with EOS has at most 9
+            length = len(h.tokens) + (0 if h.hit_limit else 1)  # EOS counts, when there is one
+            assert h.score == pytest.approx(h.logprob / length_penalty_factor(length, "gnmt", 1.0))
 
 
 def test_search_refuses_a_model_in_training_mode():
@@ -199,6 +230,112 @@ def test_beam_size_must_be_positive(model):
         beam_search(model, pad([[5, EOS]]), torch.tensor([3]), beam=0)
 
 
+def test_beam_may_not_exceed_the_target_vocabulary(model):
+    src, max_len = pad([[5, EOS]]), torch.tensor([3])
+    assert len(beam_search(model, src, max_len, beam=VOCAB)[0]) == VOCAB
+    message = r"--beam 25 is more than the target vocabulary \(24 pieces\); use at most 24"
+    with pytest.raises(ConfigError, match=message):
+        beam_search(model, src, max_len, beam=VOCAB + 1)
+    with pytest.raises(ConfigError, match=message):
+        nbest_ids(model, [[5, EOS]], DecodeConfig(beam=VOCAB + 1))
+    with pytest.raises(ConfigError, match="target vocabulary"):  # refused before any work
+        beam_search(model, src, max_len, beam=10 ** 9)
+    # Sampling ignores the beam.
+    assert len(nbest_ids(model, [[5, EOS]], DecodeConfig(beam=VOCAB + 1, sampling=True, seed=0))[0]) == 1
+
+
+# --- min_len and the length limit -------------------------------------------------
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_min_len_keeps_an_eos_first_model_from_empty_outputs(model, beam):
+    eos_first = EosFirst(model).eval()
+    rows = random_sources(6, seed=14)
+    # Allowed to, the model ends every output at once.
+    for hyps in nbest_ids(eos_first, rows, DecodeConfig(beam=beam, min_len=0)):
+        assert (hyps[0].tokens, hyps[0].hit_limit) == ([], False)
+    # By default (min_len 1) every hypothesis has a token, and then the model ends it.
+    for hyps in nbest_ids(eos_first, rows, DecodeConfig(beam=beam)):
+        assert all(len(h.tokens) == 1 and not h.hit_limit for h in hyps)
+        assert hyps[0].logprob < -25  # the model's own log-probability of a token it shunned
+    for hyps in nbest_ids(eos_first, rows, DecodeConfig(beam=beam, min_len=3)):
+        assert all(len(h.tokens) == 3 for h in hyps)
+
+
+def test_min_len_holds_when_sampling(model):
+    rows = random_sources(6, seed=15)
+    for hyps in nbest_ids(EosFirst(model).eval(), rows, DecodeConfig(sampling=True, seed=0, min_len=2)):
+        assert len(hyps[0].tokens) == 2
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_min_len_beyond_max_len_gives_max_len_tokens(model, beam):
+    rows = random_sources(4, seed=16)
+    cfg = DecodeConfig(beam=beam, max_len_a=0.0, max_len_b=2, min_len=5)
+    for hyps in nbest_ids(EosFirst(model).eval(), rows, cfg):
+        assert all(len(h.tokens) == 2 and h.hit_limit for h in hyps)
+
+
+class StepModel(nn.Module):
+    """Next-token logits that depend only on how many tokens the output has: `logits[t]` (V,) after t."""
+
+    def __init__(self, logits: Tensor):
+        super().__init__()
+        vocab = logits.size(1)
+        self.cfg = ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab)
+        self.logits = nn.Parameter(logits, requires_grad=False)  # (T, V)
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        return src.float()[:, :, None], src.ne(PAD)  # memory (B, S, 1), mask (B, S)
+
+    def decode(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor,
+               cache: DecoderCache | None = None) -> Tensor:
+        start = 0 if cache is None else cache.length
+        if cache is not None:
+            cache.length += tgt_in.size(1)
+        return self.logits[start:start + tgt_in.size(1)].expand(tgt_in.size(0), -1, -1)  # (B, T, V)
+
+
+def step_model(*probabilities: dict[int, float]) -> StepModel:
+    """A StepModel whose output distribution after t tokens is probabilities[t]; ids not named get 1e-6."""
+    table = torch.full((len(probabilities), 6), 1e-6)  # (T, V): PAD, UNK, BOS, EOS, A, B
+    for t, probs in enumerate(probabilities):
+        for token, p in probs.items():
+            table[t, token] = p
+    return StepModel(table.log()).eval()
+
+
+A, B = 4, 5
+
+
+@pytest.mark.parametrize("penalty", ["gnmt", "average", "none"])
+@pytest.mark.parametrize("beam", [1, 3])
+def test_an_output_cut_at_the_limit_beats_an_earlier_one_that_scores_lower(beam, penalty):
+    # Empty output: log 0.3. [A, A] cut at the limit of 2: log 0.7 + log 0.999, far better;
+    # it would lose to the empty output if it had to take the EOS at probability 1e-6 after it.
+    model = step_model({EOS: 0.3, A: 0.7}, {EOS: 0.001, A: 0.999}, {EOS: 1e-6, A: 1.0})
+    [hyps] = beam_search(model, pad([[A, EOS]]), torch.tensor([2]), beam, penalty, 0.6, min_len=0)
+    best = hyps[0]
+    assert (best.tokens, best.hit_limit) == ([A, A], True)
+    assert best.logprob == pytest.approx(math.log(0.7) + math.log(0.999), abs=1e-4)
+    assert best.score == pytest.approx(best.logprob / length_penalty_factor(2, penalty, 0.6))
+    if beam == 3:
+        empty = next(h for h in hyps if h.tokens == [])
+        assert not empty.hit_limit and empty.score == pytest.approx(math.log(0.3), abs=1e-4)
+        assert empty.score < best.score
+    [greedy] = greedy_search(model, pad([[A, EOS]]), torch.tensor([2]), min_len=0)
+    assert (greedy.tokens, greedy.hit_limit) == ([A, A], True)
+
+
+def test_an_output_cut_at_the_limit_loses_to_an_earlier_one_that_scores_higher():
+    # After A every continuation is improbable (padding and BOS take the mass): the empty
+    # output, log 0.3, beats every cut one, at most log 0.7 + log 0.009.
+    model = step_model({EOS: 0.3, A: 0.7}, {PAD: 0.6, BOS: 0.38, EOS: 0.001, A: 0.009, B: 0.007})
+    [hyps] = beam_search(model, pad([[A, EOS]]), torch.tensor([2]), 3, "gnmt", 0.6, min_len=0)
+    assert (hyps[0].tokens, hyps[0].hit_limit) == ([], False)
+    assert (hyps[1].tokens, hyps[1].hit_limit) == ([A, A], True)
+
+
 # --- exhaustive search on a fake model ---------------------------------------------
 
 
@@ -212,12 +349,17 @@ class TableModel(nn.Module):
 
     SLOTS = 10007
 
-    def __init__(self, vocab: int = 6, seed: int = 0, eos_bias: float = 0.0, max_positions: int = 32):
+    def __init__(self, vocab: int = 6, seed: int = 0, eos_bias: float = 0.0, max_positions: int = 32,
+                 producible: int | None = None):
         super().__init__()
         self.cfg = ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, max_positions=max_positions)
+        # Ids from `producible` on get logit -inf: a vocabulary as wide as a beam
+        # that prunes nothing, with few enough outputs to enumerate.
+        self.producible = vocab if producible is None else producible
         g = torch.Generator().manual_seed(seed)
         table = 2.0 * torch.randn(self.SLOTS, vocab, generator=g)
         table[:, EOS] += eos_bias
+        table[:, self.producible:] = float("-inf")
         self.table = nn.Parameter(table, requires_grad=False)
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,69 +397,78 @@ class TableModel(nn.Module):
         return logits[:, -tgt_in.size(1):]  # (B, T, V)
 
 
-def enumerate_all(model: TableModel, src_row: list[int], max_len: int) -> list[tuple[list[int], float]]:
-    """Every output (ending in EOS, at most max_len tokens before it) with its log-probability."""
+def enumerate_all(model: TableModel, src_row: list[int], max_len: int, min_len: int = 1,
+                  penalty: str = "none", alpha: float = 0.0) -> list[Hypothesis]:
+    """Every output with its log-probability and score: those of min_len to max_len - 1 tokens
+    ending in EOS, and those of max_len tokens, cut there."""
     src = torch.tensor([src_row])
-    ordinary = [t for t in range(model.cfg.tgt_vocab_size) if t not in (PAD, BOS, EOS)]
+    ordinary = [t for t in range(model.producible) if t not in (PAD, BOS, EOS)]
     outputs = []
     with torch.inference_mode():
-        for length in range(max_len + 1):
+        for length in range(min(min_len, max_len), max_len + 1):
+            cut = length == max_len
             for tokens in itertools.product(ordinary, repeat=length):
-                total = 0.0
-                for i, token in enumerate(list(tokens) + [EOS]):
-                    total += float(step_logprobs(model, src, list(tokens[:i]))[token])
-                outputs.append((list(tokens), total))
+                scored = list(tokens) if cut else list(tokens) + [EOS]
+                total = sum(float(step_logprobs(model, src, list(tokens[:i]))[token])
+                            for i, token in enumerate(scored))
+                factor = length_penalty_factor(len(scored), penalty, alpha) if scored else 1.0
+                outputs.append(Hypothesis(list(tokens), total / factor, total, hit_limit=cut))
     return outputs
 
 
+@pytest.mark.parametrize("min_len", [0, 1])
 @pytest.mark.parametrize("penalty", ["none", "gnmt", "average"])
-def test_beam_without_pruning_equals_exhaustive_search(penalty):
-    model = TableModel(vocab=6, seed=7).eval()
+def test_beam_without_pruning_equals_exhaustive_search(penalty, min_len):
+    model = TableModel(vocab=40, producible=6, seed=7).eval()
     max_len = 3
-    # 3 ordinary tokens: 1 + 3 + 9 + 27 = 40 outputs; a beam of 40 prunes nothing.
+    # 3 producible tokens: 1 + 3 + 9 outputs ending in EOS (the empty one only for min_len 0)
+    # and 27 cut at the limit. A beam of 40 prunes nothing.
     rows = [[4, 5, EOS], [1, EOS], [5, 5, 4, 1, EOS]]
     found = beam_search(model, pad(rows), torch.full((3,), max_len), beam=40,
-                        length_penalty=penalty, alpha=0.8)
+                        length_penalty=penalty, alpha=0.8, min_len=min_len)
     for row, hyps in zip(rows, found):
-        everything = enumerate_all(model, row, max_len)
-        assert len(everything) == 40
-        expected = sorted(everything,
-                          key=lambda o: -o[1] / length_penalty_factor(len(o[0]) + 1, penalty, 0.8))
-        assert [h.tokens for h in hyps] == [tokens for tokens, _ in expected]
-        assert [h.logprob for h in hyps] == pytest.approx([lp for _, lp in expected], abs=1e-4)
+        everything = enumerate_all(model, row, max_len, min_len, penalty, 0.8)
+        assert len(everything) == 40 - min_len
+        expected = sorted(everything, key=lambda h: -h.score)
+        assert [(h.tokens, h.hit_limit) for h in hyps] == [(h.tokens, h.hit_limit) for h in expected]
+        assert [h.logprob for h in hyps] == pytest.approx([h.logprob for h in expected], abs=1e-4)
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
 @settings(max_examples=15, deadline=None, database=None)
-@given(seed=st.integers(0, 10_000), eos_bias=st.floats(-3.0, 3.0), max_len=st.integers(0, 3))
-def test_best_beam_hypothesis_is_the_exhaustive_optimum(seed, eos_bias, max_len):
-    model = TableModel(vocab=6, seed=seed, eos_bias=eos_bias).eval()
+@given(seed=st.integers(0, 10_000), eos_bias=st.floats(-3.0, 3.0), max_len=st.integers(0, 3),
+       min_len=st.integers(0, 4))
+def test_best_beam_hypothesis_is_the_exhaustive_optimum(seed, eos_bias, max_len, min_len):
+    model = TableModel(vocab=40, producible=6, seed=seed, eos_bias=eos_bias).eval()
     row = [4, 1, EOS]
-    best = beam_search(model, pad([row]), torch.tensor([max_len]), beam=40, length_penalty="none")[0][0]
-    tokens, logprob = max(enumerate_all(model, row, max_len), key=lambda o: o[1])
-    assert best.tokens == tokens
-    assert best.score == pytest.approx(logprob, abs=1e-4)
+    best = beam_search(model, pad([row]), torch.tensor([max_len]), beam=40, length_penalty="none",
+                       min_len=min_len)[0][0]
+    optimum = max(enumerate_all(model, row, max_len, min_len), key=lambda h: h.logprob)
+    assert (best.tokens, best.hit_limit) == (optimum.tokens, optimum.hit_limit)
+    assert best.score == pytest.approx(optimum.logprob, abs=1e-4)
 
 
 @settings(max_examples=25, deadline=None, database=None)
 @given(seed=st.integers(0, 10_000), eos_bias=st.floats(-2.0, 4.0), beam=st.integers(1, 5),
-       max_len=st.integers(0, 4), penalty=st.sampled_from(["gnmt", "average", "none"]))
-def test_beam_equals_reference_beam_on_fake_models(seed, eos_bias, beam, max_len, penalty):
+       max_len=st.integers(0, 4), min_len=st.integers(0, 2),
+       penalty=st.sampled_from(["gnmt", "average", "none"]))
+def test_beam_equals_reference_beam_on_fake_models(seed, eos_bias, beam, max_len, min_len, penalty):
     # A positive EOS bias makes several beams end in the same step, which exercises
     # the cap of `beam` finished hypotheses per sentence.
     model = TableModel(vocab=7, seed=seed, eos_bias=eos_bias).eval()
     rows = [[4, 1, EOS], [6, EOS], [5, 5, 6, 4, EOS]]
     found = beam_search(model, pad(rows), torch.full((3,), max_len), beam=beam,
-                        length_penalty=penalty, alpha=0.6)
+                        length_penalty=penalty, alpha=0.6, min_len=min_len)
     for row, hyps in zip(rows, found):
-        expected = reference_beam(model, row, max_len, beam, penalty, 0.6)
-        assert [h.tokens for h in hyps] == [h.tokens for h in expected]
+        expected = reference_beam(model, row, max_len, beam, penalty, 0.6, min_len)
+        assert [(h.tokens, h.hit_limit) for h in hyps] == [(h.tokens, h.hit_limit) for h in expected]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
 def test_small_beam_never_beats_the_optimum():
     model = TableModel(vocab=6, seed=3).eval()
     row = [5, 4, EOS]
-    optimum = max(lp for _, lp in enumerate_all(model, row, 3))
+    optimum = max(h.logprob for h in enumerate_all(model, row, 3))
     for beam in (1, 2, 3):
         best = beam_search(model, pad([row]), torch.tensor([3]), beam=beam, length_penalty="none")[0][0]
         assert best.score <= optimum + 1e-5
@@ -360,10 +511,12 @@ def test_translate_ids_respects_max_len(beam):
     # EOS is strongly disfavoured, so outputs run to the limit.
     model = TableModel(vocab=6, seed=1, eos_bias=-20.0, max_positions=10).eval()
     rows = [[4, EOS], [4, 5, 1, 4, EOS], [5] * 9 + [EOS]]
-    out = translate_ids(model, rows, DecodeConfig(beam=beam, max_len_a=1.0, max_len_b=1))
-    assert [len(t) for t in out] == [3, 6, 9]  # a * len + b, capped at max_positions - 1
-    out = translate_ids(model, rows, DecodeConfig(beam=beam, max_len_a=0.0, max_len_b=2))
-    assert [len(t) for t in out] == [2, 2, 2]
+    for cfg, lengths in [(DecodeConfig(beam=beam, max_len_a=1.0, max_len_b=1), [3, 6, 9]),  # a * len + b,
+                         (DecodeConfig(beam=beam, max_len_a=0.0, max_len_b=2), [2, 2, 2])]:  # capped at 9
+        best = [hyps[0] for hyps in nbest_ids(model, rows, cfg)]
+        assert [len(h.tokens) for h in best] == lengths
+        assert all(h.hit_limit for h in best)
+        assert translate_ids(model, rows, cfg) == [h.tokens for h in best]
 
 
 def test_translate_ids_refuses_sources_beyond_max_positions():
@@ -401,11 +554,15 @@ def test_length_batches():
 
 
 def test_max_len_zero_gives_empty_output(model):
-    rows = random_sources(2, seed=11)
-    assert [h.tokens for h in greedy_search(model, pad(rows), torch.tensor([0, 0]))] == [[], []]
-    found = beam_search(model, pad(rows), torch.tensor([0, 0]), beam=3)
-    assert [[h.tokens for h in hyps] for hyps in found] == [[[]], [[]]]
-    assert math.isfinite(found[0][0].score)
+    rows = random_sources(3, seed=11)
+    cut = Hypothesis(tokens=[], score=0.0, logprob=0.0, hit_limit=True)  # no token fits: nothing to score
+    max_len = torch.tensor([0, 4, 0])
+    for found in (greedy_search(model, pad(rows), max_len),
+                  [hyps[0] for hyps in beam_search(model, pad(rows), max_len, beam=3)],
+                  sample_search(model, pad(rows), max_len, generator=torch.Generator().manual_seed(0))):
+        assert found[0] == found[2] == cut
+        assert len(found[1].tokens) >= 1
+    assert beam_search(model, pad(rows), torch.tensor([0, 0, 0]), beam=3) == [[cut]] * 3
 
 
 def test_sampling_with_top_k_one_equals_greedy(model):
@@ -431,9 +588,10 @@ def test_sampled_logprob_is_the_models(model):
     for row, hypothesis in zip(rows, sample_search(model, pad(rows), torch.full((3,), 6),
                                                    temperature=3.0, generator=generator)):
         src = torch.tensor([row])
+        scored = hypothesis.tokens if hypothesis.hit_limit else hypothesis.tokens + [EOS]
         with torch.inference_mode():
             expected = sum(float(step_logprobs(model, src, hypothesis.tokens[:i])[token])
-                           for i, token in enumerate(hypothesis.tokens + [EOS]))
+                           for i, token in enumerate(scored))
         assert hypothesis.logprob == pytest.approx(expected, abs=1e-4)
         assert hypothesis.score == hypothesis.logprob
 

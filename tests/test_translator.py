@@ -2,6 +2,8 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from seq2seq.config import DecodeConfig
 from seq2seq.decode import translate_ids
@@ -12,6 +14,21 @@ from seq2seq.translator import Translator, cut_ids, split_sentences
 from helpers import make_untrained_run
 
 CPU = torch.device("cpu")
+
+
+class EosFirst(nn.Module):
+    """`inner` with `bias` added to the EOS logit: it would end every output at once."""
+
+    def __init__(self, inner: nn.Module, bias: float = 30.0):
+        super().__init__()
+        self.inner, self.cfg, self.bias = inner, inner.cfg, bias
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        return self.inner.encode(src)
+
+    def decode(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor, cache=None) -> Tensor:
+        logits = self.inner.decode(tgt_in, memory, src_mask, cache)  # (B, T, V)
+        return logits + self.bias * F.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +141,56 @@ def test_output_does_not_depend_on_the_other_lines_in_the_batch(translator):
     lines = ["A dog runs.", "Two men are talking in a park.", "A girl."]
     together = translator.translate(lines)
     assert [translator.translate([line])[0] for line in lines] == together
+
+
+def test_beam_wider_than_the_target_vocabulary_is_refused(translator):
+    with pytest.raises(ConfigError) as refused:
+        make_translator(translator, beam=151)
+    assert str(refused.value) == "--beam 151 is more than the target vocabulary (150 pieces); use at most 150"
+    make_translator(translator, beam=150)
+    make_translator(translator, beam=151, sampling=True)  # sampling ignores the beam
+
+
+LINES = ["A dog runs.", "", "Two men are talking.", " ", "A girl."]
+
+
+def best_texts(translator: Translator, lines: list[str], nbest: bool) -> list[str]:
+    """Each line's translation from `translate`, or the best of its `translate_nbest` list."""
+    if nbest:
+        return [hypotheses[0].text for hypotheses in translator.translate_nbest(lines, 2)]
+    return translator.translate(lines)
+
+
+@pytest.mark.parametrize("nbest", [False, True])
+def test_outputs_cut_at_the_length_limit_are_counted(translator, nbest):
+    # One output token at most, and at least one (min_len 1): every output is cut at the limit.
+    cut = make_translator(translator, max_len_a=0.0, max_len_b=1)
+    out = best_texts(cut, LINES, nbest)
+    assert cut.stats.length_limited == 3
+    assert cut.stats.empty_outputs == sum(1 for line, text in zip(LINES, out) if line.strip() and not text.strip())
+    # A split line counts once, however many of its pieces were cut.
+    best_texts(cut, ["A dog runs. Two men talk! A girl sings? It rains; a cat sleeps: A boy jumps."], nbest)
+    assert cut.stats.split == 1 and cut.stats.length_limited == 4
+
+
+@pytest.mark.parametrize("nbest", [False, True])
+def test_empty_outputs_of_non_empty_lines_are_counted(translator, nbest):
+    lines = LINES + ["a man " * 40]  # and a line split in pieces
+
+    def eos_first(min_len: int) -> Translator:
+        """The fixture's model, made to end every output at once where it may."""
+        cfg = DecodeConfig(**{**dataclasses.asdict(translator.cfg), "min_len": min_len})
+        return Translator(EosFirst(translator.model), translator.tokenizers, cfg)
+
+    allowed = eos_first(min_len=0)
+    out = best_texts(allowed, lines, nbest)
+    assert out[:5] == ["", "", "", "", ""]
+    assert out[5].strip() == ""  # the split line's empty pieces, joined with spaces
+    assert allowed.stats.empty_outputs == 4 and allowed.stats.empty == 2
+    assert allowed.stats.length_limited == 0
+
+    barred = eos_first(min_len=1)
+    out = best_texts(barred, lines, nbest)  # one token each, though one such as "▁" detokenizes to ""
+    assert barred.stats.empty_outputs == sum(1 for line, text in zip(lines, out)
+                                             if line.strip() and not text.strip())
+    assert barred.stats.length_limited == 0
