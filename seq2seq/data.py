@@ -23,11 +23,13 @@ A corpus spec names where the sentence pairs are; `src_lang` and `tgt_lang`
 `load_corpus` gives a Dataset with string columns `src` and `tgt`, cached as
 Arrow files on disk. Pairs with an empty side are kept there, so that row
 numbers match line numbers; `filter_pairs` drops them after tokenizing.
+`resolve_corpus_spec` makes a spec's path absolute, for a run's config.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -87,6 +89,31 @@ def load_corpus(spec: str, src_lang: str, tgt_lang: str, *,
     return pairs
 
 
+def resolve_corpus_spec(spec: str) -> str:
+    """`spec` with its path made absolute, to be stored where the working directory may change.
+
+    A local spec (a PREFIX, a corpus file, a saved-dataset folder, `DIR#SPLIT`)
+    becomes absolute, with `.`, `..` and symlinks resolved in the folders that
+    lead to it; it need not exist. `hub:` specs and the empty string are
+    returned unchanged. Idempotent, and the result names the same corpus as
+    `spec` does from the current working directory.
+
+    The last component is kept as written, not resolved: a PREFIX is no file
+    of its own, and resolving it as one would follow a symlink or folder of
+    the same name away from `PREFIX.SRC`. Kept whole, it also keeps `#SPLIT`.
+    """
+    if not spec or spec.startswith("hub:"):
+        return spec
+    path = Path(spec)
+    try:
+        if path.name in ("", ".", ".."):
+            return str(path.resolve())  # `.`, `..`, `/`: a folder, resolved whole
+        return str(path.parent.resolve() / path.name)
+    except (OSError, RuntimeError, ValueError) as err:
+        # A symlink loop (RuntimeError before Python 3.13), a NUL byte (ValueError).
+        raise DataError(f"cannot resolve the corpus path {spec}: {_one_line(err)}") from None
+
+
 def _load_local(spec: str, src_lang: str, tgt_lang: str, cache_dir: str | None) -> datasets.Dataset:
     """Dispatch a local spec on its file suffix, then on prefix files, then on a saved folder."""
     path = Path(spec)
@@ -96,9 +123,21 @@ def _load_local(spec: str, src_lang: str, tgt_lang: str, cache_dir: str | None) 
         if name.endswith(_TSV_SUFFIXES):
             return _generate(_read_tsv, dict(path=str(path), stamp=_stamp(path)), spec, cache_dir)
         builder = "parquet" if name.endswith(_PARQUET_SUFFIXES) else "json"
-        table = _load_with_datasets(spec, builder, data_files=str(path), split="train",
-                                    cache_dir=cache_dir)
-        return _select_pairs(table, src_lang, tgt_lang, spec, _row_locator(path, builder))
+        json_lines = builder == "json" and _is_json_lines(path)
+        try:
+            table = _load_with_datasets(spec, builder, data_files=str(path), split="train",
+                                        cache_dir=cache_dir)
+        except DataError:
+            if json_lines:
+                # datasets' message has no line number: find the line ourselves.
+                _check_json_lines(path, spec, src_lang, tgt_lang)
+            raise
+        if not json_lines:
+            return _select_pairs(table, src_lang, tgt_lang, spec, lambda row: f"row {row + 1}")
+        pairs = _select_pairs(table, src_lang, tgt_lang, spec,
+                              lambda row: f"line {_line_of_json_row(path, row)}")
+        _check_stringified_values(pairs, path, spec, src_lang, tgt_lang)
+        return pairs
     src_file, tgt_file = _language_file(path, src_lang), _language_file(path, tgt_lang)
     if src_file and tgt_file:
         return _generate(_read_parallel_text,
@@ -226,14 +265,15 @@ def _decoded_lines(file: BinaryIO, path: str) -> Iterator[str]:
     """
     number = 0
     try:
-        for number, raw in enumerate(raw_lines(file), start=1):
+        for number, raw in enumerate(raw_lines(file, path), start=1):
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(f"{path}: line {number} is not valid UTF-8 "
                                 f"(byte {err.start + 1}: {err.reason})") from None
     except (OSError, EOFError, zlib.error) as err:
-        # gzip raises these for a corrupt or truncated archive.
+        # gzip raises these for a corrupt or truncated archive (raw_lines itself
+        # turns OSError and EOFError into a DataError naming the file; not zlib.error).
         raise DataError(f"cannot read {path} after line {number} ({_one_line(err)})") from None
 
 
@@ -287,14 +327,11 @@ def _load_with_datasets(spec: str, path: str, *, config: str | None = None,
         raise DataError(f"cannot load {spec}: {_one_line(err)}") from None
 
 
-def _row_locator(path: Path, builder: str) -> Callable[[int], str]:
-    """How to name a bad row in messages: its line in a JSON-lines file, else its row number."""
-    if builder == "json":
-        with open_binary(str(path)) as file:
-            start = file.read(4096).lstrip()
-        if not start.startswith(b"["):
-            return lambda row: f"line {_line_of_json_row(path, row)}"
-    return lambda row: f"row {row + 1}"
+def _is_json_lines(path: Path) -> bool:
+    """Whether a .json/.jsonl file holds JSON lines rather than one JSON array."""
+    with open_binary(str(path)) as file:
+        start = file.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return not start.startswith(b"[")
 
 
 def _line_of_json_row(path: Path, row: int) -> int:
@@ -304,9 +341,112 @@ def _line_of_json_row(path: Path, row: int) -> int:
         return next(itertools.islice(rows, row, None), row + 1)
 
 
+# How datasets' json builder turns a value that is not a string into text
+# without a word: it reads a file in blocks of about 10 MB, types each column
+# from the first block, and casts the later blocks to those types, so a list,
+# number, object or boolean in a column of strings becomes its JSON text:
+# ["a"] is read as the sentence '["a"]'. The arrow column cannot tell that
+# from a sentence written that way; the line itself can.
+_LOOKS_LIKE_JSON = (r"^(\[.*\]|\{.*\}|-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|true|false)$")
+
+
+def _check_stringified_values(pairs: datasets.Dataset, path: Path, spec: str, src_lang: str,
+                              tgt_lang: str) -> None:
+    """DataError for the first line whose text was a JSON list, number, object or boolean.
+
+    Only the lines of rows whose text looks like one of those are parsed
+    again, so a corpus without such sentences is not read a second time.
+    """
+    suspects = set()
+    for offset, batch in enumerate(pairs.with_format("arrow").iter(batch_size=_LENGTH_BATCH)):
+        looks = pc.or_(pc.match_substring_regex(batch["src"], _LOOKS_LIKE_JSON),
+                       pc.match_substring_regex(batch["tgt"], _LOOKS_LIKE_JSON))
+        rows = pc.indices_nonzero(pc.fill_null(looks, False)).to_numpy()
+        suspects.update((rows + offset * _LENGTH_BATCH).tolist())
+    if suspects:
+        _check_json_lines(path, spec, src_lang, tgt_lang, rows=suspects)
+
+
+def _check_json_lines(path: Path, spec: str, src_lang: str, tgt_lang: str, *,
+                      rows: set[int] | None = None) -> None:
+    """DataError naming the first bad line of a JSON-lines file, if any: not JSON, not an
+    object, or without a string for a language. Only the lines of `rows` (0-based,
+    blank lines not counted, as datasets numbers them) if given, else all of them."""
+    row, last = -1, max(rows) if rows else None
+    with open_binary(str(path)) as file:
+        try:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                row += 1
+                if rows is not None and row not in rows:
+                    continue
+                problem = _json_line_problem(line, src_lang, tgt_lang)
+                if problem:
+                    raise DataError(f"{spec}: line {number} {problem}")
+                if row == last:
+                    return
+        except (OSError, EOFError, zlib.error):
+            return  # a broken archive: datasets' own message says so
+
+
+def _json_line_problem(line: bytes, src_lang: str, tgt_lang: str) -> str | None:
+    """What is wrong with one JSON line as a sentence pair, or None."""
+    line = line.rstrip(b"\r\n")  # so that an error is placed on this line, not the next
+    if line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]
+    try:
+        entry = json.loads(line)
+    except UnicodeDecodeError as err:
+        return f"is not valid UTF-8 (byte {err.start + 1}: {err.reason})"
+    except json.JSONDecodeError as err:
+        return f"is not valid JSON ({err.msg} at column {err.colno})"
+    except RecursionError:
+        return "is not valid JSON (nested too deeply)"
+    except ValueError as err:
+        return f"is not valid JSON ({_one_line(err)})"
+    if not isinstance(entry, dict):
+        return f"is {_json_kind(entry)}, expected a JSON object"
+    # The two layouts, told apart as `_select_pairs` does for a whole table.
+    if "translation" in entry and not (src_lang in entry and tgt_lang in entry):
+        return _translation_problem(entry["translation"], src_lang, tgt_lang)
+    for lang in (src_lang, tgt_lang):
+        if entry.get(lang) is None:
+            return f"has no {lang!r} text"
+        if not isinstance(entry[lang], str):
+            return _not_text(lang, entry[lang])
+    return None
+
+
+def _translation_problem(entry: object, src_lang: str, tgt_lang: str) -> str | None:
+    """What is wrong with a row's `translation` value, or None if it has both texts."""
+    if entry is not None and not isinstance(entry, dict):
+        return (f"has {_json_kind(entry)} as its 'translation' value, expected "
+                f"an object with {src_lang!r} and {tgt_lang!r} text")
+    entry = entry or {}
+    for lang in (src_lang, tgt_lang):
+        text = entry.get(lang)
+        if text is None:
+            present = sorted(key for key, value in entry.items() if value is not None)
+            return f"has no {lang!r} text (it has {', '.join(present) or 'nothing'})"
+        if not isinstance(text, str):
+            return _not_text(lang, text)
+    return None
+
+
 def _select_pairs(table: datasets.Dataset, src_lang: str, tgt_lang: str, spec: str,
                   locate: Callable[[int], str]) -> datasets.Dataset:
     """The `src`/`tgt` columns of a table holding `translation` dicts or one column per language."""
+    try:
+        return _select_pair_columns(table, src_lang, tgt_lang, spec, locate)
+    except (pa.ArrowException, DatasetsError, ValueError) as err:
+        # A layout none of the checks below foresaw: still one line, never a traceback.
+        raise DataError(f"cannot read {spec}: {_one_line(err)}") from None
+
+
+def _select_pair_columns(table: datasets.Dataset, src_lang: str, tgt_lang: str, spec: str,
+                         locate: Callable[[int], str]) -> datasets.Dataset:
+    """`_select_pairs` itself, which may let datasets' or Arrow's errors through."""
     columns = table.column_names
     nested = "translation" in columns and not (src_lang in columns and tgt_lang in columns)
     if not nested and src_lang in columns and tgt_lang in columns:
@@ -324,14 +464,15 @@ def _select_pairs(table: datasets.Dataset, src_lang: str, tgt_lang: str, spec: s
                                  remove_columns=columns, features=_PAIR_FEATURES,
                                  fn_kwargs=dict(src_lang=src_lang, tgt_lang=tgt_lang,
                                                 cache_version=_CACHE_VERSION))
-            except _MissingText as missing:
-                raise DataError(f"{spec}: {locate(missing.row)} has no {missing.lang!r} text "
-                                f"(it has {', '.join(missing.found) or 'nothing'})") from None
+            except _BadRow as bad:
+                raise DataError(f"{spec}: {locate(bad.row)} {bad.problem}") from None
         unknown = [lang for lang in (src_lang, tgt_lang) if lang not in languages]
         if unknown:
             raise DataError(f"{spec} has no {unknown[0]!r} translations; "
                             f"its languages are {', '.join(sorted(languages))}")
-        pairs = table.select_columns(["translation"]).flatten()
+        # One level only: a language whose values are objects must stay one
+        # column, to be refused below, not become `translation.en.x`.
+        pairs = table.select_columns(["translation"]).flatten(max_depth=2)
         pairs = pairs.rename_columns({f"translation.{src_lang}": "src",
                                       f"translation.{tgt_lang}": "tgt"})
         pairs = pairs.select_columns(["src", "tgt"])
@@ -340,41 +481,161 @@ def _select_pairs(table: datasets.Dataset, src_lang: str, tgt_lang: str, spec: s
         raise DataError(f"{spec} has no column {unknown!r} and no 'translation' column; "
                         f"its columns are {', '.join(columns)}")
     for column, lang in (("src", src_lang), ("tgt", tgt_lang)):
-        dtype = getattr(pairs.features[column], "dtype", type(pairs.features[column]).__name__)
-        if dtype not in ("string", "large_string"):
-            raise DataError(f"{spec}: the {lang!r} values are {dtype}, expected text")
         values = pairs.with_format("arrow")[column]
-        if values.null_count:
-            row = pc.index(values.is_null(), True).as_py()
+        if _is_string_view(values.type):
+            # Text all the same, which Arrow's string functions used later do not take.
+            pairs = pairs.cast_column(column, datasets.Value("string"))
+            values = pairs.with_format("arrow")[column]
+        row = _first_row_without_text(values)
+        if row is not None:
+            value = _arrow_value(values, row)
+            if value is not None:
+                raise DataError(f"{spec}: {locate(row)} {_not_text(lang, value)}")
             found = ""
             if nested:
                 entry = table[row]["translation"] or {}
                 present = sorted(key for key, text in entry.items() if text is not None)
                 found = f" (it has {', '.join(present) or 'nothing'})"
             raise DataError(f"{spec}: {locate(row)} has no {lang!r} text{found}")
+        invalid = _first_invalid_utf8(values) if _is_text_type(values.type) else None
+        if invalid:
+            row, err = invalid
+            raise DataError(f"{spec}: {locate(row)} is not valid UTF-8 (its {lang!r} text, "
+                            f"byte {err.start + 1}: {err.reason})")
+        if not _is_text_type(values.type):
+            # A JSON-typed column whose values all turned out to be strings
+            # (a dataset declared with a Json feature): store them as text.
+            pairs = pairs.with_format("arrow").map(
+                _decode_json_text, batched=True, features=_PAIR_FEATURES,
+                fn_kwargs=dict(column=column, cache_version=_CACHE_VERSION)).with_format(None)
     return pairs
 
 
-class _MissingText(Exception):
-    """Raised inside `datasets.map` for a row without text for one language."""
+# How the json builder stores a column whose rows hold different JSON types
+# (a string on one line, a list or a number on another): the `arrow.json`
+# extension type, each value JSON-encoded text, so a string is `"..."`.
+_JSON_EXTENSION = "arrow.json"
 
-    def __init__(self, row: int, lang: str, found: list[str]):
-        super().__init__(row, lang, found)
-        self.row, self.lang, self.found = row, lang, found
+
+def _is_json_type(kind: pa.DataType) -> bool:
+    return isinstance(kind, pa.BaseExtensionType) and kind.extension_name == _JSON_EXTENSION
+
+
+def _is_text_type(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_string_view(kind: pa.DataType) -> bool:
+    # pyarrow < 16 has no string_view type, nor this function.
+    return getattr(pa.types, "is_string_view", lambda _: False)(kind)
+
+
+def _first_row_without_text(values: pa.ChunkedArray) -> int | None:
+    """The first row whose value is missing or not a string; None if every row has a string.
+
+    Arrow compute throughout, so a good column of millions of rows costs no Python loop.
+    """
+    if _is_text_type(values.type):
+        missing = values.is_null()
+    elif _is_json_type(values.type):
+        encoded = pa.chunked_array([chunk.storage for chunk in values.chunks],
+                                   type=values.type.storage_type)
+        is_string = pc.starts_with(pc.utf8_ltrim(encoded, characters=" \t\r\n"), '"')
+        missing = pc.invert(pc.fill_null(is_string, False))
+    else:
+        # Numbers, lists, objects, a column of nulls: no row has text.
+        return 0 if len(values) else None
+    row = pc.index(missing, True).as_py()
+    return None if row < 0 else row
+
+
+def _first_invalid_utf8(values: pa.ChunkedArray) -> tuple[int, UnicodeDecodeError] | None:
+    """The first row of a string column that is not UTF-8, and how; None if all are.
+
+    Arrow's JSON reader does not check the bytes inside strings, and a string
+    column that is not UTF-8 makes Arrow's text functions fail later on.
+    """
+    start = 0
+    for chunk in values.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            # Rare: find the row in Python, in this chunk only.
+            binary = pa.large_binary() if pa.types.is_large_string(chunk.type) else pa.binary()
+            for row, raw in enumerate(chunk.view(binary).to_pylist(), start=start):
+                try:
+                    raw is None or raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return row, err
+        start += len(chunk)
+    return None
+
+
+def _arrow_value(values: pa.ChunkedArray, row: int) -> object:
+    """The Python value in `row`, JSON-decoded for a JSON-typed column."""
+    scalar = values[row]
+    if _is_json_type(values.type):
+        encoded = scalar.value.as_py() if scalar.is_valid else None
+        return None if encoded is None else json.loads(encoded)
+    return scalar.as_py()
+
+
+def _not_text(lang: str, value: object) -> str:
+    """Says, after a row's location, that its `lang` value is `value` and not text."""
+    try:
+        shown = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"has {_json_kind(value)} as its {lang!r} value, not text: {shown}"
+
+
+def _json_kind(value: object) -> str:
+    """`value`'s type in JSON's words, with an article: "a number", "an object"."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a value of type {type(value).__name__}"
+
+
+def _decode_json_text(batch: pa.Table, column: str, cache_version: int) -> pa.Table:
+    """`column` of a JSON-typed batch holding only strings, as a string column.
+
+    A `datasets.map` function on Arrow batches: the JSON text is decoded here
+    rather than left to datasets' formatting, which hands it over still encoded.
+    """
+    values = batch[column]
+    encoded = itertools.chain.from_iterable(chunk.storage.to_pylist() for chunk in values.chunks) \
+        if isinstance(values, pa.ChunkedArray) else values.storage.to_pylist()
+    texts = pa.array([None if text is None else json.loads(text) for text in encoded], type=pa.string())
+    return batch.set_column(batch.schema.get_field_index(column), column, texts)
+
+
+class _BadRow(Exception):
+    """Raised inside `datasets.map` for a row without usable text; `problem` follows its location."""
+
+    def __init__(self, row: int, problem: str):
+        super().__init__(row, problem)
+        self.row, self.problem = row, problem
 
 
 def _split_translations(batch: dict, indices: list[int], src_lang: str, tgt_lang: str,
                         cache_version: int) -> dict[str, list[str]]:
     """`translation` dicts -> `src` and `tgt` columns (a `datasets.map` function)."""
-    src, tgt = [], []
     for row, entry in zip(indices, batch["translation"]):
-        entry = entry if isinstance(entry, dict) else {}
-        for lang, out in ((src_lang, src), (tgt_lang, tgt)):
-            text = entry.get(lang)
-            if not isinstance(text, str):
-                raise _MissingText(row, lang, sorted(entry))
-            out.append(text)
-    return {"src": src, "tgt": tgt}
+        problem = _translation_problem(entry, src_lang, tgt_lang)
+        if problem:
+            raise _BadRow(row, problem)
+    return {"src": [entry[src_lang] for entry in batch["translation"]],
+            "tgt": [entry[tgt_lang] for entry in batch["translation"]]}
 
 
 def _check_has_text(pairs: datasets.Dataset, spec: str) -> None:

@@ -37,23 +37,29 @@ class ReadStats:
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def raw_lines(stream: BinaryIO) -> Iterator[bytes]:
+def raw_lines(stream: BinaryIO, name: str = "the input") -> Iterator[bytes]:
     """The lines of a binary stream, undecoded: split at b"\n" only, without the
     "\n" or a trailing "\r". A UTF-8 byte-order mark opening the stream, which
-    some editors write, is dropped."""
-    for number, raw in enumerate(stream):  # binary iteration splits on b"\n" only
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if number == 0 and raw.startswith(_UTF8_BOM):
-            raw = raw[len(_UTF8_BOM):]
-        yield raw
+    some editors write, is dropped. A stream that fails part-way (a truncated or
+    corrupt .gz) raises a DataError naming `name` and the last good line."""
+    number = 0
+    try:
+        for number, raw in enumerate(stream, start=1):  # binary iteration splits on b"\n" only
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if number == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM):]
+            yield raw
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        where = f" after line {number}" if number else ""
+        raise DataError(f"{name}: cannot be read{where} ({err})") from None
 
 
-def iter_lines(stream: BinaryIO, stats: ReadStats) -> Iterator[str]:
+def iter_lines(stream: BinaryIO, stats: ReadStats, name: str = "the input") -> Iterator[str]:
     """Decode a binary stream into lines, counting what needed replacement."""
-    for raw in raw_lines(stream):
+    for raw in raw_lines(stream, name):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -81,7 +87,7 @@ def read_lines(path: Path | str) -> tuple[list[str], ReadStats]:
     stats = ReadStats()
     try:
         with open_binary(path) as stream:
-            return list(iter_lines(stream, stats)), stats
+            return list(iter_lines(stream, stats, str(path))), stats
     except (OSError, EOFError) as err:  # e.g. a corrupt .gz
         raise DataError(f"{path}: cannot be read ({err})") from None
 

@@ -3,11 +3,13 @@
 import gzip
 import json
 import os
+import re
 
 import datasets
 import pytest
 
-from seq2seq.data import LengthFilterReport, encode_corpus, filter_pairs, load_corpus, token_lengths
+from seq2seq.data import (LengthFilterReport, encode_corpus, filter_pairs, load_corpus,
+                          resolve_corpus_spec, token_lengths)
 from seq2seq.errors import DataError
 from seq2seq.tokenizer import EOS_ID, train_tokenizer
 
@@ -195,7 +197,7 @@ def test_invalid_utf8_names_the_file_and_line(tmp_path, name):
 def test_corrupt_gzip(tmp_path):
     (tmp_path / "c.en.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     write_lines(tmp_path / "c.de", ["a"])
-    with pytest.raises(DataError, match=f"cannot read {tmp_path}/c.en.gz"):
+    with pytest.raises(DataError, match=f"^{tmp_path}/c.en.gz: cannot be read "):
         load_corpus(str(tmp_path / "c"), "en", "de")
 
 
@@ -230,16 +232,107 @@ def test_saved_dataset_row_without_text(tmp_path):
         load_corpus(str(tmp_path / "s"), "en", "de")
 
 
-def test_malformed_json(tmp_path):
-    (tmp_path / "c.jsonl").write_text('{"en": "a", "de": "b"}\n{"en": \n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"cannot read .*c.jsonl: .*JSON parse error"):
+@pytest.mark.parametrize("line, problem", [
+    (b'{"en": ', r"is not valid JSON \(Expecting value at column 8\)"),
+    (b'{"en": "a", "de": "b"} x', r"is not valid JSON \(Extra data at column 24\)"),
+    (b'"just text"', r"is a string, expected a JSON object"),
+    (b"[1, 2]", r"is a list, expected a JSON object"),
+    (b'{"en": "caf\xe9", "de": "b"}', r"is not valid UTF-8 \(its 'en' text, byte 4: unexpected end of data\)"),
+])
+def test_malformed_json_line_names_its_line(tmp_path, line, problem):
+    good = b'{"en": "a", "de": "b"}\n'
+    (tmp_path / "pairs.jsonl").write_bytes(good + good + line + b"\n" + good)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'pairs.jsonl'))}: line 3 {problem}$"):
+        load_corpus(str(tmp_path / "pairs.jsonl"), "en", "de")
+
+
+# Values that are not text, in both JSON layouts, and what the message calls them.
+NOT_TEXT = [
+    ({"translation": {"en": ["a"], "de": "A"}}, r'a list as its \'en\' value, not text: \["a"\]'),
+    ({"translation": {"en": 3, "de": "A"}}, r"a number as its 'en' value, not text: 3"),
+    ({"translation": {"en": {"x": 1}, "de": "A"}}, r'an object as its \'en\' value, not text: \{"x": 1\}'),
+    ({"translation": {"en": "a", "de": True}}, r"a boolean as its 'de' value, not text: true"),
+    ({"en": 3, "de": "A"}, r"a number as its 'en' value, not text: 3"),
+    ({"en": ["a"], "de": "x"}, r'a list as its \'en\' value, not text: \["a"\]'),
+    ({"en": {"x": 1}, "de": "x"}, r'an object as its \'en\' value, not text: \{"x": 1\}'),
+    ({"en": "a", "de": 1.5}, r"a number as its 'de' value, not text: 1.5"),
+]
+
+NOT_TEXT_IDS = [json.dumps(bad, separators=(",", ":")) for bad, _ in NOT_TEXT]
+
+
+@pytest.mark.parametrize("bad, message", NOT_TEXT, ids=NOT_TEXT_IDS)
+@pytest.mark.parametrize("bad_line", [2, 3])
+def test_jsonl_value_that_is_not_text_names_its_line(tmp_path, bad, message, bad_line):
+    # datasets gives such a column a JSON type (strings on the other lines).
+    good = ({"translation": {"en": "a", "de": "A"}} if "translation" in bad else {"en": "a", "de": "A"})
+    rows = [good] * 4
+    rows[bad_line - 1] = bad
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'pairs.jsonl'))}: "
+                                        f"line {bad_line} has {message}$"):
+        load_corpus(str(tmp_path / "pairs.jsonl"), "en", "de")
+
+
+@pytest.mark.parametrize("bad, message", NOT_TEXT, ids=NOT_TEXT_IDS)
+def test_jsonl_where_every_value_is_not_text(tmp_path, bad, message):
+    # The column is then a list, number, bool or struct column, not a JSON-typed one.
+    write_jsonl(tmp_path / "pairs.jsonl", [bad] * 3)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'pairs.jsonl'))}: line 1 has {message}$"):
+        load_corpus(str(tmp_path / "pairs.jsonl"), "en", "de")
+
+
+def test_value_that_is_not_text_in_other_layouts(tmp_path):
+    # Rows with differing keys make the whole `translation` column JSON-typed.
+    write_jsonl(tmp_path / "c.jsonl", [{"translation": {"en": "a", "de": "A"}},
+                                       {"translation": {"en": "b", "de": ["B"], "fr": "b"}}])
+    with pytest.raises(DataError, match=r"c.jsonl: line 2 has a list as its 'de' value, not text: \[\"B\"\]$"):
+        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+    write_jsonl(tmp_path / "c.jsonl", [{"translation": {"en": "a", "de": "A"}}, {"translation": "a A"}])
+    with pytest.raises(DataError, match=r"c.jsonl: line 2 has a string as its 'translation' value, "
+                                        r"expected an object with 'en' and 'de' text$"):
+        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+    # A blank line before a mixed-type value makes datasets' json builder fail
+    # outright; the line is found all the same.
+    (tmp_path / "c.jsonl").write_text('{"en": "a", "de": "A"}\n\n\n{"en": 3, "de": "A"}\n')
+    with pytest.raises(DataError, match=r"c.jsonl: line 4 has a number as its 'en' value, not text: 3$"):
+        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+    # Without lines to count, rows are counted.
+    (tmp_path / "c.json").write_text(json.dumps([{"en": "a", "de": "A"}, {"en": [1], "de": "B"}]))
+    with pytest.raises(DataError, match=r"c.json: row 2 has a list as its 'en' value, not text: \[1\]$"):
+        load_corpus(str(tmp_path / "c.json"), "en", "de")
+    datasets.Dataset.from_dict({"en": [1, 2], "de": ["a", "b"]}).to_parquet(str(tmp_path / "c.parquet"))
+    with pytest.raises(DataError, match=r"c.parquet: row 1 has a number as its 'en' value, not text: 1$"):
+        load_corpus(str(tmp_path / "c.parquet"), "en", "de")
+
+
+def test_text_that_looks_like_json_is_text(tmp_path):
+    pairs = [("3", "[1]"), ("true", '{"a": 1}'), ("-1.5e3", "null"), ("[Applause]", "[Beifall]")]
+    write_jsonl(tmp_path / "c.jsonl", [{"en": s, "de": t} for s, t in pairs])
+    assert as_pairs(load_corpus(str(tmp_path / "c.jsonl"), "en", "de")) == pairs
+
+
+def test_value_that_is_not_text_after_the_first_block(tmp_path):
+    # datasets reads JSON lines in blocks of 10 MB, types the columns from the
+    # first block and turns a later list or number into its JSON text.
+    filler = json.dumps({"translation": {"en": "x" * 100, "de": "y" * 100}}) + "\n"
+    count = (11 << 20) // len(filler)
+    rows = [{"translation": {"en": "[1]", "de": "3"}}, {"translation": {"en": [1], "de": "A"}}]
+    (tmp_path / "c.jsonl").write_text(filler * count + "".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=f"c.jsonl: line {count + 2} has a list as its 'en' value, "
+                                        r"not text: \[1\]$"):
         load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
 
 
-def test_values_that_are_not_text(tmp_path):
-    write_jsonl(tmp_path / "c.jsonl", [{"en": 1, "de": "b"}])
-    with pytest.raises(DataError, match=r"c.jsonl: the 'en' values are int64, expected text"):
-        load_corpus(str(tmp_path / "c.jsonl"), "en", "de")
+def test_json_typed_column_of_strings_is_text(tmp_path):
+    features = datasets.Features({"en": datasets.Json(), "de": datasets.Value("string")})
+    datasets.Dataset.from_dict({"en": ["a", "b"], "de": ["A", "B"]}, features=features) \
+        .save_to_disk(str(tmp_path / "s"))
+    assert as_pairs(load_corpus(str(tmp_path / "s"), "en", "de")) == [("a", "A"), ("b", "B")]
+    datasets.Dataset.from_dict({"en": ["a", 5], "de": ["A", "B"]}, features=features) \
+        .save_to_disk(str(tmp_path / "t"))
+    with pytest.raises(DataError, match=r"t: row 2 has a number as its 'en' value, not text: 5$"):
+        load_corpus(str(tmp_path / "t"), "en", "de")
 
 
 @pytest.mark.parametrize("files", [{"c.en": b"", "c.de": b""}, {"c.tsv": b""}, {"c.jsonl": b""},
@@ -332,6 +425,80 @@ def test_hub_errors(tmp_path):
         load_corpus("hub:no-such-user/no-such-dataset#train", "en", "de")
     with pytest.raises(DataError, match=r"a hub corpus is written hub:NAME\[@CONFIG\]#SPLIT"):
         load_corpus("hub:wmt/wmt14@de-en", "en", "de")
+
+
+# ---------------------------------------------------------------------------
+# Resolving specs for a run's config
+
+
+def test_resolve_relative_prefix_from_another_directory(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    plain(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    expected = str(tmp_path.resolve() / "data" / "corpus")
+    assert resolve_corpus_spec("data/corpus") == expected
+    assert resolve_corpus_spec("./elsewhere/../data/./corpus") == expected
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resolve_corpus_spec("../data/corpus") == expected
+    assert as_pairs(load_corpus(expected, "en", "de")) == PAIRS
+
+
+def test_resolve_follows_symlinked_folders_but_not_the_last_name(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    plain(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    # A folder of the prefix's own name, reached through a symlink: resolving
+    # the prefix itself would leave `corpus.en` behind.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "real" / "corpus").symlink_to(tmp_path / "other", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_corpus_spec("link/corpus")
+    assert resolved == str(tmp_path.resolve() / "real" / "corpus")
+    assert as_pairs(load_corpus(resolved, "en", "de")) == PAIRS
+
+
+def test_resolve_keeps_the_split(tmp_path, monkeypatch):
+    saved_dataset_dict(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_corpus_spec("saved#validation")
+    assert resolved == str(tmp_path.resolve() / "saved") + "#validation"
+    assert resolve_corpus_spec("./saved/#validation") == str(tmp_path.resolve() / "saved") + "/#validation"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert as_pairs(load_corpus(resolved, "en", "de")) == PAIRS
+    assert as_pairs(load_corpus(resolve_corpus_spec(str(tmp_path / "saved/#validation")), "en", "de")) == PAIRS
+
+
+@pytest.mark.parametrize("spec", ["", "hub:wmt/wmt14@de-en#train", "hub:./my_data#test", "hub:x"])
+def test_resolve_leaves_hub_and_empty_specs_alone(spec):
+    assert resolve_corpus_spec(spec) == spec
+
+
+def test_resolve_dot_folders(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_corpus_spec(".") == str(tmp_path.resolve())
+    assert resolve_corpus_spec("sub/..") == str(tmp_path.resolve())
+    monkeypatch.chdir(tmp_path / "sub")
+    assert resolve_corpus_spec("..") == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize("write", [plain, gzipped, tsv, tsv_gz, jsonl_nested, jsonl_top_level_gz,
+                                   json_array, parquet_nested, parquet_top_level, saved_dataset,
+                                   saved_dataset_dict, hub_local_folder])
+def test_resolved_spec_loads_the_same_corpus_from_anywhere(tmp_path, monkeypatch, write):
+    spec = write(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    if not spec.startswith("hub:"):
+        spec = os.path.relpath(spec, tmp_path)
+    original = as_pairs(load_corpus(spec, "en", "de"))
+    resolved = resolve_corpus_spec(spec)
+    assert resolve_corpus_spec(resolved) == resolved
+    assert os.path.isabs(resolved.removeprefix("hub:")) or resolved == spec
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert as_pairs(load_corpus(resolved, "en", "de")) == original == PAIRS
 
 
 # ---------------------------------------------------------------------------
