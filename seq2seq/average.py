@@ -15,7 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CHECKPOINTS_DIR, SNAPSHOTS_DIR, atomic_write, save_weights
+from .checkpoint import CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, save_weights
+from .files import atomic_write
 from .errors import ConfigError, RunDirError
 from .performer import RANDOM_FEATURES_BUFFER
 
@@ -100,6 +101,36 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
                 dtypes[name] = tensor.dtype
                 total[name] = total.get(name, 0) + tensor.float()
     return {**{name: (value / len(paths)).to(dtypes[name]) for name, value in total.items()}, **copied}
+
+
+def average_output(run_dir: Path | str, name: str | None, last: int = 0, best: int = 0) -> Path:
+    """Where `s2s average` writes: `name` (by default named for what is averaged) in the run directory.
+
+    The run directory belongs to its trainer: `s2s average` may add a new
+    `.safetensors` file there, or replace an earlier average of its own, but
+    never the model, the trainer's average, or any other file of the run.
+    """
+    run_dir = Path(run_dir)
+    if name is None:
+        name = f"average-last-{last}.safetensors" if last else f"average-best-{best}.safetensors"
+    if Path(name).name != name or name.startswith(".") or not name.endswith(".safetensors"):
+        raise ConfigError(f"--output must be a file name ending in .safetensors, written inside the run "
+                          f"directory, got {name!r}")
+    if name in (WEIGHTS_FILE, TRAINING_AVERAGE_FILE):
+        raise ConfigError(f"--output {name} is a file the trainer writes in {run_dir}; choose another name")
+    path = run_dir / name
+    if path.is_symlink() or path.exists() and not _is_average(path):
+        raise ConfigError(f"--output {path} exists and is not an average written by s2s average; "
+                          "refusing to write over it")
+    return path
+
+
+def _is_average(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "averaged_steps" in (f.metadata() or {})
+    except (SafetensorError, OSError):
+        return False
 
 
 def write_average(paths: list[Path], output: Path, metadata: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The run directory: atomic writes, safe loading, and trainer state for resume.
+"""The run directory: safe loading, and trainer state for resume (file primitives: seq2seq.files).
 
 ```
 runs/NAME/
@@ -21,11 +21,9 @@ previous state intact.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,64 +33,23 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from .config import RunConfig, read_json
-from .errors import ConfigError, RunDirError, RunLockedError, TokenizerError, WriteError
+from .errors import ConfigError, RunDirError, TokenizerError
+from .files import FILE_MODE, LOCK_FILE, TMP_SUFFIX, atomic_write, atomic_write_text
 from .model import Seq2SeqTransformer, build_model
-from .tokenizer import TokenizerPair, load_tokenizers
+from .tokenizer import TOKENIZER_FILES, TokenizerPair, load_tokenizers
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# What `s2s train --average-last` writes; `s2s average` names its own outputs otherwise.
+TRAINING_AVERAGE_FILE = "average.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 SNAPSHOTS_DIR = "weights"  # weights-only snapshots for averaging (seq2seq.average), under CHECKPOINTS_DIR
 LAST_POINTER = "last.json"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
-LOCK_FILE = ".lock"
-TMP_SUFFIX = ".tmp"
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by their owner alone; written files should get
-# the permissions any other new file would.
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: Path | str, write) -> None:
-    """Call `write(tmp_path)` to fill a temporary file, then fsync and rename it to `path`."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as err:
-        raise WriteError(f"cannot write {path} ({err.strerror or err})") from None
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:  # ENOSPC, EDQUOT, EACCES...: the old file is untouched
-        Path(tmp).unlink(missing_ok=True)
-        raise WriteError(f"cannot write {path} ({err.strerror or err}); "
-                         "the previous version of the file is intact") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+# The files training writes at the top of a run directory (and checkpoints/ below it).
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINING_AVERAGE_FILE, METRICS_FILE, LOCK_FILE, *TOKENIZER_FILES)
 
 
 def remove_unfinished_writes(run_dir: Path) -> None:
@@ -114,41 +71,6 @@ def remove_unfinished_writes(run_dir: Path) -> None:
     for snapshot in (run_dir / CHECKPOINTS_DIR / SNAPSHOTS_DIR).glob("step_*.safetensors"):
         if snapshot.name.removesuffix(".safetensors") > last:
             snapshot.unlink(missing_ok=True)
-
-
-class RunLock:
-    """An exclusive lock on a run directory, held while a trainer writes to it.
-
-    It is an flock on `.lock`: the kernel releases it when the process ends,
-    however it ends, so a killed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self.fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise RunLockedError(f"{self.path.parent}: another s2s train (pid {holder}) is writing "
-                                 "to this run directory; wait for it or choose another --run") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_weights(model: nn.Module, path: Path | str, metadata: dict[str, str] | None = None) -> None:
@@ -179,7 +101,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         # One write() on an O_APPEND descriptor: a process killed at any moment
         # leaves whole records only, never half a line.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
         finally:
@@ -230,8 +152,13 @@ def load_run(run_dir: Path | str, device: torch.device,
     config = read_run_config(run_dir)
     tokenizers = load_run_tokenizers(run_dir, config)
     weights_path = run_dir / weights
-    if not weights_path.is_file():
+    if not os.path.lexists(weights_path):
         raise RunDirError(f"{run_dir}: no {weights} (has training saved a model yet?)")
+    try:  # say why a file that is there cannot be read: permissions, a symlink loop, a folder
+        with open(weights_path, "rb"):
+            pass
+    except OSError as err:
+        raise RunDirError(f"{weights_path}: cannot be read ({err.strerror or err})") from None
     model = build_model(config.model).to(device)
     load_weights(model, weights_path)
     return model.eval(), tokenizers, config

@@ -13,7 +13,6 @@ import io
 import os
 import random
 import re
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,14 @@ import datasets
 import sentencepiece as spm
 
 from .errors import TokenizerError
+from .files import atomic_write_bytes
 
 SHARED_FILE = "tokenizer.model"
 SRC_FILE = "tokenizer.src.model"
 TGT_FILE = "tokenizer.tgt.model"
+# Every file a tokenizer folder may hold: the models and their readable .vocab lists.
+TOKENIZER_FILES = tuple(name for model in (SHARED_FILE, SRC_FILE, TGT_FILE)
+                        for name in (model, model.removesuffix(".model") + ".vocab"))
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
 
@@ -168,8 +171,8 @@ def train_tokenizer(corpus: datasets.Dataset, out_dir: str | Path, *, vocab_size
                                        character_coverage=character_coverage, seed=seed)
     try:
         for file_name, model_bytes in models.items():
-            _write_atomically(out_dir / file_name, model_bytes)
-            _write_atomically(out_dir / _vocab_name(file_name), _vocab_text(model_bytes).encode("utf-8"))
+            atomic_write_bytes(out_dir / file_name, model_bytes)
+            atomic_write_bytes(out_dir / _vocab_name(file_name), _vocab_text(model_bytes).encode("utf-8"))
         # A folder that held the other layout must not keep it: load_tokenizers
         # prefers the shared model and would silently pick a stale one.
         for file_name in (SRC_FILE, TGT_FILE) if shared else (SHARED_FILE,):
@@ -251,18 +254,3 @@ def _vocab_text(model_bytes: bytes) -> str:
     processor.LoadFromSerializedProto(model_bytes)
     return "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
                    for i in range(processor.vocab_size()))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # os.open with 0o666 honours the umask, unlike tempfile's private 0o600 files.
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -41,7 +41,8 @@ def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
     """
     import torch
 
-    from seq2seq.checkpoint import atomic_write_text, save_weights
+    from seq2seq.checkpoint import save_weights
+    from seq2seq.files import atomic_write_text
     from seq2seq.config import RunConfig
     from seq2seq.data import load_corpus
     from seq2seq.model import build_model

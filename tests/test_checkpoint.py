@@ -4,7 +4,8 @@ import pickle
 import pytest
 import torch
 
-from seq2seq.checkpoint import atomic_write_text, load_run, load_weights, save_weights
+from seq2seq.checkpoint import load_run, load_weights, save_weights
+from seq2seq.files import atomic_write_text
 from seq2seq.config import ModelConfig
 from seq2seq.errors import RunDirError
 from seq2seq.model import build_model
@@ -113,7 +114,7 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         tmp.write_text("half")
         raise OSError(28, "No space left on device")
 
-    from seq2seq.checkpoint import atomic_write
+    from seq2seq.files import atomic_write
     from seq2seq.errors import WriteError
     with pytest.raises(WriteError, match="No space left on device"):
         atomic_write(path, fail)
