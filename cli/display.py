@@ -55,6 +55,11 @@ class TrainDisplay:
                 f"valid  step {event['step']:>6}  epoch {event['epoch']:>6.2f}  "
                 f"loss {event['valid_loss']:.3f}  ppl {event['valid_ppl']:.2f}  "
                 f"BLEU {event['valid_bleu']:.2f}{star}")
+        elif kind == "valid_cut":
+            done = f"{event['done']:,} of {event['sentences']:,} sentences translated" if event["stage"] == "BLEU" \
+                else "during the loss pass"
+            self.console.print(f"[yellow]validation at step {event['step']} stopped by {event['reason']} "
+                               f"({done}); not used to choose the model, and redone on --resume[/]")
         elif kind == "resume":
             self.console.print(f"resumed at step {event['step']} (epoch {event['epoch']:.2f})")
         elif kind == "skip":
@@ -66,7 +71,9 @@ class TrainDisplay:
                                "from the next epoch[/]")
         elif kind == "average":
             bleu = f": BLEU {event['valid_bleu']:.2f}" if "valid_bleu" in event else ""
-            verdict = "kept as the model" if event["kept"] else "not better than the best checkpoint; not kept"
+            verdict = ("kept as the model" if event["kept"] else
+                       f"not validated ({event['cut']}); not kept" if "cut" in event else
+                       "not better than the best checkpoint; not kept")
             self.console.print(f"average of steps {event['averaged_steps']}{bleu}, {verdict}")
         elif kind == "stop":
             self.close()
@@ -74,6 +81,9 @@ class TrainDisplay:
             summary = (f"; best validation BLEU {best['valid_bleu']:.2f} at step {best['step']}"
                        if best else "")
             self.console.print(f"stopped ({event['reason']}) after {event['step']:,} updates{summary}")
+            if event.get("unvalidated_model"):
+                self.console.print("[yellow]no validation finished in time: model.safetensors holds the "
+                                   "latest weights, unvalidated[/]")
 
     def start(self, event: dict[str, Any]) -> None:
         world = event["world_size"]
@@ -107,10 +117,10 @@ class TrainDisplay:
 
 
 def score_table(scores: list[MetricScore], title: str) -> Table:
+    """Metric and score; the signatures are printed below the table, where they are never wrapped."""
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("score", justify="right")
-    table.add_column("signature", overflow="fold")
     for s in scores:
-        table.add_row(s.name, f"{s.score:.2f}", s.signature)
+        table.add_row(s.name, f"{s.score:.2f}")
     return table

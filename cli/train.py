@@ -17,6 +17,7 @@ from seq2seq.config import PRESETS, RESUME_BUDGET_FIELDS, resolve_train_configs
 from seq2seq.device import resolve_device
 from seq2seq.errors import ConfigError
 from seq2seq.train import train as run_training
+from seq2seq.train import with_resolved_paths
 
 from .display import TrainDisplay
 
@@ -162,12 +163,15 @@ def train_command(
         if preset or config:
             raise ConfigError("--resume continues a run with its saved config; drop --config and --preset")
         saved = read_run_config(run)
-        # The same command plus --resume must work: flags may repeat saved values,
-        # and only the stopping budget may change.
-        changed = [f"{name} (saved {getattr(section, name)!r}, given {value!r})"
+        saved.train = with_resolved_paths(saved.train)
+        # The same command plus --resume must work: flags may repeat saved values (paths
+        # compared as the files they name), and only the stopping budget may change.
+        given_train = with_resolved_paths(dataclasses.replace(saved.train, **train_flags))
+        given = {**model_flags, **{name: getattr(given_train, name) for name in train_flags}}
+        changed = [f"{name} (saved {getattr(section, name)!r}, given {given[name]!r})"
                    for section, flags in ((saved.model, model_flags), (saved.train, train_flags))
-                   for name, value in flags.items()
-                   if name not in RESUME_BUDGET_FIELDS and getattr(section, name) != value]
+                   for name in flags
+                   if name not in RESUME_BUDGET_FIELDS and getattr(section, name) != given[name]]
         if changed:
             raise ConfigError("--resume continues a run with its saved config; only --epochs, --max-steps, "
                               f"--max-time and --patience may change, but these differ: {'; '.join(changed)}")

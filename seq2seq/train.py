@@ -28,13 +28,15 @@ from torch import nn
 
 from .average import list_snapshots, prune_snapshots, save_snapshot, write_average
 from .batching import Batch, EpochBatches, TokenStore, collate, token_batches
-from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, MetricsLog, RunLock, atomic_write, atomic_write_text,
-                         has_trainer_state, load_trainer_state, read_run_config,
-                         load_weights, remove_unfinished_writes, save_trainer_state, save_weights)
+from .checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, MetricsLog, has_trainer_state, load_trainer_state,
+                         load_weights, read_run_config, remove_unfinished_writes, save_trainer_state,
+                         save_weights)
 from .config import RESUME_BUDGET_FIELDS, DecodeConfig, ModelConfig, RunConfig, TrainConfig
-from .data import encode_corpus, filter_pairs, load_corpus
+from .data import encode_corpus, filter_pairs, load_corpus, resolve_corpus_spec
 from .errors import ConfigError, RunDirError, TrainingDiverged
 from .evaluate import score_corpus
+from .clobber import Reads, is_inside, refuse_clobbering
+from .files import RunLock, atomic_write, atomic_write_text, new_folder
 from .flops import training_flops
 from .interrupt import StopSignals
 from .model import Seq2SeqTransformer, build_model, count_parameters
@@ -42,7 +44,16 @@ from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
 from .translator import Translator
 
 Event = dict[str, Any]
-AVERAGE_FILE = "average.safetensors"
+# Validation sentences translated between checks for a stop signal or the --max-time deadline.
+VALIDATION_CHUNK = 128
+
+
+class ValidationCut(Exception):
+    """A validation stopped part-way by a signal or by --max-time; its scores would not be comparable."""
+
+    def __init__(self, reason: str, stage: str, done: int):
+        super().__init__(reason)
+        self.reason, self.stage, self.done = reason, stage, done
 
 
 class TrainingInterrupted(Exception):
@@ -198,8 +209,13 @@ class Trainer:
     """One training run into one run directory."""
 
     def __init__(self, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
-                 device: torch.device, on_event: Callable[[Event], None]):
+                 device: torch.device, on_event: Callable[[Event], None], started: float | None = None):
         self.run_dir, self.cfg, self.device = Path(run_dir), cfg, device
+        # --max-time bounds the whole command, data preparation and validation included.
+        started = time.monotonic() if started is None else started
+        self.deadline = started + cfg.max_time if cfg.max_time else math.inf
+        self.validation_seconds = 0.0  # how long the last complete validation took
+        self.pending_validation = False  # a validation was cut short by a signal: redo it on resume
         self.rank, self.world_size = distributed_rank_and_size()
         self.is_main = self.rank == 0
         self.on_event = on_event
@@ -252,7 +268,7 @@ class Trainer:
     def emit(self, event: Event) -> None:
         if not self.is_main:
             return
-        if event["event"] in ("train", "valid", "skip", "oom", "resume", "average"):
+        if event["event"] in ("train", "valid", "valid_cut", "skip", "oom", "resume", "average"):
             # Wall-clock time too: bench/quality.py measures time to quality from it.
             self.metrics.write({**event, "time": time.time()})
         self.on_event(event)
@@ -354,7 +370,8 @@ class Trainer:
                               self.data.train_tgt.lengths[index])
 
     def check_non_finite(self) -> None:
-        """Report skipped updates since the last check; stop after too many in a row. Syncs the host."""
+        """Report skipped updates since the last check; stop after too many in a row, or on
+        non-finite weights. Syncs the host: called at log intervals and before anything is saved."""
         new, in_a_row, longest_run = self.non_finite.read()
         if new:
             self.emit({"event": "skip", "step": self.step, "reason": "non-finite loss or gradients",
@@ -364,6 +381,13 @@ class Trainer:
                 f"loss or gradients were not finite for {longest_run} updates in a row by step {self.step}; "
                 f"stopped. Skipped updates leave the weights unchanged; the last checkpoint is in "
                 f"{self.run_dir}. Try a lower --lr or a longer --warmup-steps")
+        # A finite gradient can still make a finite weight overflow (a huge learning rate);
+        # such weights must never be saved as a checkpoint or as the model.
+        if not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()):
+            kept = (f"the last checkpoint in {self.run_dir} holds finite weights" if has_trainer_state(self.run_dir)
+                    else "no checkpoint had been saved yet")
+            raise TrainingDiverged(f"the weights became non-finite by step {self.step}; stopped without saving "
+                                   f"them ({kept}). Try a lower --lr or a longer --warmup-steps")
 
     def maybe_redraw_features(self) -> None:
         """Fresh FAVOR+ random features every `performer_redraw_every` updates.
@@ -418,11 +442,30 @@ class Trainer:
         return parts
 
     @torch.no_grad()
-    def validate(self) -> Event:
-        """Validation loss and BLEU of the current weights, recorded for early stopping."""
-        record = {"event": "valid", "step": self.step, "epoch": self.epochs_done, **self.measure(self.model)}
+    def validate(self) -> Event | None:
+        """Validation loss and BLEU of the current weights, recorded for early stopping; None if cut short."""
+        started = time.monotonic()
+        try:
+            scores = self.measure(self.model)
+        except ValidationCut as cut:
+            # Part of the set would not be comparable with other validations: nothing is recorded,
+            # and a resumed run validates this step again before it trains on.
+            self.pending_validation = True
+            self.emit({"event": "valid_cut", "step": self.step, "reason": cut.reason, "stage": cut.stage,
+                       "done": cut.done, "sentences": len(self.data.valid_src_lines)})
+            return None
+        self.validation_seconds = time.monotonic() - started
+        self.pending_validation = False
+        record = {"event": "valid", "step": self.step, "epoch": self.epochs_done, **scores}
         record["best"] = self.early_stopping.improved(record)
         return record
+
+    def check_validation_cut(self, stage: str, done: int) -> None:
+        """Stop a validation part-way for a signal, or when the --max-time deadline has passed."""
+        if self.signals.received:
+            raise ValidationCut("a stop signal", stage, done)
+        if time.monotonic() >= self.deadline:
+            raise ValidationCut("--max-time", stage, done)
 
     @torch.no_grad()
     def measure(self, model: Seq2SeqTransformer) -> dict[str, Any]:
@@ -433,6 +476,7 @@ class Trainer:
         tokens = 0
         lengths = (data.valid_src.lengths, data.valid_tgt.lengths)
         for index in token_batches(*lengths, cfg.max_tokens, rng=None):
+            self.check_validation_cut("loss", 0)
             batch = self.batch(index, data.valid_src, data.valid_tgt)
             with self.autocast:
                 logits = model(batch.src, batch.tgt_in)
@@ -441,7 +485,11 @@ class Trainer:
         nll = nll_sum.item() / max(tokens, 1)
         # The same path as `s2s translate`: empty lines, long lines and detokenising alike.
         translator = Translator(model, data.tokenizers, DecodeConfig(beam=cfg.valid_beam))
-        hyps = translator.translate(data.valid_src_lines)
+        hyps: list[str] = []
+        # A chunk at a time, so that a signal or --max-time is answered within seconds.
+        for start in range(0, len(data.valid_src_lines), VALIDATION_CHUNK):
+            self.check_validation_cut("BLEU", len(hyps))
+            hyps += translator.translate(data.valid_src_lines[start:start + VALIDATION_CHUNK])
         bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
         return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
                 "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
@@ -456,29 +504,35 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "position": self.position,
             "early_stopping": self.early_stopping.state(),
             "counters": {**self.counters, **self.non_finite.state()},
-            "max_tokens": self.batches.max_tokens, "next_max_tokens": self.next_max_tokens})
+            "max_tokens": self.batches.max_tokens, "next_max_tokens": self.next_max_tokens,
+            "pending_validation": self.pending_validation})
 
     def validate_and_save(self) -> None:
         """Validate (if there is a validation set), keep the best weights, save the trainer state."""
         self.check_non_finite()
         self.validated_step = self.step  # on every rank: finish() must agree on whether to call this
         if self.is_main:
-            bleu = None
-            if self.data.valid_src is not None:
-                record = self.validate()
-                bleu = record["valid_bleu"]
-                if record["best"]:
-                    save_weights(self.model, self.run_dir / WEIGHTS_FILE,
-                                 metadata={"step": str(self.step)})
-                self.emit(record)
-            else:  # nothing to choose by: the latest weights are the model
-                save_weights(self.model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
-            if self.cfg.keep_snapshots:
-                save_snapshot(self.model, self.run_dir, self.step, bleu)
-                prune_snapshots(self.run_dir, self.cfg.keep_snapshots)
+            has_valid = self.data.valid_src is not None
+            record = self.validate() if has_valid else None
+            if record is not None or not has_valid:
+                # With nothing to choose by, the latest weights are the model.
+                if record is None or record["best"]:
+                    save_weights(self.model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
+                if record is not None:
+                    self.emit(record)
+                if self.cfg.keep_snapshots:
+                    save_snapshot(self.model, self.run_dir, self.step, record and record["valid_bleu"])
+                    prune_snapshots(self.run_dir, self.cfg.keep_snapshots)
             self.save()
         if self.world_size > 1:
             dist.barrier()
+        self.stop_if_signalled()  # a signal that cut the validation short ends the run here
+
+    def out_of_time(self) -> bool:
+        """True once training must stop for a final validation, as long as the last one, to end by
+        the --max-time deadline."""
+        reserve = self.validation_seconds if self.data.valid_src is not None else 0.0
+        return time.monotonic() >= self.deadline - reserve
 
     def agree(self, decision: int) -> int:
         """Rank 0's decision, on every rank: ranks that disagree on stopping would hang DDP."""
@@ -499,6 +553,7 @@ class Trainer:
         self.batches.set_max_tokens(progress["max_tokens"])
         self.next_max_tokens = progress["next_max_tokens"]
         self.validated_step = self.step
+        self.pending_validation = progress.get("pending_validation", False)
         self.emit({"event": "resume", "step": self.step, "epoch": self.epochs_done})
 
     @property
@@ -523,6 +578,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         loss_tokens = torch.zeros((), device=self.device)
         with self.signals:
+            if self.pending_validation:  # cut short before the run was stopped
+                self.validate_and_save()
+            if cfg.max_steps and self.step >= cfg.max_steps:  # resumed after its last update
+                return self.finish("max_steps")
             while not cfg.epochs or self.epoch <= cfg.epochs:
                 batches = self.batches.epoch(self.epoch)
                 while self.position < len(batches):
@@ -555,7 +614,7 @@ class Trainer:
                     if cfg.max_steps and self.step >= cfg.max_steps:
                         return self.finish("max_steps")
                     self.stop_if_signalled()
-                    if cfg.max_time and self.agree(time.monotonic() - start >= cfg.max_time):
+                    if cfg.max_time and self.agree(self.out_of_time()):
                         return self.finish("max_time")
                 self.epoch, self.position = self.epoch + 1, 0
                 if self.next_max_tokens < self.batches.max_tokens:
@@ -573,15 +632,19 @@ class Trainer:
         if len(snapshots) < 2:
             return
         steps = ",".join(str(s.step) for s in snapshots)
-        path = self.run_dir / AVERAGE_FILE
+        path = self.run_dir / TRAINING_AVERAGE_FILE
         write_average([s.path for s in snapshots], path, metadata={"averaged_steps": steps})
         record: Event = {"event": "average", "step": self.step, "averaged_steps": steps, "kept": True}
         if self.data.valid_src is not None:
             averaged = build_model(self.model_cfg).to(self.device)
             load_weights(averaged, path)
-            record.update(self.measure(averaged))
-            best = self.early_stopping.best
-            record["kept"] = best is None or record["valid_bleu"] >= best["valid_bleu"]
+            try:
+                record.update(self.measure(averaged))
+            except ValidationCut as cut:  # unmeasured, it cannot be shown to be better
+                record.update(kept=False, cut=cut.reason)
+            else:
+                best = self.early_stopping.best
+                record["kept"] = best is None or record["valid_bleu"] >= best["valid_bleu"]
         if record["kept"]:
             atomic_write(self.run_dir / WEIGHTS_FILE, lambda tmp: shutil.copyfile(path, tmp))
         self.emit(record)
@@ -591,6 +654,7 @@ class Trainer:
         signum = self.agree(self.signals.received or 0)
         if signum:
             if self.is_main:
+                self.check_non_finite()
                 self.save()
             raise TrainingInterrupted(self.run_dir, self.step, signum)
 
@@ -599,9 +663,35 @@ class Trainer:
             self.validate_and_save()
         if self.cfg.average_last and self.is_main:
             self.average_last_snapshots()
+        unvalidated = self.is_main and not (self.run_dir / WEIGHTS_FILE).is_file()
+        if unvalidated:  # every validation was cut short: the latest weights are all there is
+            save_weights(self.model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
         result = TrainResult(self.run_dir, self.step, self.epochs_done, self.early_stopping.best, reason)
-        self.emit({"event": "stop", "reason": reason, "step": self.step, "best": self.early_stopping.best})
+        self.emit({"event": "stop", "reason": reason, "step": self.step, "best": self.early_stopping.best,
+                   "unvalidated_model": unvalidated})
         return result
+
+
+def with_resolved_paths(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its corpus and tokenizer paths absolute: a run resumes from any working
+    directory, and a run directory copied elsewhere still finds its data."""
+    tokenizer = str(Path(cfg.tokenizer).resolve()) if cfg.tokenizer else ""
+    return dataclasses.replace(cfg, train=resolve_corpus_spec(cfg.train), valid=resolve_corpus_spec(cfg.valid),
+                               tokenizer=tokenizer)
+
+
+def refuse_run_over_inputs(run_dir: Path, cfg: TrainConfig) -> None:
+    """ConfigError if a file training writes in `run_dir` is one of the files it reads."""
+    langs = (cfg.src_lang, cfg.tgt_lang)
+    reads = (Reads().corpus("the training corpus", cfg.train, langs)
+             .corpus("the validation corpus", cfg.valid, langs)
+             .folder("the --tokenizer folder", cfg.tokenizer or None))
+    for name in RUN_FILES:
+        refuse_clobbering("--run", run_dir / name, reads)
+    for label, path in reads.files:
+        if is_inside(path, run_dir / CHECKPOINTS_DIR):
+            raise ConfigError(f"{label} {path} lies inside {run_dir / CHECKPOINTS_DIR}, which training "
+                              "rewrites; move it elsewhere")
 
 
 def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
@@ -612,11 +702,14 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     for the stopping budget (epochs, max_steps, max_time, patience). A run
     stopped before its first checkpoint starts again from step 0.
     """
+    started = time.monotonic()
     run_dir = Path(run_dir)
+    train_cfg = with_resolved_paths(train_cfg)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
         saved = read_run_config(run_dir)
+        saved.train = with_resolved_paths(saved.train)  # runs saved with paths relative to where they began
         budget = {name: getattr(train_cfg, name) for name in RESUME_BUDGET_FIELDS}
         if model_cfg != saved.model or train_cfg != dataclasses.replace(saved.train, **budget):
             raise ConfigError(f"{run_dir}: resuming with a config other than the saved one; "
@@ -624,16 +717,18 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
         model_cfg = saved.model
     model_cfg.validate()
     train_cfg.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    refuse_run_over_inputs(run_dir, train_cfg)
     is_main = distributed_rank_and_size()[0] == 0
     # Rank 0 alone writes the run directory, so it alone holds the lock.
-    with RunLock(run_dir) if is_main else contextlib.nullcontext():
+    with new_folder(run_dir, "--run"), RunLock(run_dir) if is_main else contextlib.nullcontext():
         if not resume and (run_dir / CONFIG_FILE).exists():
             raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
                               "or choose another --run directory")
         if is_main:
             remove_unfinished_writes(run_dir)
-        trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event)
+            if resume:  # the new budget, so that config.json says what the run was last asked to do
+                atomic_write_text(run_dir / CONFIG_FILE, dataclasses.replace(saved, train=train_cfg).to_json())
+        trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event, started)
         if resume:
             # A run stopped before its first checkpoint has none: it starts again at step 0.
             if has_trainer_state(run_dir):
