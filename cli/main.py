@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated, BinaryIO, Optional
+from typing import Annotated, Optional
 
 import datasets
 import typer
 
 import seq2seq
-from seq2seq.checkpoint import WEIGHTS_FILE, atomic_write
+from seq2seq.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from seq2seq.clobber import Reads, refuse_clobbering
 from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError, DataError, S2SError
 from seq2seq.evaluate import METRICS, score_corpus, scores_to_json
+from seq2seq.files import check_output, new_folder, open_output
 from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary, read_lines
 from seq2seq.train import TrainingInterrupted
 
@@ -33,13 +37,30 @@ tokenizer_app = typer.Typer(no_args_is_help=True, help="Train sentencepiece toke
 app.add_typer(tokenizer_app, name="tokenizer")
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    # An exception, unlike the default action, unwinds the stack: a half-written
+    # temporary file is removed on the way out (seq2seq.files.replacing).
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """SIGTERM exits with 143, as by default, but after cleaning up like Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(command):
     """Report library errors as one line and a non-zero exit code, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with sigterm_unwinds():
+                return command(*args, **kwargs)
         except S2SError as err:
             error(str(err))
             raise typer.Exit(1) from None
@@ -93,43 +114,61 @@ def tokenizer_train(
 ) -> None:
     """Train a sentencepiece tokenizer; writes tokenizer.model and tokenizer.vocab to --output."""
     from seq2seq.data import load_corpus
-    from seq2seq.tokenizer import train_tokenizer
+    from seq2seq.tokenizer import TOKENIZER_FILES, train_tokenizer
 
     if sample_size <= 0:
         raise ConfigError(f"--sample-size must be positive, got {sample_size}")
+    if not 0.0 < character_coverage <= 1.0:  # NaN fails this too
+        raise ConfigError(f"--character-coverage must be in (0, 1], got {character_coverage}")
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: exists and is not a folder")
+    if (output / CONFIG_FILE).is_file():
+        raise ConfigError(f"--output {output} is a run directory; its tokenizer is the one its model was "
+                          "trained with and must not change. Choose another folder")
+    reads = Reads().corpus("the corpus", corpus, (src, tgt))
+    for name in TOKENIZER_FILES:
+        refuse_clobbering("--output", output / name, reads)
     pairs = load_corpus(corpus, src, tgt)
-    output.mkdir(parents=True, exist_ok=True)
-    tokenizers = train_tokenizer(pairs, output, vocab_size=vocab_size, model_type=model_type,
-                                 shared=not separate, character_coverage=character_coverage,
-                                 sample_size=sample_size, seed=seed)
+    with new_folder(output, "--output", leftovers=()):
+        tokenizers = train_tokenizer(pairs, output, vocab_size=vocab_size, model_type=model_type,
+                                     shared=not separate, character_coverage=character_coverage,
+                                     sample_size=sample_size, seed=seed)
     for path in tokenizers.files():
         stderr.print(f"wrote {path} ({path.with_suffix('.vocab').name} beside it)")
 
 
 def decode_config(beam: int, length_penalty: str, alpha: float, max_len_a: float, max_len_b: int,
-                  batch_tokens: int, long_lines: str = "split", sampling: bool = False,
+                  min_len: int, batch_tokens: int, long_lines: str = "split", sampling: bool = False,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   seed: Optional[int] = None) -> DecodeConfig:
     cfg = DecodeConfig(beam=beam, length_penalty=length_penalty, alpha=alpha, max_len_a=max_len_a,
-                       max_len_b=max_len_b, max_tokens=batch_tokens, long_lines=long_lines,
+                       max_len_b=max_len_b, min_len=min_len, max_tokens=batch_tokens, long_lines=long_lines,
                        sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     cfg.validate()
     return cfg
 
 
 def report_input(read: ReadStats, translator) -> None:
-    stats = translator.stats
     if read.invalid_utf8:
         warning(f"{read.invalid_utf8} line(s) held bytes that are not UTF-8; they were decoded "
                 "with U+FFFD replacement characters")
+    report_translation(translator)
+
+
+def report_translation(translator) -> None:
+    """What the translator had to do to keep one line out per line in, on stderr."""
+    stats = translator.stats
     if stats.split:
         warning(f"{stats.split} line(s) were longer than the model's {translator.max_source_tokens} "
                 "source tokens and were translated in pieces split at sentence ends")
     if stats.truncated:
         warning(f"{stats.truncated} line(s) were longer than the model's {translator.max_source_tokens} "
                 "source tokens and were truncated")
+    if stats.length_limited:
+        warning(f"{stats.length_limited} translation(s) reached the output length limit (--max-len-a "
+                "x source tokens + --max-len-b) and were cut there")
+    if stats.empty_outputs:
+        warning(f"{stats.empty_outputs} non-empty line(s) were translated to an empty line")
 
 
 # Characters at which `str.splitlines` breaks but which JSON leaves unescaped.
@@ -158,6 +197,8 @@ LengthPenalty = Annotated[str, typer.Option(help="gnmt ((5+len)/6)^alpha, averag
 Alpha = Annotated[float, typer.Option(help="Length penalty exponent.")]
 MaxLenA = Annotated[float, typer.Option(help="Output limit: a * source tokens + b.")]
 MaxLenB = Annotated[int, typer.Option(help="Output limit: a * source tokens + b.")]
+MinLen = Annotated[int, typer.Option(help="Fewest output tokens for a non-empty line; 0 allows an "
+                                     "empty translation.")]
 BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch, padding included.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 Weights = Annotated[str, typer.Option(help="Weights file inside the run directory.")]
@@ -178,10 +219,12 @@ Seed = Annotated[Optional[int], typer.Option(help="With --sample: seed, for repe
 @user_errors
 def translate(
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Source file; default stdin.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default stdout.")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Source file, plain or .gz; "
+                                                  "default or '-': stdin.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default or '-': "
+                                                   "stdout.")] = None,
     beam: Beam = 5, length_penalty: LengthPenalty = "gnmt", alpha: Alpha = 0.6,
-    max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, batch_tokens: BatchTokens = 8000,
+    max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, min_len: MinLen = 1, batch_tokens: BatchTokens = 8000,
     long_lines: LongLines = "split",
     nbest: Annotated[int, typer.Option(help="Write the N best translations of each line "
                                        "(N <= --beam) instead of the best one.")] = 0,
@@ -198,7 +241,7 @@ def translate(
     from seq2seq.device import resolve_device
     from seq2seq.translator import Translator
 
-    cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens, long_lines,
+    cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, min_len, batch_tokens, long_lines,
                         sample, temperature, top_k, top_p, seed)
     if buffer_lines <= 0:
         raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
@@ -211,17 +254,21 @@ def translate(
                           "--beam hypotheses")
     if nbest_format not in ("jsonl", "tsv"):
         raise ConfigError(f"--nbest-format must be jsonl or tsv, got {nbest_format!r}")
-    if output is not None:
-        if not output.parent.is_dir():
-            raise ConfigError(f"--output {output}: folder {output.parent} does not exist")
-        if output.is_dir():
-            raise ConfigError(f"--output {output}: is a folder")
-        if input is not None and output.resolve() == input.resolve():
-            raise ConfigError(f"--output {output} is the input file; refusing to overwrite it")
-    if input is not None:
+    from_stdin = input is None or str(input) == "-"
+    if from_stdin and sys.stdin is None:
+        raise ConfigError("stdin is closed; give the input with -i FILE")
+    if output is None or str(output) == "-":
+        if sys.stdout is None:
+            raise ConfigError("stdout is closed; give the output with -o FILE")
+    else:
+        check_output(output, "--output")
+        refuse_clobbering("--output", output,
+                          Reads().file("the input file", None if from_stdin else input)
+                          .folder("the run directory", model))
+    if not from_stdin:
         open_binary(input).close()  # a missing input is reported before the model is loaded
     translator = Translator.from_run(model, resolve_device(device), cfg, weights)
-    if interactive or (input is None and sys.stdin.isatty()):
+    if interactive or (from_stdin and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()
     write_nbest = nbest_jsonl if nbest_format == "jsonl" else nbest_tsv
@@ -231,25 +278,18 @@ def translate(
             return write_nbest(first_line, chunk, translator.translate_nbest(chunk, nbest))
         return "".join(line + "\n" for line in translator.translate(chunk))
 
-    def write_all(source: BinaryIO, sink: BinaryIO) -> None:
-        # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
+    source = sys.stdin.buffer if from_stdin else open_binary(input)
+    # A regular output file is written to a temporary file and renamed at the end, so a
+    # crash never leaves half of it; stdout, devices and pipes are written as we go.
+    with source, open_output(output or "-") as sink:
         first_line = 1
-        for chunk in chunks(iter_lines(source, read), buffer_lines):
+        lines = iter_lines(source, read, "stdin" if from_stdin else str(input))
+        for chunk in chunks(lines, buffer_lines):
+            # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
             sink.write(render(first_line, chunk).encode("utf-8"))
             sink.flush()
             first_line += len(chunk)
-
-    with open_binary(input) if input is not None else sys.stdin.buffer as source:
-        if output is None:
-            write_all(source, sys.stdout.buffer)
-        else:  # a crash never leaves a half-written output file
-            atomic_write(output, lambda tmp: _write_file(tmp, lambda sink: write_all(source, sink)))
     report_input(read, translator)
-
-
-def _write_file(path: Path, write) -> None:
-    with open(path, "wb") as sink:
-        write(sink)
 
 
 def read_scored_lines(path: Path) -> list[str]:
@@ -266,21 +306,21 @@ def average(
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
     last: Annotated[int, typer.Option(help="Average the K newest snapshots.")] = 0,
     best: Annotated[int, typer.Option(help="Average the K snapshots with the best validation BLEU.")] = 0,
-    output: Annotated[str, typer.Option("--output", "-o", help="File name inside the run directory.")]
-    = "average.safetensors",
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="A new .safetensors file name inside the run directory, or an earlier "
+        "average's. [default: average-last-K.safetensors or average-best-K.safetensors]")] = None,
 ) -> None:
     """Average the weights of several snapshots of a run; translate with `--weights FILE`."""
-    from seq2seq.average import list_snapshots, select_snapshots, write_average
+    from seq2seq.average import average_output, list_snapshots, select_snapshots, write_average
     from seq2seq.checkpoint import read_run_config
 
     read_run_config(model)  # a clear error for anything that is not a run directory
-    if Path(output).name != output or output == WEIGHTS_FILE:
-        raise ConfigError(f"--output must be a plain file name other than {WEIGHTS_FILE}, got {output!r}")
+    path = average_output(model, output, last=last, best=best)
     chosen = select_snapshots(list_snapshots(model), last=last, best=best)
     steps = ",".join(str(s.step) for s in chosen)
-    write_average([s.path for s in chosen], model / output, metadata={"averaged_steps": steps})
-    stderr.print(f"averaged steps {steps} into {model / output}; "
-                 f"translate with: s2s translate -m {model} --weights {output}")
+    write_average([s.path for s in chosen], path, metadata={"averaged_steps": steps})
+    stderr.print(f"averaged steps {steps} into {path}; "
+                 f"translate with: s2s translate -m {model} --weights {path.name}")
 
 
 @app.command("eval")
@@ -292,14 +332,14 @@ def evaluate(
                                                   "--src first, then score.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", "-s", help="Source file, with --model.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --model: also write "
-                                                   "the translations here.")] = None,
+                                                   "the translations here ('-': stdout).")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = ",".join(METRICS),
     lowercase: Annotated[bool, typer.Option("--lowercase", help="Case-insensitive scores.")] = False,
     tokenize: Annotated[Optional[str], typer.Option(help="sacreBLEU tokenizer for BLEU "
                                                     "(13a, intl, none, ...). [default: 13a]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     beam: Beam = 5, length_penalty: LengthPenalty = "gnmt", alpha: Alpha = 0.6,
-    max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, batch_tokens: BatchTokens = 8000,
+    max_len_a: MaxLenA = 1.5, max_len_b: MaxLenB = 10, min_len: MinLen = 1, batch_tokens: BatchTokens = 8000,
     long_lines: LongLines = "split",
     device: Device = "auto", weights: Weights = WEIGHTS_FILE,
 ) -> None:
@@ -310,6 +350,15 @@ def evaluate(
         raise ConfigError("--model needs --src FILE, the source side to translate")
     if hyp is not None and src is not None:
         raise ConfigError("--src goes with --model; with --hyp there is nothing to translate")
+    if hyp is not None and output is not None:
+        raise ConfigError("--output keeps the translations made with --model; with --hyp there are none "
+                          "to write")
+    if output is not None:
+        check_output(output, "--output")
+        reads = Reads().file("the hypotheses", hyp).file("the source file", src).folder("the run directory", model)
+        for path in ref:
+            reads.file("the reference", path)
+        refuse_clobbering("--output", output, reads)
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
     refs = [read_scored_lines(path) for path in ref]
     if hyp is not None:
@@ -319,15 +368,17 @@ def evaluate(
         from seq2seq.device import resolve_device
         from seq2seq.translator import Translator
 
-        cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, batch_tokens, long_lines)
+        cfg = decode_config(beam, length_penalty, alpha, max_len_a, max_len_b, min_len, batch_tokens, long_lines)
         sources = read_scored_lines(src)
         for path, lines in zip(ref, refs):
             if len(lines) != len(sources):
                 raise DataError(f"{src} has {len(sources)} lines but {path} has {len(lines)}")
         translator = Translator.from_run(model, resolve_device(device), cfg, weights)
         hyps = translator.translate(sources)
+        report_translation(translator)
         if output is not None:
-            atomic_write(output, lambda tmp: tmp.write_text("".join(h + "\n" for h in hyps), encoding="utf-8"))
+            with open_output(output) as sink:
+                sink.write("".join(h + "\n" for h in hyps).encode("utf-8"))
         described = f"{model} on {src} (beam {beam})"
     for path, lines in zip(ref, refs):
         if len(lines) != len(hyps):
@@ -338,6 +389,9 @@ def evaluate(
                           "references": [str(p) for p in ref], "lines": len(hyps)}))
     else:
         stdout.print(score_table(scores, f"{described}: {len(hyps)} lines"))
+        # Below the table, one per line: a signature is copied whole, never wrapped mid-token.
+        for score in scores:
+            stdout.print(f"{score.name} signature: {score.signature}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -67,4 +67,4 @@ def test_training_keeps_snapshots_and_averages_at_the_end(tmp_path):
     assert translated.exit_code == 0, translated.output
     assert len(translated.stdout.split("\n")) == 4
     refused = runner.invoke(app, ["average", "-m", str(tmp_path / "run"), "--last", "2", "-o", "model.safetensors"])
-    assert refused.exit_code == 1 and "plain file name" in refused.stderr
+    assert refused.exit_code == 1 and "a file the trainer writes" in refused.stderr

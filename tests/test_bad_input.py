@@ -4,11 +4,23 @@ Every case must end with one `error:` line naming the problem, a non-zero exit
 code and no traceback.
 """
 
+import gzip
 import json
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import typing
 from pathlib import Path
 
+import click
 import pytest
 import torch
+import typer.main
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -16,6 +28,7 @@ from cli.main import app
 from helpers import MULTI30K, make_untrained_run, write_slice
 
 runner = CliRunner()
+S2S = str(Path(sys.executable).parent / "s2s")
 # Reading this file fails with EIO whoever the reader is (root ignores file modes).
 UNREADABLE = "/proc/self/mem"
 
@@ -67,7 +80,7 @@ def test_unreadable_file(run, tmp_path):
     fails_cleanly(["eval", "--hyp", UNREADABLE, "--ref", UNREADABLE], "cannot be read", "Input/output error")
     (tmp_path / "c.en").symlink_to(UNREADABLE)
     (tmp_path / "c.de").write_text("a\n")
-    fails_cleanly(tokenizer_train(tmp_path / "c", tmp_path / "t"), "cannot read", "c.en")
+    fails_cleanly(tokenizer_train(tmp_path / "c", tmp_path / "t"), "cannot be read", "c.en")
 
 
 def test_a_directory_where_a_file_is_expected(run, tmp_path):
@@ -208,3 +221,364 @@ def test_resume_with_a_changed_setting(run):
     fails_cleanly(["train", "--run", run, "--resume", "--lr", "5", "--epochs", "3"],
                   "only --epochs, --max-steps, --max-time and --patience may change", "lr (saved 0.001, given 5.0)")
     assert not (run / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------
+# Rule 1: no command writes over what it reads, or over a run it does not own.
+# Each output option is aimed at each of its command's inputs and at each file of
+# the run it uses, through every way of naming a file.
+
+def _names_for(target: Path, tmp_path: Path) -> dict[str, Path]:
+    """Other names of `target`: relative with ./ and ../, a symlink, and a hard link."""
+    links = tmp_path / "links"
+    links.mkdir(exist_ok=True)
+    symlink, hardlink = links / f"sym-{target.name}", links / f"hard-{target.name}"
+    symlink.symlink_to(target)
+    if target.is_file():
+        os.link(target, hardlink)
+    return {"plain": target, "dot": Path(f"{target.parent}/./{target.name}"),
+            "dotdot": Path(f"{target.parent}/../{target.parent.name}/{target.name}"),
+            "symlink": symlink, "hardlink": hardlink}
+
+
+# Every file a run directory can hold at its top level, and one inside checkpoints/.
+RUN_FILES = ["config.json", "tokenizer.model", "tokenizer.vocab", "model.safetensors", ".lock",
+             "metrics.jsonl", "average.safetensors", "checkpoints/last.json"]
+
+
+@pytest.fixture
+def full_run(run, tmp_path) -> Path:
+    """A copy of the run, with every file a trained run has."""
+    target = copy_run(run, tmp_path / "full")
+    (target / "tokenizer.vocab").write_bytes((run / "tokenizer.vocab").read_bytes())
+    (target / "average.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    (target / ".lock").write_text("")
+    (target / "metrics.jsonl").write_text('{"event": "train"}\n')
+    (target / "checkpoints").mkdir()
+    (target / "checkpoints" / "last.json").write_text('{"dir": "step_00000001"}\n')
+    return target
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("way", ["plain", "dot", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("target", ["input", *RUN_FILES])
+def test_translate_never_writes_over_its_input_or_its_run(full_run, tmp_path, target, way):
+    source = tmp_path / "in.txt"
+    source.write_text("a dog\n")
+    aimed = _names_for(source if target == "input" else full_run / target, tmp_path)[way]
+    before = snapshot(tmp_path)
+    fails_cleanly(["translate", "-m", full_run, "-i", source, "-o", aimed, "--device", "cpu"],
+                  "input file" if target == "input" else "run directory")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("way", ["plain", "dot", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("target", ["src", "ref", "second ref", *RUN_FILES])
+def test_eval_never_writes_over_its_inputs_or_its_run(full_run, tmp_path, target, way):
+    files = {"src": tmp_path / "s.en", "ref": tmp_path / "r.de", "second ref": tmp_path / "r2.de"}
+    for path in files.values():
+        path.write_text("a dog\n")
+    aimed = _names_for(files.get(target) or full_run / target, tmp_path)[way]
+    before = snapshot(tmp_path)
+    fails_cleanly(["eval", "-m", full_run, "--src", files["src"], "--ref", files["ref"], "--ref",
+                   files["second ref"], "-o", aimed, "--device", "cpu"],
+                  "run directory" if target in RUN_FILES else "refusing to write over it")
+    assert snapshot(tmp_path) == before
+
+
+def test_eval_output_needs_a_model_to_translate(run, tmp_path):
+    (tmp_path / "h.txt").write_text("a\n")
+    fails_cleanly(["eval", "--hyp", tmp_path / "h.txt", "--ref", tmp_path / "h.txt", "-o", tmp_path / "o.txt"],
+                  "with --hyp there are none to write")
+    assert not (tmp_path / "o.txt").exists()
+
+
+def test_eval_output_in_a_missing_folder_fails_before_translating(run, tmp_path):
+    (tmp_path / "s.en").write_text("a\n")
+    fails_cleanly(["eval", "-m", run, "--src", tmp_path / "s.en", "--ref", tmp_path / "s.en",
+                   "-o", tmp_path / "no" / "o.txt", "--device", "cpu"], "does not exist")
+
+
+@pytest.mark.parametrize("name, fragment", [
+    *[(name, "file name ending in .safetensors") for name in
+      ("config.json", "tokenizer.model", "tokenizer.vocab", ".lock", "metrics.jsonl", "../x.safetensors",
+       "checkpoints/last.json", ".hidden.safetensors")],
+    ("model.safetensors", "a file the trainer writes"),
+    ("average.safetensors", "a file the trainer writes"),
+    ("mine.safetensors", "not an average written by s2s average"),
+])
+def test_average_writes_only_its_own_files_in_the_run(full_run, name, fragment):
+    from seq2seq.average import save_snapshot
+    from seq2seq.checkpoint import load_run
+
+    model = load_run(full_run, torch.device("cpu"))[0]
+    for step in (1, 2):
+        save_snapshot(model, full_run, step, valid_bleu=float(step))
+    (full_run / "mine.safetensors").write_bytes((full_run / "model.safetensors").read_bytes())
+    before = snapshot(full_run)
+    fails_cleanly(["average", "-m", full_run, "--last", "2", "-o", name], fragment)
+    assert snapshot(full_run) == before
+
+
+def test_average_replaces_its_own_earlier_average(full_run):
+    from seq2seq.average import save_snapshot
+    from seq2seq.checkpoint import load_run
+
+    model = load_run(full_run, torch.device("cpu"))[0]
+    for step in (1, 2, 3):
+        save_snapshot(model, full_run, step, valid_bleu=float(step))
+    for _ in range(2):
+        result = runner.invoke(app, ["average", "-m", str(full_run), "--last", "2"])
+        assert result.exit_code == 0, result.output
+    assert (full_run / "average-last-2.safetensors").is_file()
+    assert (full_run / "average.safetensors").read_bytes() == (full_run / "model.safetensors").read_bytes()
+
+
+def test_tokenizer_train_never_writes_into_a_run(full_run, tmp_path):
+    before = snapshot(full_run)
+    fails_cleanly(tokenizer_train(write_slice(tmp_path, "val", 20), full_run), "is a run directory")
+    assert snapshot(full_run) == before
+
+
+@pytest.mark.parametrize("case", ["valid file is the run's metrics", "tokenizer folder is the run",
+                                  "corpus inside checkpoints"])
+def test_train_never_writes_over_what_it_reads(tmp_path, case):
+    run = tmp_path / "run"
+    run.mkdir()
+    corpus = write_slice(tmp_path / "data", "val", 30)
+    args = ["train", "--run", run, "--train", corpus, "--device", "cpu", "--max-steps", "1"]
+    if case == "valid file is the run's metrics":
+        (run / "metrics.jsonl").write_text(json.dumps({"translation": {"en": "a", "de": "b"}}) + "\n")
+        args += ["--valid", run / "metrics.jsonl"]
+    elif case == "tokenizer folder is the run":
+        runner.invoke(app, tokenizer_train(corpus, str(run), "--vocab-size", "100"))
+        args += ["--tokenizer", run]
+    else:
+        args += ["--valid", write_slice(run / "checkpoints", "val", 10)]
+    before = snapshot(tmp_path)
+    fails_cleanly(args, "run")
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------
+# Rule 2: -o writes through what is there; only a regular file is replaced.
+
+def _decode_args(command: str, run: Path, source: Path) -> list:
+    if command == "translate":
+        return ["translate", "-m", run, "-i", source, "--beam", "1", "--device", "cpu"]
+    return ["eval", "-m", run, "--src", source, "--ref", source, "--beam", "1", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("command", ["translate", "eval"])
+def test_output_to_dev_null_leaves_it_a_device(run, tmp_path, command):
+    (tmp_path / "in.txt").write_text("a dog\n")
+    result = runner.invoke(app, [str(a) for a in _decode_args(command, run, tmp_path / "in.txt") + ["-o", "/dev/null"]])
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+@pytest.mark.parametrize("command", ["translate", "eval"])
+def test_output_to_a_fifo_is_written_through(run, tmp_path, command):
+    (tmp_path / "in.txt").write_text("a dog\ntwo cats\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    result = runner.invoke(app, [str(a) for a in _decode_args(command, run, tmp_path / "in.txt") + ["-o", fifo]])
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert received[0].count("\n") == 2
+
+
+@pytest.mark.parametrize("command", ["translate", "eval"])
+def test_output_to_an_inherited_descriptor_is_written_through(run, tmp_path, command):
+    (tmp_path / "in.txt").write_text("a dog\ntwo cats\nhello\n")
+    read_end, write_end = os.pipe()  # what bash's >(...) hands a command: /dev/fd/N
+    try:
+        result = runner.invoke(app, [str(a) for a in _decode_args(command, run, tmp_path / "in.txt")
+                                     + ["-o", f"/dev/fd/{write_end}"]])
+        assert result.exit_code == 0, result.output
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read().count(b"\n") == 3
+
+
+@pytest.mark.parametrize("command", ["translate", "eval"])
+def test_a_symlinked_output_replaces_the_file_it_points_at(run, tmp_path, command):
+    (tmp_path / "in.txt").write_text("a dog\ntwo cats\n")
+    (tmp_path / "real.txt").write_text("old\n")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
+    result = runner.invoke(app, [str(a) for a in _decode_args(command, run, tmp_path / "in.txt")
+                                 + ["-o", tmp_path / "link.txt"]])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "link.txt").is_symlink()
+    assert (tmp_path / "real.txt").read_text().count("\n") == 2
+
+
+def test_dash_means_stdin_and_stdout(run, tmp_path):
+    result = runner.invoke(app, ["translate", "-m", str(run), "-i", "-", "-o", "-", "--device", "cpu"],
+                           input="a dog\n\ntwo cats\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 3 and result.stdout.split("\n")[1] == ""
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+
+
+def test_sigterm_leaves_no_temporary_file(run, tmp_path):
+    out = tmp_path / "out.txt"
+    process = subprocess.Popen([S2S, "translate", "-m", str(run), "-o", str(out), "--buffer-lines", "1",
+                                "--device", "cpu"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(b"a dog\n")
+    process.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.txt.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".out.txt.*.tmp")), "the temporary output never appeared"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# Rule 4: every float option of every command rejects NaN and infinity.
+
+def _takes_a_float(param) -> bool:
+    descriptor = getattr(param, "type_descriptor", None)  # typer >= 0.20 keeps its own click
+    if descriptor is not None:
+        return descriptor.annotation is float or float in typing.get_args(descriptor.annotation)
+    return isinstance(param.type, click.types.FloatParamType)
+
+
+def _float_options() -> list[tuple[str, str]]:
+    """(command path, option) for every float option of the CLI, found by walking it."""
+    found = []
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+        for param in getattr(command, "params", []):
+            if _takes_a_float(param):
+                found.append((path, max(param.opts, key=len)))
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+FLOAT_OPTIONS = _float_options()
+
+
+def test_every_float_option_is_found():
+    assert ("train", "--lr") in FLOAT_OPTIONS and ("translate", "--alpha") in FLOAT_OPTIONS
+    assert ("tokenizer train", "--character-coverage") in FLOAT_OPTIONS
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("command, option", FLOAT_OPTIONS)
+def test_every_float_option_refuses_nan_and_infinity(run, tmp_path, command, option, value):
+    (tmp_path / "s.en").write_text("a dog\n")
+    required = {"translate": ["-m", run, "--device", "cpu"],
+                "eval": ["-m", run, "--src", tmp_path / "s.en", "--ref", tmp_path / "s.en", "--device", "cpu"],
+                "train": ["--run", tmp_path / "r", "--device", "cpu"],
+                "tokenizer train": ["-o", tmp_path / "t"]}[command]
+    message = fails_cleanly([*command.split(), *required, option, value], value.lstrip("-"))
+    assert option.lstrip("-").replace("-", "_") in message.replace("-", "_"), message
+    assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
+
+
+# ---------------------------------------------------------------------------
+# Rule 5: every failure is one error line, never a traceback.
+
+@pytest.mark.parametrize("damage", ["not gzip", "truncated"])
+@pytest.mark.parametrize("to_file", [False, True])
+def test_a_broken_gzip_input_names_the_input(run, tmp_path, damage, to_file):
+    bad = tmp_path / "in.en.gz"
+    if damage == "not gzip":
+        bad.write_text("plain text\n")
+    else:
+        text = "".join(f"{os.urandom(8).hex()}\n" for _ in range(1000)).encode()  # incompressible
+        bad.write_bytes(gzip.compress(text)[:-1000])
+    output = ["-o", tmp_path / "out.txt"] if to_file else []
+    fails_cleanly(["translate", "-m", run, "-i", bad, "--device", "cpu", "--beam", "1", "--max-len-a", "0",
+                   "--max-len-b", "1", *output],
+                  "in.en.gz", "cannot be read")
+    assert not (tmp_path / "out.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.en.gz"]
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_run_path_that_is_or_lies_under_a_file(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    run_path = tmp_path / "f" if where == "a file" else tmp_path / "f" / "run"
+    fails_cleanly(["train", "--run", run_path, "--device", "cpu", "--train", write_slice(tmp_path, "val", 20)],
+                  "is not a folder")
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_closed_stdin_and_stdout_are_reported(run):
+    closed_stdin = subprocess.run([S2S, "translate", "-m", str(run)], capture_output=True, text=True,
+                                  preexec_fn=lambda: os.close(0), timeout=120)
+    assert closed_stdin.returncode == 1 and "error: stdin is closed" in closed_stdin.stderr
+    assert "Traceback" not in closed_stdin.stderr
+
+
+@pytest.mark.parametrize("damage", ["symlink loop", "a folder"])
+def test_unreadable_weights_say_why(run, tmp_path, damage):
+    broken = copy_run(run, tmp_path / "m", without="model.safetensors")
+    if damage == "symlink loop":
+        (broken / "model.safetensors").symlink_to(broken / "model.safetensors")
+        reason = "Too many levels of symbolic links"
+    else:
+        (broken / "model.safetensors").mkdir()
+        reason = "Is a directory"
+    message = fails_cleanly(["translate", "-m", broken, "--device", "cpu"], "model.safetensors", reason)
+    assert "has training saved" not in message
+
+
+def test_a_write_refused_by_the_system_is_one_error_line(run, tmp_path):
+    """A real failed write (the file-size limit, as a full disk would): safetensors raises its own
+    error type, which must still come out as one error line with the old file intact."""
+    from seq2seq.average import save_snapshot
+    from seq2seq.checkpoint import load_run
+
+    target = copy_run(run, tmp_path / "m")
+    model = load_run(target, torch.device("cpu"))[0]
+    for step in (1, 2):
+        save_snapshot(model, target, step, valid_bleu=None)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limit[1]))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        fails_cleanly(["average", "-m", target, "--last", "2"], "cannot write", "average-last-2.safetensors")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert not (target / "average-last-2.safetensors").exists()
+    assert not list(target.rglob("*.tmp"))
+
+
+def test_written_weights_get_ordinary_permissions(run, tmp_path):
+    target = copy_run(run, tmp_path / "m")
+    (tmp_path / "plain").write_text("x")
+    assert os.stat(target / "model.safetensors").st_mode == os.stat(tmp_path / "plain").st_mode
+    assert os.stat(run / "model.safetensors").st_mode == os.stat(tmp_path / "plain").st_mode
+
+
+def test_a_failed_tokenizer_train_leaves_no_folder(tmp_path):
+    fails_cleanly(tokenizer_train(write_slice(tmp_path, "val", 20), tmp_path / "new" / "tok",
+                                  "--vocab-size", "50000"), "vocab size 50000")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_train_leaves_no_folder(tmp_path):
+    fails_cleanly(["train", "--run", tmp_path / "new" / "run", "--train", tmp_path / "nothing", "--device", "cpu"],
+                  "no such corpus")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("flag", ["--beam", "--nbest"])
+def test_the_beam_is_capped_at_the_vocabulary(run, flag):
+    args = ["--beam", "20000"] + (["--nbest", "20000"] if flag == "--nbest" else [])
+    fails_cleanly(["translate", "-m", run, "--device", "cpu", *args], "--beam 20000", "150 pieces")

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 import seq2seq.checkpoint as checkpoint
 import seq2seq.train as train_module
-from seq2seq.checkpoint import RunLock, load_trainer_state, read_run_config
-from seq2seq.errors import RunLockedError, TrainingDiverged, WriteError
+from seq2seq.checkpoint import load_trainer_state, read_run_config
+from seq2seq.files import RunLock
+from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, WriteError
 from seq2seq.model import Seq2SeqTransformer, build_model
 from seq2seq.train import train
 
@@ -229,3 +230,93 @@ def test_kill_minus_nine_at_random_moments_loses_nothing(corpus, tmp_path):
     assert report.kills == 5
     assert report.identical, report.summary()
     assert max(report.steps_lost, default=0) <= 4 + 1
+
+
+def test_weights_made_non_finite_by_an_update_are_never_saved(corpus, tmp_path):
+    # 1e39 is a finite Python float, so no config check refuses it; in float32 it is infinite,
+    # and the first update turns every weight it touches into inf or NaN with a finite gradient.
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 2.*no checkpoint"):
+        train(run, tiny_model_config(), tiny_train_config(corpus, "", lr=1e39, max_steps=4, valid_every=2), CPU)
+    assert not (run / "model.safetensors").exists()
+    assert not (run / "checkpoints" / "last.json").exists()
+
+
+def test_a_signal_during_validation_stops_it_and_resume_redoes_it(corpus, tmp_path, monkeypatch):
+    """SIGTERM is answered between validation chunks; the cut validation is redone on resume."""
+    real_translate = train_module.Translator.translate
+    sent = []
+
+    def translate_then_get_signalled(self, lines):
+        if not sent:  # the first validation chunk of the run
+            sent.append(True)
+            signal.raise_signal(signal.SIGTERM)
+        return real_translate(self, lines)
+
+    monkeypatch.setattr(train_module.Translator, "translate", translate_then_get_signalled)
+    run, valid = tmp_path / "run", write_slice(tmp_path / "v", "val", 300, "val")
+    cfg = tiny_train_config(corpus, valid, max_steps=4, valid_every=2)
+    events = []
+    with pytest.raises(train_module.TrainingInterrupted) as stopped:
+        train(run, tiny_model_config(), cfg, CPU, on_event=events.append)
+    assert stopped.value.exit_code == 143 and stopped.value.step == 2
+    cut = events_of("valid_cut", events)
+    assert [(e["step"], e["reason"], e["done"]) for e in cut] == [(2, "a stop signal", 128)]
+    assert not events_of("valid", events)
+    state = json.loads(sorted((run / "checkpoints").glob("step_*/trainer.json"))[-1].read_text())
+    assert state["step"] == 2 and state["pending_validation"]
+    events.clear()
+    train(run, read_run_config(run).model, cfg, CPU, resume=True, on_event=events.append)
+    assert [e["step"] for e in events_of("valid", events)] == [2, 4]
+
+
+def test_max_time_bounds_validation_too(corpus, tmp_path):
+    """With the deadline already past, the final validation is cut, reported and not used; the
+    latest weights are kept as an unvalidated model, and a resume with time to spare validates."""
+    run, valid = tmp_path / "run", write_slice(tmp_path / "v", "val", 100, "val")
+    events = []
+    result = train(run, tiny_model_config(), tiny_train_config(corpus, valid, epochs=0, max_time=1e-6), CPU,
+                   on_event=events.append)
+    assert result.stop_reason == "max_time" and result.step == 1
+    assert [(e["step"], e["reason"]) for e in events_of("valid_cut", events)] == [(1, "--max-time")]
+    assert events_of("stop", events)[0]["unvalidated_model"]
+    assert (run / "model.safetensors").is_file()
+    events.clear()
+    train(run, read_run_config(run).model, tiny_train_config(corpus, valid, epochs=0, max_steps=1), CPU, resume=True,
+          on_event=events.append)
+    assert [e["step"] for e in events_of("valid", events)] == [1]
+
+
+def test_resume_of_a_finished_run_trains_nothing_and_a_new_budget_is_saved(corpus, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_train_config(corpus, "", max_steps=4, epochs=0)
+    train(run, tiny_model_config(), cfg, CPU)
+    weights = (run / "model.safetensors").read_bytes()
+    for _ in range(2):
+        events = []
+        result = train(run, read_run_config(run).model, cfg, CPU, resume=True, on_event=events.append)
+        assert result.step == 4 and not events_of("train", events)
+    assert (run / "model.safetensors").read_bytes() == weights
+    result = train(run, read_run_config(run).model, replace(cfg, max_steps=6), CPU, resume=True)
+    assert result.step == 6 and read_run_config(run).train.max_steps == 6
+
+
+def test_a_run_resumes_from_another_folder_and_after_a_move(tmp_path, monkeypatch):
+    data = tmp_path / "project"
+    write_slice(data / "data", "train", 100, "train")
+    monkeypatch.chdir(data)
+    cfg = tiny_train_config("data/train", "", max_steps=2, epochs=0)
+    train("runs/r", tiny_model_config(), cfg, CPU)
+    saved = read_run_config(data / "runs" / "r").train
+    assert saved.train == str(data / "data" / "train")
+    moved = tmp_path / "elsewhere" / "r"
+    moved.parent.mkdir()
+    (data / "runs" / "r").rename(moved)
+    monkeypatch.chdir(tmp_path)
+    # The same relative spec, given again from another folder, names other files: refused.
+    with pytest.raises(ConfigError, match="only epochs"):
+        train(moved, read_run_config(moved).model, replace(cfg, max_steps=3), CPU, resume=True)
+    # The spec as saved, or the same files named another way, continue the run.
+    result = train(moved, read_run_config(moved).model, replace(cfg, train="project/./data/train", max_steps=3), CPU,
+                   resume=True)
+    assert result.step == 3
