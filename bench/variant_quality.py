@@ -34,7 +34,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 # The demo's recipe, with validation on a slice so that it costs little.
 RECIPE = ["--preset", "tiny", "--lr", "3e-3", "--warmup-steps", "300", "--max-tokens", "2500",
-          "--patience", "0", "--valid-bleu-max", "500"]
+          "--patience", "0", "--valid-bleu-sentences", "500"]
 
 
 def trained_parameters(weights: Path) -> int:

@@ -123,8 +123,8 @@ def train_command(
                                                VALID, "--valid-every")] = None,
     valid_beam: Annotated[Optional[int], _opt("Beam for validation BLEU; 1 = greedy. [default: 1]",
                                               VALID, "--valid-beam")] = None,
-    valid_bleu_max: Annotated[Optional[int], _opt("Score BLEU on at most N sentences; 0 = all. [default: 0]",
-                                                  VALID, "--valid-bleu-max")] = None,
+    valid_bleu_sentences: Annotated[Optional[int], _opt("Score BLEU on at most N sentences; 0 = all. [default: 0]",
+                                                  VALID, "--valid-bleu-sentences", "--valid-bleu-max")] = None,
     patience: Annotated[Optional[int], _opt("Stop after N validations without improvement; 0 = never. "
                                             "[default: 10]", VALID, "--patience")] = None,
     early_stop_metric: Annotated[Optional[str], _opt("bleu or loss. [default: bleu]",
@@ -154,7 +154,7 @@ def train_command(
         max_steps=max_steps, max_time=max_time, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,
         weight_decay=weight_decay, label_smoothing=label_smoothing, clip_norm=clip_norm, seed=seed,
         max_bad_updates=max_bad_updates,
-        valid_every=valid_every, valid_beam=valid_beam, valid_bleu_max=valid_bleu_max, patience=patience,
+        valid_every=valid_every, valid_beam=valid_beam, valid_bleu_sentences=valid_bleu_sentences, patience=patience,
         early_stop_metric=early_stop_metric, log_every=log_every, keep_snapshots=keep_snapshots,
         average_last=average_last, compile=compile_step).items() if v is not None}
     if resume:

@@ -19,8 +19,12 @@ from typing import Any, Callable, Literal
 
 from .errors import ConfigError
 
-# Bump when the run-directory layout or a config field changes meaning.
-FORMAT_VERSION = 1
+# Bump when the run-directory layout or a config field changes meaning or name.
+# 2: train.valid_bleu_max became train.valid_bleu_sentences (version 1 runs still load).
+FORMAT_VERSION = 2
+
+# Train-config keys renamed since format version 1: old name -> new name.
+_RENAMED_TRAIN_KEYS = {"valid_bleu_max": "valid_bleu_sentences"}
 
 # How beam search may divide a hypothesis' log-probability by its length (seq2seq.decode).
 LENGTH_PENALTIES = ("gnmt", "average", "none")
@@ -162,7 +166,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # 0 disables gradient clipping
     valid_every: int = 0  # validate every N updates; 0 means at the end of each epoch
     valid_beam: int = 1  # beam size for validation BLEU; 1 is greedy
-    valid_bleu_max: int = 0  # validate BLEU on at most this many sentences; 0 means all
+    valid_bleu_sentences: int = 0  # validate BLEU on at most this many sentences; 0 means all
     patience: int = 10  # validations without improvement before stopping; 0 disables
     early_stop_metric: Literal["bleu", "loss"] = "bleu"
     # Weights-only snapshots kept for averaging: the newest N and the best N.
@@ -191,7 +195,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs", "max_steps", "max_time", "warmup_steps", "valid_every",
-                     "patience", "clip_norm", "weight_decay", "valid_bleu_max", "keep_snapshots",
+                     "patience", "clip_norm", "weight_decay", "valid_bleu_sentences", "keep_snapshots",
                      "average_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
@@ -365,9 +369,11 @@ class RunConfig:
         sha = data.get("tokenizer_sha256", {})
         if not isinstance(sha, dict):
             raise ConfigError(f"{where}.tokenizer_sha256 must be an object")
+        train = data.get("train", {})
+        if version < 2 and isinstance(train, dict):
+            train = {_RENAMED_TRAIN_KEYS.get(key, key): value for key, value in train.items()}
         return cls(model=from_dict(ModelConfig, data.get("model", {}), where),
-                   train=from_dict(TrainConfig, data.get("train", {}), where),
-                   tokenizer_sha256=dict(sha), format_version=version)
+                   train=from_dict(TrainConfig, train, where), tokenizer_sha256=dict(sha))
 
 
 def read_json(path: Path | str) -> dict[str, Any]:

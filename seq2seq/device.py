@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .errors import ConfigError
@@ -29,3 +31,10 @@ def resolve_device(name: str) -> torch.device:
     if kind == "mps" and not mps_ok:
         raise ConfigError("--device mps was asked for, but Apple's MPS backend is not available")
     return torch.device(name)
+
+
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, where it is fast and needs no loss scaling; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -33,6 +33,7 @@ from .checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, TRAINING_AVERA
                          save_weights)
 from .config import RESUME_BUDGET_FIELDS, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from .data import encode_corpus, filter_pairs, load_corpus, resolve_corpus_spec
+from .device import mixed_precision
 from .errors import ConfigError, RunDirError, TrainingDiverged
 from .evaluate import score_corpus
 from .clobber import Reads, is_inside, refuse_clobbering
@@ -252,8 +253,7 @@ class Trainer:
         # epoch on: changing this epoch's batches would break exact resume.
         self.next_max_tokens = cfg.max_tokens
         self.signals = StopSignals()
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.autocast = mixed_precision(device)
         self.forward_loss = self.eager_forward_loss
         if cfg.compile:
             # dynamic=True makes batch size and lengths symbolic from the first compile, so
@@ -287,7 +287,7 @@ class Trainer:
             data.valid_src = TokenStore(valid_ids.data.column("src_ids"), self.device)
             data.valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"), self.device)
             # BLEU is scored on the raw text of every pair, filtered or not.
-            limit = cfg.valid_bleu_max or len(valid_corpus)
+            limit = cfg.valid_bleu_sentences or len(valid_corpus)
             data.valid_src_lines = valid_corpus["src"][:limit]
             data.valid_ref_lines = valid_corpus["tgt"][:limit]
         return data

@@ -8,7 +8,6 @@ still gives exactly one output line.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from .checkpoint import WEIGHTS_FILE, load_run
 from .config import DecodeConfig
 from .decode import Hypothesis, check_beam_size, nbest_ids, seeded_generator
+from .device import mixed_precision
 from .errors import ConfigError
 from .model import Seq2SeqTransformer
 from .textio import clean_output
@@ -69,8 +69,7 @@ class Translator:
         self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
         self.stats = TranslateStats()
         device = next(model.parameters()).device
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.autocast = mixed_precision(device)
         # One generator for the Translator's life: successive batches draw fresh
         # samples, and the whole run is repeatable from cfg.seed.
         self.generator = seeded_generator(cfg.seed, device) if cfg.sampling else None

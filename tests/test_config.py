@@ -84,3 +84,10 @@ def test_performer_options_need_performer_attention():
         resolve_train_configs(None, None, {"performer_features": 64}, {})
     model, _ = resolve_train_configs(None, None, {"attention": "performer", "performer_in": "cross,encoder"}, {})
     assert model.performer_places() == {"cross", "encoder"}
+
+
+def test_a_version_1_run_config_loads_with_renamed_keys():
+    loaded = RunConfig.from_json_dict({"format_version": 1, "train": {"valid_bleu_max": 50}}, "config.json")
+    assert loaded.train.valid_bleu_sentences == 50 and loaded.format_version == FORMAT_VERSION
+    with pytest.raises(ConfigError, match="unknown key"):
+        RunConfig.from_json_dict({"format_version": 2, "train": {"valid_bleu_max": 50}}, "config.json")

@@ -200,7 +200,7 @@ def test_a_performer_run_translates_with_the_features_it_saved(corpus, shared_to
                         performer_in="encoder,decoder", performer_features=16, performer_redraw_every=4)
     train(tmp_path / "run", model_cfg,
           tiny_train_config(corpus[0], corpus[1], tokenizer=shared_tokenizer, epochs=0, max_steps=8,
-                            valid_every=4, valid_bleu_max=10), CPU)
+                            valid_every=4, valid_bleu_sentences=10), CPU)
     snapshots = sorted((tmp_path / "run" / "checkpoints" / "weights").glob("*.safetensors"))
     features = [{k: v for k, v in load_file(str(path)).items() if k.endswith("random_features")}
                 for path in snapshots]
