@@ -4,6 +4,7 @@ Every case must end with one `error:` line naming the problem, a non-zero exit
 code and no traceback.
 """
 
+import dataclasses
 import gzip
 import json
 import os
@@ -582,3 +583,25 @@ def test_a_failed_train_leaves_no_folder(tmp_path):
 def test_the_beam_is_capped_at_the_vocabulary(run, flag):
     args = ["--beam", "20000"] + (["--nbest", "20000"] if flag == "--nbest" else [])
     fails_cleanly(["translate", "-m", run, "--device", "cpu", *args], "--beam 20000", "150 pieces")
+
+
+def _float_fields() -> list[tuple[str, str]]:
+    """(section, field) for every float of ModelConfig and TrainConfig, tuples of floats included."""
+    from seq2seq.config import ModelConfig, TrainConfig
+
+    return [(section, f.name) for section, cls in (("model", ModelConfig), ("train", TrainConfig))
+            for f in dataclasses.fields(cls) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("section, name", _float_fields())
+def test_every_float_field_of_a_config_file_refuses_nan_and_infinity(tmp_path, section, name, value):
+    """Python's JSON reader accepts NaN and Infinity; a config file holding them is refused."""
+    from seq2seq.config import ModelConfig, TrainConfig
+
+    default = getattr((ModelConfig if section == "model" else TrainConfig)(), name)
+    bad = [value, value] if isinstance(default, tuple) else value
+    (tmp_path / "c.json").write_text(f'{{"{section}": {{"{name}": {json.dumps(bad).replace(chr(34), "")}}}}}')
+    fails_cleanly(["train", "--config", tmp_path / "c.json", "--run", tmp_path / "r"], f"{section}.{name}",
+                  "finite")
+    assert not (tmp_path / "r").exists()
