@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from seq2seq.average import list_snapshots
-from seq2seq.checkpoint import WEIGHTS_FILE, read_run_config
+from seq2seq.rundir import WEIGHTS_FILE, read_run_config
 
 from results import ROOT, S2S, append_entry, machine, run_timed, shown
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import seq2seq.decode as current
-from seq2seq.checkpoint import load_run
+from seq2seq.rundir import load_run
 from seq2seq.config import DecodeConfig
 
 from results import DATA, ROOT, read_lines

@@ -32,7 +32,7 @@ from datetime import date
 from pathlib import Path
 
 from seq2seq.average import list_snapshots
-from seq2seq.checkpoint import load_run, load_weights
+from seq2seq.rundir import load_run, load_weights
 from seq2seq.config import DecodeConfig
 from seq2seq.device import resolve_device
 from seq2seq.evaluate import score_corpus

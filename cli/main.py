@@ -15,14 +15,13 @@ import datasets
 import typer
 
 import seq2seq
-from seq2seq.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from seq2seq.rundir import CONFIG_FILE, WEIGHTS_FILE
 from seq2seq.clobber import Reads, refuse_clobbering
 from seq2seq.config import DecodeConfig
-from seq2seq.errors import ConfigError, DataError, S2SError
+from seq2seq.errors import ConfigError, DataError, S2SError, TrainingInterrupted
 from seq2seq.evaluate import METRICS, score_corpus, scores_to_json
 from seq2seq.files import check_output, new_folder, open_output
 from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary, read_lines
-from seq2seq.train import TrainingInterrupted
 
 from .display import error, score_table, stderr, stdout, warning
 from .train import train_command
@@ -312,7 +311,7 @@ def average(
 ) -> None:
     """Average the weights of several snapshots of a run; translate with `--weights FILE`."""
     from seq2seq.average import average_output, list_snapshots, select_snapshots, write_average
-    from seq2seq.checkpoint import read_run_config
+    from seq2seq.rundir import read_run_config
 
     read_run_config(model)  # a clear error for anything that is not a run directory
     path = average_output(model, output, last=last, best=best)

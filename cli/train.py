@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import typer
 
-from seq2seq.checkpoint import read_run_config
+from seq2seq.rundir import read_run_config
 from seq2seq.config import PRESETS, RESUME_BUDGET_FIELDS, resolve_train_configs
 from seq2seq.device import resolve_device
 from seq2seq.errors import ConfigError

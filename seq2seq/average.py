@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, save_weights
+from .rundir import CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, save_weights
 from .files import atomic_write
 from .errors import ConfigError, RunDirError
 from .performer import RANDOM_FEATURES_BUFFER

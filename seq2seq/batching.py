@@ -81,6 +81,29 @@ def collate(src: TokenStore, tgt: TokenStore, index: np.ndarray, pad_id: int, bo
                  n_tgt_tokens=int(tgt.lengths[index].sum()))
 
 
+def cut_batches(order: np.ndarray, widths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Rows `order`, in that order, cut into consecutive batches whose padded size (rows x the
+    widest row's width) is at most `max_tokens`; a single row wider than `max_tokens` forms a
+    batch alone. `widths` (N,) is indexed by row.
+
+    The one budget rule for training, validation and decoding; each caller sorts the rows as it
+    needs (training shortest first with random ties, decoding longest first), so that rows of
+    similar width share a batch.
+    """
+    widths = widths[order]
+    batches: list[np.ndarray] = []
+    start, width = 0, 0
+    for i in range(len(order)):
+        new_width = max(width, int(widths[i]))
+        if i > start and new_width * (i - start + 1) > max_tokens:
+            batches.append(order[start:i])
+            start, new_width = i, int(widths[i])
+        width = new_width
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
 def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int,
                   rng: np.random.Generator | None) -> list[np.ndarray]:
     """Cut pairs into batches whose padded size (rows x longest side) is at most `max_tokens`.
@@ -97,17 +120,7 @@ def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int,
     # target then source length pads 13% (30% on the source side), and fills batches closer
     # to the budget.
     order = np.lexsort((noise, src_lens, tgt_lens, longest))
-    longest = longest[order]
-    batches: list[np.ndarray] = []
-    start, width = 0, 0
-    for i in range(n):
-        new_width = max(width, int(longest[i]))
-        if i > start and new_width * (i - start + 1) > max_tokens:
-            batches.append(order[start:i])
-            start, new_width = i, int(longest[i])
-        width = new_width
-    if n:
-        batches.append(order[start:])
+    batches = cut_batches(order, longest, max_tokens)
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

@@ -1,55 +1,38 @@
-"""The run directory: safe loading, and trainer state for resume (file primitives: seq2seq.files).
+"""Trainer state for exact resume: weights, optimizer, RNG and progress, saved and loaded.
 
 ```
-runs/NAME/
-  config.json          RunConfig: model + training config, format version, tokenizer sha256
-  tokenizer.model      (or tokenizer.src.model + tokenizer.tgt.model)
-  model.safetensors    the best weights so far: what `s2s translate` uses
-  metrics.jsonl        one JSON record per log, validation or resume event
-  .lock                held (flock) by the trainer writing to the run
-  checkpoints/
-    last.json          {"dir": "step_00001234"}: the newest complete trainer state
-    step_00001234/     model.safetensors, trainer.safetensors (optimizer and RNG
-                       tensors), trainer.json (step, epoch, data position, ...)
+runs/NAME/checkpoints/
+  last.json          {"dir": "step_00001234"}: the newest complete trainer state
+  step_00001234/     model.safetensors, trainer.safetensors (optimizer and RNG
+                     tensors), trainer.json (step, epoch, data position, ...)
 ```
 
-Nothing here is a pickle. Every file is written to a temporary name in the
-same folder, flushed, fsync'd and renamed into place; a trainer state only
-becomes "last" once `last.json` points at it, so a crash mid-write leaves the
-previous state intact.
+The rest of the run directory, and loading a run to translate with, is
+seq2seq.rundir; file primitives are seq2seq.files. Nothing here is a pickle.
+Every file is written to a temporary name in the same folder, flushed, fsync'd
+and renamed into place; a trainer state only becomes "last" once `last.json`
+points at it, so a crash mid-write leaves the previous state intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import RunConfig, read_json
-from .errors import ConfigError, RunDirError, TokenizerError
-from .files import FILE_MODE, LOCK_FILE, TMP_SUFFIX, atomic_write, atomic_write_text
-from .model import Seq2SeqTransformer, build_model
-from .tokenizer import TOKENIZER_FILES, TokenizerPair, load_tokenizers
+from .errors import RunDirError
+from .files import TMP_SUFFIX, atomic_write, atomic_write_text
+from .rundir import CHECKPOINTS_DIR, SNAPSHOTS_DIR, WEIGHTS_FILE, load_weights, save_weights
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-# What `s2s train --average-last` writes; `s2s average` names its own outputs otherwise.
-TRAINING_AVERAGE_FILE = "average.safetensors"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-SNAPSHOTS_DIR = "weights"  # weights-only snapshots for averaging (seq2seq.average), under CHECKPOINTS_DIR
 LAST_POINTER = "last.json"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
-# The files training writes at the top of a run directory (and checkpoints/ below it).
-RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINING_AVERAGE_FILE, METRICS_FILE, LOCK_FILE, *TOKENIZER_FILES)
 
 
 def remove_unfinished_writes(run_dir: Path) -> None:
@@ -71,101 +54,6 @@ def remove_unfinished_writes(run_dir: Path) -> None:
     for snapshot in (run_dir / CHECKPOINTS_DIR / SNAPSHOTS_DIR).glob("step_*.safetensors"):
         if snapshot.name.removesuffix(".safetensors") > last:
             snapshot.unlink(missing_ok=True)
-
-
-def save_weights(model: nn.Module, path: Path | str, metadata: dict[str, str] | None = None) -> None:
-    """Weights as safetensors; tied tables are stored once."""
-    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=metadata))
-
-
-def load_weights(model: nn.Module, path: Path | str) -> None:
-    """Load safetensors weights into `model`, with a RunDirError on any mismatch or corruption."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunDirError(f"{path}: no such weights file")
-    try:
-        load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
-    except (SafetensorError, OSError) as err:
-        raise RunDirError(f"{path}: not a readable safetensors file ({err})") from None
-    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
-        first = str(err).strip().splitlines()[0][:300]
-        raise RunDirError(f"{path}: weights do not match config.json ({first})") from None
-
-
-class MetricsLog:
-    """Appends one JSON record per line to metrics.jsonl."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / METRICS_FILE
-
-    def write(self, record: dict[str, Any]) -> None:
-        # One write() on an O_APPEND descriptor: a process killed at any moment
-        # leaves whole records only, never half a line.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
-        finally:
-            os.close(fd)
-
-
-# ----------------------------------------------------------------------------
-# Loading a run directory for translation
-
-
-def read_run_config(run_dir: Path | str) -> RunConfig:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    try:
-        return RunConfig.from_json_dict(read_json(path), str(path))
-    except ConfigError as err:
-        raise RunDirError(str(err)) from None
-
-
-def load_run_tokenizers(run_dir: Path | str, config: RunConfig) -> TokenizerPair:
-    """The run's tokenizers, checked against the hashes and vocabulary sizes in config.json."""
-    run_dir = Path(run_dir)
-    try:
-        tokenizers = load_tokenizers(run_dir)
-    except TokenizerError as err:
-        raise RunDirError(str(err)) from None
-    for tok in {t.path: t for t in (tokenizers.src, tokenizers.tgt)}.values():
-        expected = config.tokenizer_sha256.get(tok.path.name)
-        if expected is not None and expected != tok.sha256:
-            raise RunDirError(f"{tok.path}: does not match the tokenizer this model was trained "
-                              f"with (sha256 differs from config.json)")
-    for side, tok, size in (("source", tokenizers.src, config.model.src_vocab_size),
-                            ("target", tokenizers.tgt, config.model.tgt_vocab_size)):
-        if tok.vocab_size != size:
-            raise RunDirError(f"{tok.path}: {side} vocabulary has {tok.vocab_size} pieces but "
-                              f"the model's embeddings have {size}")
-    return tokenizers
-
-
-def load_run(run_dir: Path | str, device: torch.device,
-             weights: str = WEIGHTS_FILE) -> tuple[Seq2SeqTransformer, TokenizerPair, RunConfig]:
-    """Model (in eval mode, on `device`), tokenizers and config from a run directory."""
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    tokenizers = load_run_tokenizers(run_dir, config)
-    weights_path = run_dir / weights
-    if not os.path.lexists(weights_path):
-        raise RunDirError(f"{run_dir}: no {weights} (has training saved a model yet?)")
-    try:  # say why a file that is there cannot be read: permissions, a symlink loop, a folder
-        with open(weights_path, "rb"):
-            pass
-    except OSError as err:
-        raise RunDirError(f"{weights_path}: cannot be read ({err.strerror or err})") from None
-    model = build_model(config.model).to(device)
-    load_weights(model, weights_path)
-    return model.eval(), tokenizers, config
-
-
-# ----------------------------------------------------------------------------
-# Trainer state for exact resume
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

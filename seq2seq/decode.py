@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .batching import cut_batches
 from .config import LENGTH_PENALTIES, DecodeConfig
 from .errors import ConfigError
 from .model import DecoderCache, Seq2SeqTransformer
@@ -86,6 +88,14 @@ def check_beam_size(beam: int, vocab_size: int) -> None:
     if beam > vocab_size:
         raise ConfigError(f"--beam {beam} is more than the target vocabulary ({vocab_size} pieces); "
                           f"use at most {vocab_size}")
+
+
+def check_decode_config(cfg: DecodeConfig, tgt_vocab_size: int) -> None:
+    """ConfigError for settings no search can run: those `DecodeConfig.validate` refuses, and a
+    beam wider than the target vocabulary (sampling ignores the beam)."""
+    cfg.validate()
+    if not cfg.sampling:
+        check_beam_size(cfg.beam, tgt_vocab_size)
 
 
 def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor | None,
@@ -395,15 +405,10 @@ def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
     A single row longer than `max_tokens` forms a batch of its own.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        # Longest first: a batch's first row sets its padded width.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
+    widths = np.asarray(lengths, dtype=np.int64)  # (N,)
+    # Longest first (ties in input order): a batch's first row sets its padded width.
+    order = np.argsort(-widths, kind="stable")
+    return [batch.tolist() for batch in cut_batches(order, widths, max_tokens)]
 
 
 def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeConfig,
@@ -420,9 +425,7 @@ def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeCo
     (cfg.sampling) give one hypothesis per row; sampling draws from
     `generator`, or from one seeded with cfg.seed when it is None.
     """
-    cfg.validate()
-    if not cfg.sampling:  # sampling ignores the beam
-        check_beam_size(cfg.beam, model.cfg.tgt_vocab_size)
+    check_decode_config(cfg, model.cfg.tgt_vocab_size)
     limit = model.cfg.max_positions
     for line, ids in enumerate(src_ids, start=1):
         if len(ids) > limit:

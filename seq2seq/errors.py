@@ -1,4 +1,13 @@
-"""Errors a user can fix. The CLI prints their message on one line and exits non-zero."""
+"""Errors a user can fix, and the interruption of training.
+
+The CLI prints an `S2SError`'s message on one line and exits non-zero; it
+turns a `TrainingInterrupted` into the exit code a shell reports for the
+signal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class S2SError(Exception):
@@ -31,3 +40,13 @@ class RunLockedError(RunDirError):
 
 class TrainingDiverged(S2SError):
     """Loss or gradients stayed non-finite for too many updates in a row."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM during training; a resumable state was saved first."""
+
+    def __init__(self, run_dir: Path, step: int, signum: int):
+        super().__init__(f"interrupted at step {step}; a resumable checkpoint is saved. "
+                         f"Resume with: s2s train --run {run_dir} --resume")
+        self.run_dir, self.step = run_dir, step
+        self.exit_code = 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them

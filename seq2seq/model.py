@@ -245,5 +245,6 @@ def build_model(cfg: ModelConfig) -> Seq2SeqTransformer:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Distinct trainable parameters (tied tables counted once)."""
+    """Distinct parameters, trainable or not (tied tables counted once). Buffers, such as the
+    sinusoidal table and Performer's random features, are not parameters and are not counted."""
     return sum(p.numel() for p in model.parameters())

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WEIGHTS_FILE, load_run
+from .rundir import WEIGHTS_FILE, load_run
 from .config import DecodeConfig
-from .decode import Hypothesis, check_beam_size, nbest_ids, seeded_generator
+from .decode import Hypothesis, check_decode_config, nbest_ids, seeded_generator
 from .device import mixed_precision
 from .errors import ConfigError
 from .model import Seq2SeqTransformer
@@ -63,9 +63,9 @@ class Translator:
     """Translates lists of lines with one model, keeping count of what needed special handling."""
 
     def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig):
-        cfg.validate()
-        if not cfg.sampling:  # sampling ignores the beam
-            check_beam_size(cfg.beam, model.cfg.tgt_vocab_size)
+        # Checked now, so that a bad setting is refused before any input is read; nbest_ids
+        # checks again with the same function for callers that search without a Translator.
+        check_decode_config(cfg, model.cfg.tgt_vocab_size)
         self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
         self.stats = TranslateStats()
         device = next(model.parameters()).device

@@ -41,7 +41,7 @@ def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
     """
     import torch
 
-    from seq2seq.checkpoint import save_weights
+    from seq2seq.rundir import save_weights
     from seq2seq.files import atomic_write_text
     from seq2seq.config import RunConfig
     from seq2seq.data import load_corpus

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from seq2seq.checkpoint import (CHECKPOINTS_DIR, LAST_POINTER, WEIGHTS_FILE, load_run,
-                                load_trainer_state, read_run_config)
+from seq2seq.checkpoint import LAST_POINTER, load_trainer_state
+from seq2seq.rundir import CHECKPOINTS_DIR, WEIGHTS_FILE, load_run, read_run_config
 from seq2seq.model import build_model
 
 S2S = str(Path(sys.executable).parent / "s2s")

@@ -313,7 +313,7 @@ def test_eval_output_in_a_missing_folder_fails_before_translating(run, tmp_path)
 ])
 def test_average_writes_only_its_own_files_in_the_run(full_run, name, fragment):
     from seq2seq.average import save_snapshot
-    from seq2seq.checkpoint import load_run
+    from seq2seq.rundir import load_run
 
     model = load_run(full_run, torch.device("cpu"))[0]
     for step in (1, 2):
@@ -326,7 +326,7 @@ def test_average_writes_only_its_own_files_in_the_run(full_run, name, fragment):
 
 def test_average_replaces_its_own_earlier_average(full_run):
     from seq2seq.average import save_snapshot
-    from seq2seq.checkpoint import load_run
+    from seq2seq.rundir import load_run
 
     model = load_run(full_run, torch.device("cpu"))[0]
     for step in (1, 2, 3):
@@ -544,7 +544,7 @@ def test_a_write_refused_by_the_system_is_one_error_line(run, tmp_path):
     """A real failed write (the file-size limit, as a full disk would): safetensors raises its own
     error type, which must still come out as one error line with the old file intact."""
     from seq2seq.average import save_snapshot
-    from seq2seq.checkpoint import load_run
+    from seq2seq.rundir import load_run
 
     target = copy_run(run, tmp_path / "m")
     model = load_run(target, torch.device("cpu"))[0]

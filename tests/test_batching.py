@@ -1,8 +1,10 @@
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from seq2seq.batching import EpochBatches, TokenStore, collate, token_batches
+from seq2seq.decode import _length_batches
 
 
 def test_batches_respect_the_token_budget_and_cover_every_pair_once():
@@ -62,3 +64,50 @@ def test_gathered_batches_equal_padding_each_row_by_hand():
     shifted = [[2] + rows[i][:-1] + [0] * (width - len(rows[i])) for i in index]
     assert store.padded(index, pad_id=0).tolist() == expected
     assert collate(store, store, index, pad_id=0, bos_id=2).tgt_in.tolist() == shifted
+
+
+# The two batchers as they were before `cut_batches` served both, kept as references.
+def reference_token_batches(src_lens, tgt_lens, max_tokens, rng):
+    n = len(src_lens)
+    noise = rng.random(n) if rng is not None else np.arange(n)
+    longest = np.maximum(src_lens, tgt_lens)
+    order = np.lexsort((noise, src_lens, tgt_lens, longest))
+    longest = longest[order]
+    batches, start, width = [], 0, 0
+    for i in range(n):
+        new_width = max(width, int(longest[i]))
+        if i > start and new_width * (i - start + 1) > max_tokens:
+            batches.append(order[start:i])
+            start, new_width = i, int(longest[i])
+        width = new_width
+    if n:
+        batches.append(order[start:])
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def reference_length_batches(lengths, max_tokens):
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_training_and_decoding_batches_are_what_they_were(seed):
+    """One budget rule (`cut_batches`) serves both batchers without changing a single batch."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    src, tgt = rng.integers(1, 60, n), rng.integers(1, 60, n)
+    max_tokens = int(rng.choice([20, 64, 200, 1000]))  # small budgets put long pairs in batches of their own
+    for make_rng in (lambda: np.random.default_rng([seed, 1]), lambda: None):
+        new, old = token_batches(src, tgt, max_tokens, make_rng()), reference_token_batches(src, tgt, max_tokens,
+                                                                                            make_rng())
+        assert [b.tolist() for b in new] == [b.tolist() for b in old]
+    lengths = src.tolist()
+    assert _length_batches(lengths, max_tokens) == reference_length_batches(lengths, max_tokens)

@@ -1,129 +1,68 @@
 import json
-import pickle
 
 import pytest
 import torch
 
-from seq2seq.checkpoint import load_run, load_weights, save_weights
-from seq2seq.files import atomic_write_text
+from seq2seq.checkpoint import (LAST_POINTER, has_trainer_state, load_trainer_state, remove_unfinished_writes,
+                                save_trainer_state)
 from seq2seq.config import ModelConfig
 from seq2seq.errors import RunDirError
 from seq2seq.model import build_model
-from seq2seq.tokenizer import train_tokenizer
-from seq2seq.data import load_corpus
+from seq2seq.rundir import CHECKPOINTS_DIR
 
-from helpers import make_untrained_run, write_slice
-
-CPU = torch.device("cpu")
+CFG = ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, n_heads=2, ffn_dim=32,
+                  encoder_layers=1, decoder_layers=1)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A minimal run directory: config, tokenizer and untrained weights."""
-    return make_untrained_run(tmp_path_factory.mktemp("run"))
+def trained_a_little(seed: int):
+    torch.manual_seed(seed)
+    model = build_model(CFG)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)).sum().backward()
+    optimizer.step()
+    return model, optimizer
 
 
-def copy_run(run_dir, tmp_path):
-    target = tmp_path / "copy"
-    target.mkdir()
-    for name in ("config.json", "tokenizer.model", "model.safetensors"):
-        (target / name).write_bytes((run_dir / name).read_bytes())
-    return target
+def test_trainer_state_round_trips_weights_optimizer_rng_and_progress(tmp_path):
+    model, optimizer = trained_a_little(0)
+    save_trainer_state(tmp_path, model, optimizer, {"step": 1, "epoch": 1, "position": 5})
+    expected_draw = torch.rand(3)
+    other, other_optimizer = trained_a_little(1)
+    assert load_trainer_state(tmp_path, other, other_optimizer) == {"step": 1, "epoch": 1, "position": 5}
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where the saved run was
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    saved, loaded = optimizer.state_dict()["state"], other_optimizer.state_dict()["state"]
+    assert all(torch.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
 
 
-def test_run_loads(run_dir):
-    model, tokenizers, config = load_run(run_dir, CPU)
-    assert not model.training
-    assert tokenizers.shared and config.model.d_model == 16
+def test_only_the_newest_states_are_kept_and_last_json_points_at_the_newest(tmp_path):
+    model, optimizer = trained_a_little(0)
+    for step in (2, 4, 6):
+        save_trainer_state(tmp_path, model, optimizer, {"step": step}, keep=2)
+    root = tmp_path / CHECKPOINTS_DIR
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000004", "step_00000006"]
+    assert json.loads((root / LAST_POINTER).read_text()) == {"dir": "step_00000006"}
 
 
-def test_tied_weights_round_trip(tmp_path):
-    cfg = ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, n_heads=2, ffn_dim=32,
-                      encoder_layers=1, decoder_layers=1)
-    a, b = build_model(cfg), build_model(cfg)
-    save_weights(a, tmp_path / "w.safetensors")
-    load_weights(b, tmp_path / "w.safetensors")
-    assert b.src_embed.weight is b.tgt_embed.weight
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), name
+def test_unfinished_writes_are_removed_and_the_last_state_is_kept(tmp_path):
+    model, optimizer = trained_a_little(0)
+    save_trainer_state(tmp_path, model, optimizer, {"step": 2})
+    root = tmp_path / CHECKPOINTS_DIR
+    (root / "step_00000004").mkdir()  # killed while writing a newer state
+    (tmp_path / ".model.safetensors.tmp").write_text("half")
+    remove_unfinished_writes(tmp_path)
+    assert [p.name for p in root.glob("step_*")] == ["step_00000002"]
+    assert not (tmp_path / ".model.safetensors.tmp").exists()
+    assert has_trainer_state(tmp_path)
 
 
-@pytest.mark.parametrize("missing", ["model.safetensors", "tokenizer.model", "config.json"])
-def test_missing_file_is_a_clear_error(run_dir, tmp_path, missing):
-    run = copy_run(run_dir, tmp_path)
-    (run / missing).unlink()
-    with pytest.raises(RunDirError, match=missing.split(".")[0]):
-        load_run(run, CPU)
-
-
-def test_truncated_weights_are_refused(run_dir, tmp_path):
-    run = copy_run(run_dir, tmp_path)
-    data = (run / "model.safetensors").read_bytes()
-    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunDirError, match="safetensors"):
-        load_run(run, CPU)
-
-
-class Exploit:
-    def __reduce__(self):
-        return (exec, ("open('PWNED', 'w').write('x')",))
-
-
-def test_a_pickle_posing_as_weights_is_refused_without_running_it(run_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run = copy_run(run_dir, tmp_path)
-    (run / "model.safetensors").write_bytes(pickle.dumps(Exploit()))
-    with pytest.raises(RunDirError):
-        load_run(run, CPU)
-    assert not (tmp_path / "PWNED").exists()
-
-
-def test_swapped_tokenizer_is_caught(run_dir, tmp_path):
-    run = copy_run(run_dir, tmp_path)
-    other = train_tokenizer(load_corpus(write_slice(tmp_path / "c", "train", 300), "en", "de"),
-                            tmp_path / "other", vocab_size=150)
-    (run / "tokenizer.model").write_bytes(other.src.path.read_bytes())
-    with pytest.raises(RunDirError, match="sha256"):
-        load_run(run, CPU)
-
-
-def test_vocab_size_must_match_embeddings(run_dir, tmp_path):
-    run = copy_run(run_dir, tmp_path)
-    config = json.loads((run / "config.json").read_text())
-    config["model"]["src_vocab_size"] = config["model"]["tgt_vocab_size"] = 151
-    config["tokenizer_sha256"] = {}
-    (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RunDirError, match="150 pieces"):
-        load_run(run, CPU)
-
-
-def test_future_format_version_is_refused(run_dir, tmp_path):
-    run = copy_run(run_dir, tmp_path)
-    config = json.loads((run / "config.json").read_text())
-    config["format_version"] = 99
-    (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RunDirError, match="format version 99"):
-        load_run(run, CPU)
-
-
-def test_failed_write_leaves_the_old_file(tmp_path):
-    path = tmp_path / "f.txt"
-    atomic_write_text(path, "old")
-
-    def fail(tmp):
-        tmp.write_text("half")
-        raise OSError(28, "No space left on device")
-
-    from seq2seq.files import atomic_write
-    from seq2seq.errors import WriteError
-    with pytest.raises(WriteError, match="No space left on device"):
-        atomic_write(path, fail)
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
-
-
-def test_written_files_get_ordinary_permissions(tmp_path):
-    import os
-    atomic_write_text(tmp_path / "f.txt", "x")
-    (tmp_path / "plain.txt").write_text("x")
-    assert os.stat(tmp_path / "f.txt").st_mode == os.stat(tmp_path / "plain.txt").st_mode
+def test_a_missing_or_unreadable_state_is_a_clear_error(tmp_path):
+    model, optimizer = trained_a_little(0)
+    assert not has_trainer_state(tmp_path)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        load_trainer_state(tmp_path, model, optimizer)
+    save_trainer_state(tmp_path, model, optimizer, {"step": 2})
+    (tmp_path / CHECKPOINTS_DIR / "step_00000002" / "trainer.json").write_text("{")
+    with pytest.raises(RunDirError, match="trainer state is unreadable"):
+        load_trainer_state(tmp_path, model, optimizer)

@@ -1,7 +1,8 @@
-"""The torchrun path: two CPU processes on the gloo backend train one run directory."""
+"""The torchrun path: two CPU processes on the gloo backend join one group and train one run directory."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,32 @@ def test_two_processes_train_one_run(tmp_path):
     assert [r["step"] for r in records if r["event"] == "valid"] == [12, 24]
     assert (run / "model.safetensors").is_file()
     assert "x 2 processes" in done.stderr
+
+
+RANKS_AGREE = """
+import torch.distributed as dist
+from seq2seq.distributed import (is_main_process, join_process_group, rank_and_world_size, rank_zeros_decision,
+                                 rank_zeros_signal, wait_for_all_ranks)
+
+device = join_process_group("cpu")
+rank, world_size = rank_and_world_size()
+assert (device.type, world_size, is_main_process()) == ("cpu", 2, rank == 0)
+# Each rank proposes something else; every rank acts on rank 0's.
+assert rank_zeros_decision(rank == 0, device) is True
+assert rank_zeros_signal(15 if rank == 0 else None, device) == 15
+assert rank_zeros_signal(None if rank == 0 else 2, device) == 0
+wait_for_all_ranks()
+print(f"rank {rank} agreed")
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_join_one_group_and_act_on_rank_zeros_decisions(tmp_path):
+    script = tmp_path / "ranks_agree.py"
+    script.write_text(RANKS_AGREE)
+    done = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The two ranks share one stdout, so their lines may interleave.
+    assert sorted(re.findall(r"rank (\d) agreed", done.stdout)) == ["0", "1"]

@@ -5,6 +5,8 @@ import json
 import math
 import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -13,14 +15,16 @@ import torch
 from safetensors.torch import load_file
 
 import seq2seq.checkpoint as checkpoint
-import seq2seq.train as train_module
-from seq2seq.checkpoint import load_trainer_state, read_run_config
+import seq2seq.loss as loss_module
+from seq2seq.checkpoint import load_trainer_state
 from seq2seq.files import RunLock
-from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, WriteError
+from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, TrainingInterrupted, WriteError
 from seq2seq.model import Seq2SeqTransformer, build_model
+from seq2seq.rundir import WEIGHTS_FILE, read_run_config
 from seq2seq.train import train
+from seq2seq.translator import Translator
 
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from helpers import ROOT, tiny_model_config, tiny_train_config, write_slice
 from kill_harness import check_everything_loads, deterministic_env, last_logged_step, run_kill_test, train_args
 
 CPU = torch.device("cpu")
@@ -41,7 +45,7 @@ def read_checkpoint(run):
     root = run / checkpoint.CHECKPOINTS_DIR
     folder = root / json.loads((root / checkpoint.LAST_POINTER).read_text())["dir"]
     optimizer = {k: v for k, v in load_file(folder / checkpoint.TRAINER_TENSORS).items() if k.startswith("optim.")}
-    return {**load_file(folder / checkpoint.WEIGHTS_FILE), **optimizer}
+    return {**load_file(folder / WEIGHTS_FILE), **optimizer}
 
 
 def test_a_second_trainer_on_the_same_run_stops_at_once(corpus, tmp_path):
@@ -76,7 +80,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch
 
 def make_the_loss_nan(monkeypatch, on_call) -> None:
     """Turn the training loss into NaN on the calls (counted from 1) for which `on_call(n)` holds."""
-    real_loss = train_module.label_smoothed_loss
+    real_loss = loss_module.label_smoothed_loss
     calls = []
 
     def loss(logits, *args):
@@ -84,7 +88,7 @@ def make_the_loss_nan(monkeypatch, on_call) -> None:
         value, nll = real_loss(logits, *args)
         return (value * float("nan"), nll) if on_call(len(calls)) else (value, nll)
 
-    monkeypatch.setattr(train_module, "label_smoothed_loss", loss)
+    monkeypatch.setattr(loss_module, "label_smoothed_loss", loss)
 
 
 def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
@@ -206,22 +210,64 @@ def test_an_interrupt_saves_a_resumable_checkpoint(corpus, tmp_path, signum, cod
     assert f"resumed at step {step}" in resumed.stderr
 
 
+# Trains in a process of its own, where handling the first interrupt takes a minute (as a slow
+# checkpoint write might): a second interrupt can then only be answered by exiting at once.
+SLOW_TO_STOP = """
+import sys, time
+import torch
+sys.path.insert(0, sys.argv[3])
+import seq2seq.train as train_module
+from helpers import tiny_model_config, tiny_train_config
+
+real_stop = train_module.Trainer.stop_if_signalled
+
+def stop_slowly(self):
+    if self.signals.received:
+        time.sleep(60)
+    real_stop(self)
+
+train_module.Trainer.stop_if_signalled = stop_slowly
+cfg = tiny_train_config(sys.argv[2], "", epochs=0, max_steps=100000, valid_every=2, log_every=1, seed=3)
+train_module.train(sys.argv[1], tiny_model_config(), cfg, torch.device("cpu"))
+"""
+
+
 def test_a_second_interrupt_exits_at_once_and_harms_nothing(corpus, tmp_path):
     run = tmp_path / "run"
-    process = subprocess.Popen(train_args(run, corpus, max_steps=100000, checkpoint_every=2),
+    process = subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP, str(run), corpus, str(ROOT / "tests")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env=deterministic_env())
+    stderr_lines, first_handled = [], threading.Event()
+
+    def read_stderr():
+        for line in process.stderr:
+            stderr_lines.append(line)
+            if "stopping after this update" in line:
+                first_handled.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     deadline = time.monotonic() + 120
-    while last_logged_step(run) < 5 and time.monotonic() < deadline:
+    while last_logged_step(run) < 5 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
+    # Two signals sent back to back may reach Python's handler as one: the second goes only
+    # once the first has been handled.
+    assert first_handled.wait(timeout=60), "".join(stderr_lines)[-2000:]
+    second_sent = time.monotonic()
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    reader.join(timeout=10)
+    stderr = "".join(stderr_lines)
+    # Exited at once: well before the first signal's minute of handling, let alone the run, was over.
+    assert time.monotonic() - second_sent < 20
     assert process.returncode == 130, stderr[-2000:]
-    assert check_everything_loads(run) is not None
-    resumed = subprocess.run(train_args(run, corpus, max_steps=8, checkpoint_every=2) + ["--resume"],
-                             capture_output=True, text=True, env=deterministic_env(), timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "second interrupt: exiting now" in stderr
+    step = check_everything_loads(run)
+    assert step is not None and step >= 4
+    cfg = tiny_train_config(corpus, "", epochs=0, max_steps=step + 2, valid_every=2, log_every=1, seed=3)
+    result = train(run, read_run_config(run).model, cfg, CPU, resume=True)
+    assert result.step == step + 2
 
 
 def test_kill_minus_nine_at_random_moments_loses_nothing(corpus, tmp_path):
@@ -244,7 +290,7 @@ def test_weights_made_non_finite_by_an_update_are_never_saved(corpus, tmp_path):
 
 def test_a_signal_during_validation_stops_it_and_resume_redoes_it(corpus, tmp_path, monkeypatch):
     """SIGTERM is answered between validation chunks; the cut validation is redone on resume."""
-    real_translate = train_module.Translator.translate
+    real_translate = Translator.translate
     sent = []
 
     def translate_then_get_signalled(self, lines):
@@ -253,11 +299,11 @@ def test_a_signal_during_validation_stops_it_and_resume_redoes_it(corpus, tmp_pa
             signal.raise_signal(signal.SIGTERM)
         return real_translate(self, lines)
 
-    monkeypatch.setattr(train_module.Translator, "translate", translate_then_get_signalled)
+    monkeypatch.setattr(Translator, "translate", translate_then_get_signalled)
     run, valid = tmp_path / "run", write_slice(tmp_path / "v", "val", 300, "val")
     cfg = tiny_train_config(corpus, valid, max_steps=4, valid_every=2)
     events = []
-    with pytest.raises(train_module.TrainingInterrupted) as stopped:
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(run, tiny_model_config(), cfg, CPU, on_event=events.append)
     assert stopped.value.exit_code == 143 and stopped.value.step == 2
     cut = events_of("valid_cut", events)

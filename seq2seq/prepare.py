@@ -1,0 +1,100 @@
+"""What a run trains on: its tokenizers, and the training and validation splits encoded, filtered
+and placed on the training device.
+
+Rank 0 alone writes the run's tokenizer; every rank then reads the same files
+and encodes the same splits (the `datasets` cache makes that cheap).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import datasets
+import torch
+
+from .batching import TokenStore
+from .config import ModelConfig, TrainConfig
+from .data import encode_corpus, filter_pairs, load_corpus
+from .distributed import is_main_process, wait_for_all_ranks
+from .files import atomic_write
+from .rundir import CONFIG_FILE, Event
+from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
+
+
+
+@dataclass
+class PreparedData:
+    tokenizers: TokenizerPair
+    train_src: TokenStore
+    train_tgt: TokenStore
+    valid_src: TokenStore | None
+    valid_tgt: TokenStore | None
+    valid_src_lines: list[str]  # raw validation text for BLEU
+    valid_ref_lines: list[str]
+
+
+def prepare_data(run_dir: Path, cfg: TrainConfig, device: torch.device,
+                 emit: Callable[[Event], None]) -> PreparedData:
+    """Tokenizers and token ids of the training and validation corpora, ids on `device`."""
+    train_corpus = load_corpus(cfg.train, cfg.src_lang, cfg.tgt_lang)
+    tokenizers = prepare_tokenizers(run_dir, cfg, train_corpus, emit)
+    train_ids = encode_split("train", cfg.train, train_corpus, tokenizers, cfg, emit)
+    # Token ids live on the training device; batches are gathered there.
+    data = PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids"), device),
+                        TokenStore(train_ids.data.column("tgt_ids"), device), None, None, [], [])
+    if cfg.valid:
+        valid_corpus = load_corpus(cfg.valid, cfg.src_lang, cfg.tgt_lang)
+        valid_ids = encode_split("valid", cfg.valid, valid_corpus, tokenizers, cfg, emit)
+        data.valid_src = TokenStore(valid_ids.data.column("src_ids"), device)
+        data.valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"), device)
+        # BLEU is scored on the raw text of every pair, filtered or not.
+        limit = cfg.valid_bleu_sentences or len(valid_corpus)
+        data.valid_src_lines = valid_corpus["src"][:limit]
+        data.valid_ref_lines = valid_corpus["tgt"][:limit]
+    return data
+
+
+def encode_split(split: str, spec: str, corpus: datasets.Dataset, tokenizers: TokenizerPair, cfg: TrainConfig,
+                 emit: Callable[[Event], None]) -> datasets.Dataset:
+    """Token ids of `corpus` without empty or over-long pairs; reports what was dropped."""
+    encoded = encode_corpus(corpus, tokenizers, num_proc=cfg.num_proc)
+    kept, report = filter_pairs(encoded, cfg.max_len, num_proc=cfg.num_proc, name=spec)
+    emit({"event": "data", "split": split, "corpus": spec, "pairs": len(corpus),
+          "kept": report.kept, "too_long": report.too_long, "empty": report.empty,
+          "max_len": cfg.max_len})
+    return kept
+
+
+def prepare_tokenizers(run_dir: Path, cfg: TrainConfig, train_corpus: datasets.Dataset,
+                       emit: Callable[[Event], None]) -> TokenizerPair:
+    """The run's own tokenizer: copied from --tokenizer, or trained here on a sample.
+
+    Rank 0 writes it; the other ranks wait, then read the same files.
+    """
+    resuming = (run_dir / CONFIG_FILE).is_file()
+    if is_main_process() and not resuming:
+        if cfg.tokenizer:
+            source = load_tokenizers(cfg.tokenizer)
+            for path in source.files():
+                atomic_write(run_dir / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+        else:
+            emit({"event": "tokenizer", "vocab_size": cfg.vocab_size})
+            train_tokenizer(train_corpus, run_dir, vocab_size=cfg.vocab_size, seed=cfg.seed)
+    wait_for_all_ranks()
+    return load_tokenizers(run_dir)
+
+
+def fit_to_tokenizers(model_cfg: ModelConfig, tokenizers: TokenizerPair) -> ModelConfig:
+    """`model_cfg` with the vocabulary sizes and special ids of `tokenizers`; embeddings are shared
+    only when asked for and the two sides share one vocabulary."""
+    return dataclasses.replace(
+        model_cfg,
+        src_vocab_size=tokenizers.src.vocab_size,
+        tgt_vocab_size=tokenizers.tgt.vocab_size,
+        share_embeddings=model_cfg.share_embeddings and tokenizers.shared,
+        pad_id=tokenizers.tgt.pad_id, unk_id=tokenizers.tgt.unk_id,
+        bos_id=tokenizers.tgt.bos_id, eos_id=tokenizers.tgt.eos_id)
