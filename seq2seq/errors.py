@@ -50,3 +50,9 @@ class TrainingInterrupted(Exception):
                          f"Resume with: s2s train --run {run_dir} --resume")
         self.run_dir, self.step = run_dir, step
         self.exit_code = 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

@@ -18,7 +18,8 @@ import torch
 
 from .batching import TokenStore
 from .config import ModelConfig, TrainConfig
-from .data import encode_corpus, filter_pairs, load_corpus
+from .data import load_corpus
+from .encode import encode_corpus, filter_pairs
 from .distributed import is_main_process, wait_for_all_ranks
 from .files import atomic_write
 from .rundir import CONFIG_FILE, Event

@@ -8,8 +8,8 @@ import re
 import datasets
 import pytest
 
-from seq2seq.data import (LengthFilterReport, encode_corpus, filter_pairs, load_corpus,
-                          resolve_corpus_spec, token_lengths)
+from seq2seq.data import load_corpus, resolve_corpus_spec
+from seq2seq.encode import LengthFilterReport, encode_corpus, filter_pairs, token_lengths
 from seq2seq.errors import DataError
 from seq2seq.tokenizer import EOS_ID, train_tokenizer
 
