@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import torch
+
 from seq2seq.config import ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +41,6 @@ def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
 
     Enough for everything that loads a run or checks its input without needing good translations.
     """
-    import torch
-
     from seq2seq.rundir import save_weights
     from seq2seq.files import atomic_write_text
     from seq2seq.config import RunConfig
@@ -57,3 +57,19 @@ def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
     torch.manual_seed(0)
     save_weights(build_model(cfg), folder / "model.safetensors")
     return folder
+
+
+class EosFirst(torch.nn.Module):
+    """A model wrapper that adds `bias` to the EOS logit: left alone, it would end every output at once."""
+
+    def __init__(self, inner: torch.nn.Module, bias: float = 30.0):
+        super().__init__()
+        self.inner, self.cfg, self.bias = inner, inner.cfg, bias
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.encode(src)
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor,
+               cache=None) -> torch.Tensor:
+        logits = self.inner.decode(tgt_in, memory, src_mask, cache)  # (B, T, V)
+        return logits + self.bias * torch.nn.functional.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))

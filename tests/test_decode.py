@@ -27,6 +27,8 @@ from seq2seq.errors import ConfigError
 from seq2seq.attention import KeyValueState
 from seq2seq.model import DecoderCache, LayerCache, build_model
 
+from helpers import EosFirst
+
 VOCAB = 24
 PAD, BOS, EOS = 0, 2, 3
 
@@ -111,22 +113,6 @@ def reference_beam(model, src_row: list[int], max_len: int, beam: int,
                 finished += [Hypothesis(tokens, total / factor, total, hit_limit=True)
                              for tokens, total in live][:beam - len(finished)]
     return sorted(finished, key=lambda h: -h.score)
-
-
-class EosFirst(nn.Module):
-    """`inner` with `bias` added to the EOS logit: it would end every output at once."""
-
-    def __init__(self, inner: nn.Module, bias: float = 30.0):
-        super().__init__()
-        self.inner, self.cfg, self.bias = inner, inner.cfg, bias
-
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        return self.inner.encode(src)
-
-    def decode(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor,
-               cache: DecoderCache | None = None) -> Tensor:
-        logits = self.inner.decode(tgt_in, memory, src_mask, cache)  # (B, T, V)
-        return logits + self.bias * F.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))
 
 
 # --- length penalty ---------------------------------------------------------------

@@ -2,8 +2,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from seq2seq.config import DecodeConfig
 from seq2seq.decode import translate_ids
@@ -11,24 +9,9 @@ from seq2seq.errors import ConfigError
 from seq2seq.textio import clean_output
 from seq2seq.translator import Translator, cut_ids, split_sentences
 
-from helpers import make_untrained_run
+from helpers import EosFirst, make_untrained_run
 
 CPU = torch.device("cpu")
-
-
-class EosFirst(nn.Module):
-    """`inner` with `bias` added to the EOS logit: it would end every output at once."""
-
-    def __init__(self, inner: nn.Module, bias: float = 30.0):
-        super().__init__()
-        self.inner, self.cfg, self.bias = inner, inner.cfg, bias
-
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        return self.inner.encode(src)
-
-    def decode(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor, cache=None) -> Tensor:
-        logits = self.inner.decode(tgt_in, memory, src_mask, cache)  # (B, T, V)
-        return logits + self.bias * F.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))
 
 
 @pytest.fixture(scope="module")
