@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -10,7 +10,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from seq2seq.evaluate import MetricScore
+if TYPE_CHECKING:  # only a type here; importing seq2seq.evaluate loads sacrebleu, too slow for `--help`
+    from seq2seq.evaluate import MetricScore
 
 # soft_wrap: a message or a path is never broken across lines.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -47,44 +47,70 @@ def require_finite(cfg: Any, name_of: Callable[[str], str]) -> None:
                 raise ConfigError(f"{name_of(f.name)} must be a finite number, got {item}")
 
 
+# Headings under which `s2s train`, `translate` and `eval` list the settings (a field's group).
+DATA, MODEL, OPTIMISATION, VALIDATION, RUN = "Data", "Model", "Optimisation", "Validation", "Run"
+SEARCH, SAMPLING = "Search", "Sampling"
+
+
+def setting(default: Any, help: str, group: str, derived_from: str | None = None) -> Any:
+    """A config field with its description kept beside it, in the field's metadata.
+
+    `help` is one or two sentences for `--help` and for readers of the code;
+    `group` is the heading the field is listed under. A field that the user
+    does not set, because it follows from something else (a vocabulary size
+    from the tokenizer), names that in `derived_from` and gets no flag.
+    The command line's flags, their defaults and their help are all generated
+    from these (cli/options.py), so a setting is described only here.
+    """
+    return field(default=default, metadata={"help": help, "group": group, "derived_from": derived_from})
+
+
+def settable_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that a user sets: all but the derived ones."""
+    return [f for f in fields(cls) if not f.metadata.get("derived_from")]
+
+
 @dataclass
 class ModelConfig:
     """Shape of the encoder-decoder Transformer."""
 
-    src_vocab_size: int = 8000  # set from the tokenizer at training time
-    tgt_vocab_size: int = 8000
-    d_model: int = 256  # width of every residual stream
-    n_heads: int = 4  # attention heads; must divide d_model
-    ffn_dim: int = 1024  # hidden width of the position-wise feed-forward layer
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    dropout: float = 0.1  # on embeddings and residual branches
-    attention_dropout: float = 0.0  # on attention probabilities
-    # On the FFN hidden layer. Off by default, as in fairseq: it is the largest
+    src_vocab_size: int = setting(8000, "Source vocabulary size.", MODEL, derived_from="the tokenizer")
+    tgt_vocab_size: int = setting(8000, "Target vocabulary size.", MODEL, derived_from="the tokenizer")
+    d_model: int = setting(256, "Model width: of the embeddings and every residual stream.", MODEL)
+    n_heads: int = setting(4, "Attention heads; must divide d_model.", MODEL)
+    ffn_dim: int = setting(1024, "Hidden width of the position-wise feed-forward layer.", MODEL)
+    encoder_layers: int = setting(3, "Encoder layers.", MODEL)
+    decoder_layers: int = setting(3, "Decoder layers.", MODEL)
+    dropout: float = setting(0.1, "Dropout on embeddings and residual branches.", MODEL)
+    attention_dropout: float = setting(0.0, "Dropout on softmax attention probabilities.", MODEL)
+    # Off by default, as in fairseq: the FFN hidden layer is the largest
     # activation, and drawing its mask costs ~15% of a CPU training step.
-    activation_dropout: float = 0.0
-    activation: Literal["relu", "gelu"] = "relu"
-    norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably without long warm-up
-    max_positions: int = 1024  # longest sequence, in tokens, either side
-    # "sinusoidal" or "learned" tables added to the embeddings, or "rope": rotary
-    # queries and keys in every self-attention layer (see seq2seq.positions).
-    positions: Literal["sinusoidal", "learned", "rope"] = "sinusoidal"
-    # "performer" replaces softmax attention with FAVOR+ (see seq2seq.performer)
-    # in the places listed in performer_in.
-    attention: Literal["softmax", "performer"] = "softmax"
-    performer_in: str = "encoder,decoder,cross"  # comma-separated: encoder, decoder, cross
-    performer_features: int = 256  # random features per head
-    # Training updates between redraws of the random features; 0 never redraws.
+    activation_dropout: float = setting(0.0, "Dropout on the feed-forward hidden layer.", MODEL)
+    activation: Literal["relu", "gelu"] = setting("relu", "Feed-forward activation: relu or gelu.", MODEL)
+    # Pre-norm trains stably without a long warm-up.
+    norm: Literal["pre", "post"] = setting("pre", "Layer norm before (pre) or after (post) each sublayer.",
+                                           MODEL)
+    max_positions: int = setting(1024, "Longest sequence the model accepts, in tokens, either side.", MODEL)
+    # See seq2seq.positions.
+    positions: Literal["sinusoidal", "learned", "rope"] = setting(
+        "sinusoidal", "sinusoidal or learned (a table added to the embeddings), or rope (rotary queries "
+        "and keys in every self-attention layer).", MODEL)
+    # See seq2seq.performer.
+    attention: Literal["softmax", "performer"] = setting(
+        "softmax", "softmax, or performer (FAVOR+ linear attention, in the places of performer_in).", MODEL)
+    performer_in: str = setting("encoder,decoder,cross", "Where Performer attention goes: some of encoder, "
+                                "decoder, cross, comma-separated.", MODEL)
+    performer_features: int = setting(256, "FAVOR+ random features per head.", MODEL)
     # The features are saved with the weights and fixed at inference.
-    performer_redraw_every: int = 1000
-    # Tie source embeddings, target embeddings and the output projection when
-    # both languages share one vocabulary; the decoder's input and output
-    # embeddings are always tied.
-    share_embeddings: bool = True
-    pad_id: int = 0
-    unk_id: int = 1
-    bos_id: int = 2
-    eos_id: int = 3
+    performer_redraw_every: int = setting(1000, "Redraw the FAVOR+ features every N training updates; "
+                                          "0 never.", MODEL)
+    # The decoder's input and output embeddings are always tied.
+    share_embeddings: bool = setting(True, "Tie source embeddings, target embeddings and the output "
+                                     "projection when both languages share one vocabulary.", MODEL)
+    pad_id: int = setting(0, "Id of the padding token.", MODEL, derived_from="the tokenizer")
+    unk_id: int = setting(1, "Id of the unknown token.", MODEL, derived_from="the tokenizer")
+    bos_id: int = setting(2, "Id of the begin-of-sentence token.", MODEL, derived_from="the tokenizer")
+    eos_id: int = setting(3, "Id of the end-of-sentence token.", MODEL, derived_from="the tokenizer")
 
     def validate(self) -> None:
         require_finite(self, lambda name: f"model.{name}")
@@ -141,48 +167,54 @@ PRESETS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     """Data and optimisation recipe. Corpus specs are described in `seq2seq.data`."""
 
-    train: str = "data/multi30k/train"  # corpus spec for training pairs
-    valid: str = "data/multi30k/val"  # corpus spec for validation pairs ("" for none)
-    src_lang: str = "en"
-    tgt_lang: str = "de"
-    # Tokenizer folder from `s2s tokenizer train`; empty means train one into the run.
-    tokenizer: str = ""
-    vocab_size: int = 8000  # only used when the tokenizer is trained here
-    max_len: int = 256  # pairs with more tokens than this on either side are dropped
-    max_tokens: int = 4096  # padded tokens (source or target, the larger) per batch
-    accum_steps: int = 1  # batches per optimizer update
-    epochs: int = 30
-    max_steps: int = 0  # optimizer updates; 0 means no limit
-    max_time: float = 0.0  # seconds of training; 0 means no limit
-    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    warmup_steps: int = 1000  # linear warm-up, then the decay of lr_schedule
-    # After warm-up, "inverse_sqrt" decays with 1/sqrt(step) (Vaswani et al., fairseq);
-    # "cosine" follows half a cosine down to 0 at the run's last update, which needs
-    # epochs or max_steps to say when that is.
-    lr_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    clip_norm: float = 1.0  # 0 disables gradient clipping
-    valid_every: int = 0  # validate every N updates; 0 means at the end of each epoch
-    valid_beam: int = 1  # beam size for validation BLEU; 1 is greedy
-    valid_bleu_sentences: int = 0  # validate BLEU on at most this many sentences; 0 means all
-    patience: int = 10  # validations without improvement before stopping; 0 disables
-    early_stop_metric: Literal["bleu", "loss"] = "bleu"
-    # Weights-only snapshots kept for averaging: the newest N and the best N.
-    keep_snapshots: int = 5
-    # At the end, average the last N snapshots; the average becomes the model if
-    # it validates at least as well as the best single checkpoint. 0 is off.
-    average_last: int = 0
-    log_every: int = 50  # updates between progress records
-    # Updates in a row whose loss or gradients are not finite before training
-    # stops; each such update is skipped, not applied.
-    max_bad_updates: int = 5
-    seed: int = 1
-    num_proc: int = 1  # processes for tokenizing the corpus with datasets.map
-    # torch.compile the training forward and loss, with dynamic shapes: one graph serves
-    # every batch shape. It pays on a GPU; on the CPU it measured 9% slower.
-    compile: bool = False
+    train: str = setting("data/multi30k/train", "Training corpus spec (see README).", DATA)
+    valid: str = setting("data/multi30k/val", "Validation corpus spec; '' for none.", DATA)
+    src_lang: str = setting("en", "Source language code.", DATA)
+    tgt_lang: str = setting("de", "Target language code.", DATA)
+    tokenizer: str = setting("", "Tokenizer folder from `s2s tokenizer train`; '' trains one into the run.",
+                             DATA)
+    vocab_size: int = setting(8000, "Vocabulary size of a tokenizer trained into the run.", DATA)
+    max_len: int = setting(256, "Drop training pairs with more tokens than this on either side.", DATA)
+    max_tokens: int = setting(4096, "Padded tokens per batch (source or target, the larger).", OPTIMISATION)
+    accum_steps: int = setting(1, "Batches per optimizer update.", OPTIMISATION)
+    epochs: int = setting(30, "Stop after this many passes over the training data; 0 means no limit.",
+                          OPTIMISATION)
+    max_steps: int = setting(0, "Stop after this many optimizer updates; 0 means no limit.", OPTIMISATION)
+    max_time: float = setting(0.0, "Stop cleanly after this many seconds, data preparation and validation "
+                              "included; 0 means no limit.", OPTIMISATION)
+    lr: float = setting(1e-3, "Peak learning rate, reached at the end of warm-up.", OPTIMISATION)
+    warmup_steps: int = setting(1000, "Updates of linear warm-up before the decay of lr_schedule.",
+                                OPTIMISATION)
+    # "inverse_sqrt" is Vaswani et al.'s and fairseq's; "cosine" needs epochs or
+    # max_steps to say when the last update is.
+    lr_schedule: Literal["inverse_sqrt", "cosine"] = setting(
+        "inverse_sqrt", "Decay after warm-up: inverse_sqrt (1/sqrt(step)), or cosine (half a cosine down "
+        "to 0 at the last update).", OPTIMISATION)
+    betas: tuple[float, float] = setting((0.9, 0.98), "AdamW's beta1 and beta2.", OPTIMISATION)
+    weight_decay: float = setting(0.0, "AdamW's weight decay.", OPTIMISATION)
+    label_smoothing: float = setting(0.1, "Label smoothing of the cross-entropy loss.", OPTIMISATION)
+    clip_norm: float = setting(1.0, "Clip the gradient norm to this; 0 disables clipping.", OPTIMISATION)
+    valid_every: int = setting(0, "Validate every N updates; 0 means at the end of each epoch.", VALIDATION)
+    valid_beam: int = setting(1, "Beam size for validation BLEU; 1 is greedy.", VALIDATION)
+    valid_bleu_sentences: int = setting(0, "Score validation BLEU on at most this many sentences; 0 means "
+                                        "all.", VALIDATION)
+    patience: int = setting(10, "Stop after this many validations without improvement; 0 never stops "
+                            "early.", VALIDATION)
+    early_stop_metric: Literal["bleu", "loss"] = setting(
+        "bleu", "bleu or loss: what chooses the best model and counts towards patience.", VALIDATION)
+    keep_snapshots: int = setting(5, "Weight snapshots kept for `s2s average`: the newest N and the best N.",
+                                  VALIDATION)
+    average_last: int = setting(0, "At the end, average the last N snapshots; the average becomes the "
+                                "model if it validates at least as well as the best checkpoint. 0 is off.",
+                                VALIDATION)
+    log_every: int = setting(50, "Updates between progress records.", VALIDATION)
+    max_bad_updates: int = setting(5, "Stop after this many updates in a row with a non-finite loss or "
+                                   "gradient; each is skipped, not applied.", OPTIMISATION)
+    seed: int = setting(1, "Seed for the initial weights, the batch order and dropout.", OPTIMISATION)
+    num_proc: int = setting(1, "Processes for tokenizing the corpus (datasets.map).", DATA)
+    # With dynamic shapes, one graph serves every batch shape.
+    compile: bool = setting(False, "torch.compile the training step: it pays on a GPU, and measured 9% "
+                            "slower on the CPU.", RUN)
 
     def validate(self) -> None:
         require_finite(self, lambda name: f"train.{name}")
@@ -225,29 +257,30 @@ RESUME_BUDGET_FIELDS = ("epochs", "max_steps", "max_time", "patience")
 class DecodeConfig:
     """Search settings for `s2s translate` and validation."""
 
-    beam: int = 5  # 1 is greedy search
-    # Hypothesis score = log-probability / penalty(len):
-    # "gnmt": ((5 + len) / 6) ** alpha (Wu et al. 2016); "average": len ** alpha; "none": 1.
-    length_penalty: Literal["gnmt", "average", "none"] = "gnmt"
-    alpha: float = 0.6
-    max_len_a: float = 1.5  # output length limit: a * source tokens + b
-    max_len_b: int = 10
-    # The fewest output tokens before EOS may end a non-empty source line. 1, as in
-    # CTranslate2 and Marian: an empty output for a non-empty line is never a translation,
-    # yet an immediate EOS can outscore one under a length penalty.
-    min_len: int = 1
-    max_tokens: int = 8000  # source tokens per batch (after padding)
-    # A source line longer than the model's max_positions - 1 tokens is either
-    # "split" at sentence punctuation (then at the token limit) and its pieces'
-    # translations joined, or "truncate"d to the limit.
-    long_lines: Literal["split", "truncate"] = "split"
-    # Sampling draws each token instead of searching (for back-translation);
-    # it ignores `beam`.
-    sampling: bool = False
-    temperature: float = 1.0  # logprobs are divided by it before sampling; > 0
-    top_k: int = 0  # sample among the k most probable tokens only; 0 is off
-    top_p: float = 1.0  # sample among the fewest tokens whose mass reaches p; 1 is off
-    seed: int | None = None  # None draws a fresh seed
+    beam: int = setting(5, "Beam size; 1 is greedy search.", SEARCH)
+    # Hypothesis score = log-probability / penalty(len); gnmt is Wu et al. 2016's.
+    length_penalty: Literal["gnmt", "average", "none"] = setting(
+        "gnmt", "gnmt ((5+len)/6)^alpha, average len^alpha, or none.", SEARCH)
+    alpha: float = setting(0.6, "Length penalty exponent.", SEARCH)
+    max_len_a: float = setting(1.5, "Output length limit: a x source tokens + b.", SEARCH)
+    max_len_b: int = setting(10, "Output length limit: a x source tokens + b.", SEARCH)
+    # 1, as in CTranslate2 and Marian: an empty output for a non-empty line is never
+    # a translation, yet an immediate EOS can outscore one under a length penalty.
+    min_len: int = setting(1, "Fewest output tokens for a non-empty line; 0 allows an empty translation.",
+                           SEARCH)
+    max_tokens: int = setting(8000, "Source tokens per batch, padding included.", SEARCH)
+    # Longer than the model's max_positions - 1 tokens.
+    long_lines: Literal["split", "truncate"] = setting(
+        "split", "Lines longer than the model can read: split (at sentence ends, then at the token limit; "
+        "the pieces' translations joined) or truncate.", SEARCH)
+    sampling: bool = setting(False, "Sample each token from the model instead of searching (for "
+                             "back-translation); ignores the beam.", SAMPLING)
+    temperature: float = setting(1.0, "With sampling: divide log-probabilities by this first; > 0.", SAMPLING)
+    top_k: int = setting(0, "With sampling: only the K most probable tokens; 0 is off.", SAMPLING)
+    top_p: float = setting(1.0, "With sampling: only the fewest most probable tokens whose probability "
+                           "reaches P, in (0, 1]; 1 is off.", SAMPLING)
+    seed: int | None = setting(None, "With sampling: seed, for repeatable samples; none draws a fresh one.",
+                               SAMPLING)
 
     def validate(self) -> None:
         require_finite(self, lambda name: f"--{name.replace('_', '-')}")

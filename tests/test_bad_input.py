@@ -220,7 +220,7 @@ def test_an_output_that_is_the_input_is_refused(run, tmp_path, monkeypatch):
 
 def test_resume_with_a_changed_setting(run):
     fails_cleanly(["train", "--run", run, "--resume", "--lr", "5", "--epochs", "3"],
-                  "only --epochs, --max-steps, --max-time and --patience may change", "lr (saved 0.001, given 5.0)")
+                  "only epochs, max_steps, max_time and patience may change", "lr (saved 0.001, given 5.0)")
     assert not (run / "checkpoints").exists()
 
 

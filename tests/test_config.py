@@ -1,9 +1,12 @@
+import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
-from seq2seq.config import (FORMAT_VERSION, DecodeConfig, ModelConfig, RunConfig, TrainConfig,
-                            from_dict, resolve_train_configs)
+from seq2seq.config import (FORMAT_VERSION, DecodeConfig, ModelConfig, RunConfig, TrainConfig, from_dict,
+                            resolve_train_configs, settable_fields)
 from seq2seq.errors import ConfigError
 
 
@@ -91,3 +94,20 @@ def test_a_version_1_run_config_loads_with_renamed_keys():
     assert loaded.train.valid_bleu_sentences == 50 and loaded.format_version == FORMAT_VERSION
     with pytest.raises(ConfigError, match="unknown key"):
         RunConfig.from_json_dict({"format_version": 2, "train": {"valid_bleu_max": 50}}, "config.json")
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig, DecodeConfig])
+def test_every_field_is_described_beside_it(cls):
+    """The command line's flags, defaults and help come from these (cli/options.py)."""
+    for field in dataclasses.fields(cls):
+        assert field.metadata["help"].strip() and field.metadata["group"], field.name
+    derived = {f.name for f in dataclasses.fields(cls)} - {f.name for f in settable_fields(cls)}
+    assert derived == ({"src_vocab_size", "tgt_vocab_size", "pad_id", "unk_id", "bos_id", "eos_id"}
+                       if cls is ModelConfig else set())
+
+
+def test_config_and_errors_load_without_torch():
+    """The CLI imports these to build its options; they must not make `s2s --help` load torch."""
+    check = "import sys, seq2seq.config, seq2seq.errors; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

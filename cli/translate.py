@@ -1,0 +1,167 @@
+"""`s2s translate`: one line out for every line in; the search options are DecodeConfig's fields.
+
+torch and the translator are imported inside the command, so that `--help` never loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from seq2seq.clobber import Reads, refuse_clobbering
+from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
+from seq2seq.errors import ConfigError
+from seq2seq.files import check_output, open_output
+from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary
+
+from .display import warning
+from .options import ConfigOptions, config_options
+
+# The old names stay, for the README's examples and users' scripts: --batch-tokens, --sample and -b.
+DECODE_OPTIONS = ConfigOptions(DecodeConfig, aliases={"beam": ["-b"], "max_tokens": ["--batch-tokens"],
+                                                      "sampling": ["--sample"]})
+DECODE_PANELS = (SEARCH, SAMPLING)
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+# seq2seq.rundir.WEIGHTS_FILE by default; None here, because naming it would import torch.
+Weights = Annotated[Optional[str], typer.Option(help="Weights file inside the run directory, such as an "
+                                                "average from `s2s average`.", show_default="the run's model")]
+
+
+def decode_config(given: dict[str, Any]) -> DecodeConfig:
+    """The search settings given on the command line, over DecodeConfig's defaults, validated."""
+    cfg = DecodeConfig(**given)
+    cfg.validate()
+    return cfg
+
+
+def load_translator(model: Path, device: str, cfg: DecodeConfig, weights: str | None):
+    """A seq2seq.translator.Translator for the run in `model`, on `device`."""
+    from seq2seq.device import resolve_device
+    from seq2seq.rundir import WEIGHTS_FILE
+    from seq2seq.translator import Translator
+
+    return Translator.from_run(model, resolve_device(device), cfg, weights or WEIGHTS_FILE)
+
+
+def report_translation(translator) -> None:
+    """What the translator had to do to keep one line out per line in, on stderr."""
+    stats = translator.stats
+    if stats.split:
+        warning(f"{stats.split} line(s) were longer than the model's {translator.max_source_tokens} "
+                "source tokens and were translated in pieces split at sentence ends")
+    if stats.truncated:
+        warning(f"{stats.truncated} line(s) were longer than the model's {translator.max_source_tokens} "
+                "source tokens and were truncated")
+    if stats.length_limited:
+        warning(f"{stats.length_limited} translation(s) reached the output length limit (--max-len-a "
+                "x source tokens + --max-len-b) and were cut there")
+    if stats.empty_outputs:
+        warning(f"{stats.empty_outputs} non-empty line(s) were translated to an empty line")
+
+
+# Characters at which `str.splitlines` breaks but which JSON leaves unescaped.
+_JSON_UNESCAPED_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def nbest_jsonl(first_line: int, sources: list[str], nbest) -> str:
+    """One JSON object per input line: its 1-based number, source and hypotheses."""
+    records = []
+    for number, (source, hypotheses) in enumerate(zip(sources, nbest), start=first_line):
+        record = {"line": number, "source": source,
+                  "hypotheses": [{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]}
+        records.append(json.dumps(record, ensure_ascii=False).translate(_JSON_UNESCAPED_BREAKS) + "\n")
+    return "".join(records)
+
+
+def nbest_tsv(first_line: int, sources: list[str], nbest) -> str:
+    """One `line<TAB>rank<TAB>score<TAB>text` row per hypothesis; tabs in the text become spaces."""
+    return "".join(f"{number}\t{rank}\t{h.score:.6f}\t{h.text.replace(chr(9), ' ')}\n"
+                   for number, hypotheses in enumerate(nbest, start=first_line)
+                   for rank, h in enumerate(hypotheses, start=1))
+
+
+def check_nbest(nbest: int, nbest_format: str, cfg: DecodeConfig) -> None:
+    """ConfigError for an n-best request the search cannot meet.
+
+    Translator.translate_nbest checks this too, but only once the model is
+    loaded and a non-empty line is read, and in the library's terms; here it
+    is refused up front, naming the flags.
+    """
+    if nbest < 0:
+        raise ConfigError(f"--nbest must be positive, got {nbest}")
+    if nbest and cfg.sampling:
+        raise ConfigError("--nbest needs beam search; --sampling (--sample) gives one output per line")
+    if nbest > cfg.beam:
+        raise ConfigError(f"--nbest {nbest} is more than --beam {cfg.beam}; beam search finds at most "
+                          "--beam hypotheses")
+    if nbest_format not in ("jsonl", "tsv"):
+        raise ConfigError(f"--nbest-format must be jsonl or tsv, got {nbest_format!r}")
+
+
+@config_options(panels=DECODE_PANELS, decode=DECODE_OPTIONS)
+def translate_command(
+    decode: dict[str, Any],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Source file, plain or .gz; "
+                                                  "default or '-': stdin.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default or '-': "
+                                                   "stdout.")] = None,
+    nbest: Annotated[int, typer.Option(help="Write the N best translations of each line "
+                                       "(N <= --beam) instead of the best one.")] = 0,
+    nbest_format: Annotated[str, typer.Option(help="With --nbest: jsonl (one object per line) or tsv "
+                                              "(one row per hypothesis).")] = "jsonl",
+    buffer_lines: Annotated[int, typer.Option(help="Lines read, translated and written at a time.")] = 1000,
+    interactive: Annotated[bool, typer.Option("--interactive", help="Answer line by line (the default "
+                                              "when stdin is a terminal).")] = False,
+    device: Device = "auto",
+    weights: Weights = None,
+) -> None:
+    """Translate one line out for every line in, in order. Empty lines give empty lines."""
+    cfg = decode_config(decode)
+    if buffer_lines <= 0:
+        raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
+    check_nbest(nbest, nbest_format, cfg)
+    from_stdin = input is None or str(input) == "-"
+    if from_stdin and sys.stdin is None:
+        raise ConfigError("stdin is closed; give the input with -i FILE")
+    if output is None or str(output) == "-":
+        if sys.stdout is None:
+            raise ConfigError("stdout is closed; give the output with -o FILE")
+    else:
+        check_output(output, "--output")
+        refuse_clobbering("--output", output,
+                          Reads().file("the input file", None if from_stdin else input)
+                          .folder("the run directory", model))
+    if not from_stdin:
+        open_binary(input).close()  # a missing input is reported before the model is loaded
+    translator = load_translator(model, device, cfg, weights)
+    if interactive or (from_stdin and sys.stdin.isatty()):
+        buffer_lines = 1
+    read = ReadStats()
+    write_nbest = nbest_jsonl if nbest_format == "jsonl" else nbest_tsv
+
+    def render(first_line: int, chunk: list[str]) -> str:
+        if nbest:
+            return write_nbest(first_line, chunk, translator.translate_nbest(chunk, nbest))
+        return "".join(line + "\n" for line in translator.translate(chunk))
+
+    source = sys.stdin.buffer if from_stdin else open_binary(input)
+    # A regular output file is written to a temporary file and renamed at the end, so a
+    # crash never leaves half of it; stdout, devices and pipes are written as we go.
+    with source, open_output(output or "-") as sink:
+        first_line = 1
+        lines = iter_lines(source, read, "stdin" if from_stdin else str(input))
+        for chunk in chunks(lines, buffer_lines):
+            # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
+            sink.write(render(first_line, chunk).encode("utf-8"))
+            sink.flush()
+            first_line += len(chunk)
+    if read.invalid_utf8:
+        warning(f"{read.invalid_utf8} line(s) held bytes that are not UTF-8; they were decoded "
+                "with U+FFFD replacement characters")
+    report_translation(translator)
