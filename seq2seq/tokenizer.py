@@ -73,6 +73,10 @@ class Tokenizer:
         """Number of ids, special tokens included."""
         return self._processor.vocab_size()
 
+    def pieces(self) -> list[str]:
+        """Every piece, in id order: the vocabulary another engine needs to use the same ids."""
+        return [self._processor.id_to_piece(i) for i in range(self.vocab_size)]
+
     def encode(self, lines: list[str]) -> list[list[int]]:
         """Token ids of each line: pieces only, no BOS or EOS added."""
         return self._processor.encode(lines, out_type=int)

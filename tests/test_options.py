@@ -283,7 +283,7 @@ HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["translate", "--help"],
-                                  ["eval", "--help"], ["average", "--help"], ["tokenizer", "--help"],
+                                  ["eval", "--help"], ["average", "--help"], ["export", "--help"], ["tokenizer", "--help"],
                                   ["tokenizer", "train", "--help"]], ids=" ".join)
 def test_help_and_version_load_no_heavy_library(args):
     """`s2s --help` took 2-3 s when the CLI imported torch and datasets up front; it must stay fast."""
