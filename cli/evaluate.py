@@ -18,7 +18,8 @@ from seq2seq.textio import read_lines
 
 from .display import score_table, stdout, warning
 from .options import config_options
-from .translate import DECODE_OPTIONS, DECODE_PANELS, Device, Weights, decode_config, load_translator, report_translation
+from .translate import (DECODE_OPTIONS, DECODE_PANELS, Device, Engine, Threads, Weights, check_engine_options,
+                        decode_config, model_label, load_translator, report_translation)
 
 
 def read_scored_lines(path: Path) -> list[str]:
@@ -34,8 +35,8 @@ def eval_command(
     decode: dict[str, Any],
     ref: Annotated[list[Path], typer.Option("--ref", "-r", help="Reference file; repeat for several.")],
     hyp: Annotated[Optional[Path], typer.Option("--hyp", help="Hypotheses to score.")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory: translate "
-                                                  "--src first, then score.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run directory, or a folder "
+                                                  "written by `s2s export`: translate --src first, then score.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", "-s", help="Source file, with --model.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --model: also write "
                                                    "the translations here ('-': stdout).")] = None,
@@ -47,6 +48,8 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     device: Device = "auto",
     weights: Weights = None,
+    engine: Engine = None,
+    threads: Threads = None,
 ) -> None:
     """Score with sacreBLEU: `--hyp H --ref R`, or `-m RUN --src S --ref R` to translate first."""
     if (hyp is None) == (model is None):
@@ -58,9 +61,12 @@ def eval_command(
     if hyp is not None and output is not None:
         raise ConfigError("--output keeps the translations made with --model; with --hyp there are none "
                           "to write")
+    if hyp is not None and (engine is not None or threads is not None):
+        raise ConfigError("--engine and --threads go with --model; with --hyp nothing is translated")
+    check_engine_options(engine, threads)
     if output is not None:
         check_output(output, "--output")
-        reads = Reads().file("the hypotheses", hyp).file("the source file", src).folder("the run directory", model)
+        reads = Reads().file("the hypotheses", hyp).file("the source file", src).folder(model_label(model) if model is not None else "", model)
         for path in ref:
             reads.file("the reference", path)
         refuse_clobbering("--output", output, reads)
@@ -77,7 +83,7 @@ def eval_command(
         for path, lines in zip(ref, refs):
             if len(lines) != len(sources):
                 raise DataError(f"{src} has {len(sources)} lines but {path} has {len(lines)}")
-        translator = load_translator(model, device, cfg, weights)
+        translator = load_translator(model, device, cfg, weights, engine, threads)
         hyps = translator.translate(sources)
         report_translation(translator)
         if output is not None:

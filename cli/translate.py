@@ -39,13 +39,44 @@ def decode_config(given: dict[str, Any]) -> DecodeConfig:
     return cfg
 
 
-def load_translator(model: Path, device: str, cfg: DecodeConfig, weights: str | None):
-    """A seq2seq.translator.Translator for the run in `model`, on `device`."""
+Engine = Annotated[Optional[str], typer.Option(help="torch (a run directory) or ctranslate2 (a folder from "
+                                                "`s2s export`).", show_default="found from -m")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the search (torch's, or CTranslate2's "
+                                                "intra_threads).", show_default="the engine's own")]
+MODEL_HELP = "Run directory, or a folder written by `s2s export` (run with CTranslate2)."
+
+
+def check_engine_options(engine: str | None, threads: int | None) -> None:
+    """ConfigError for an unknown --engine or a --threads below 1, before anything is loaded."""
+    if engine is not None and engine not in ("torch", "ctranslate2"):
+        raise ConfigError(f"--engine must be torch or ctranslate2, got {engine!r}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+
+
+def model_label(model: Path) -> str:
+    """How the clobber checks name the folder -m reads: no output may land inside it either way."""
+    from seq2seq.engines import is_exported
+
+    return "the exported model folder" if is_exported(model) else "the run directory"
+
+
+def load_translator(model: Path, device: str, cfg: DecodeConfig, weights: str | None,
+                    engine: str | None = None, threads: int | None = None):
+    """A seq2seq.translator.Translator for the run or exported folder in `model`, on `device`."""
+    import torch
+
     from seq2seq.device import resolve_device
+    from seq2seq.engines import is_exported
     from seq2seq.rundir import WEIGHTS_FILE
     from seq2seq.translator import Translator
 
-    return Translator.from_run(model, resolve_device(device), cfg, weights or WEIGHTS_FILE)
+    resolved = resolve_device(device)
+    if not is_exported(model):
+        weights = weights or WEIGHTS_FILE
+    elif resolved.type not in ("cpu", "cuda") and device == "auto" and engine in (None, "ctranslate2"):
+        resolved = torch.device("cpu")  # CTranslate2 runs on the CPU or CUDA: auto picks the CPU over MPS
+    return Translator.from_run(model, resolved, cfg, weights, engine=engine, threads=threads)
 
 
 def report_translation(translator) -> None:
@@ -106,7 +137,7 @@ def check_nbest(nbest: int, nbest_format: str, cfg: DecodeConfig) -> None:
 @config_options(panels=DECODE_PANELS, decode=DECODE_OPTIONS)
 def translate_command(
     decode: dict[str, Any],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help=MODEL_HELP)],
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Source file, plain or .gz; "
                                                   "default or '-': stdin.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file; default or '-': "
@@ -120,9 +151,12 @@ def translate_command(
                                               "when stdin is a terminal).")] = False,
     device: Device = "auto",
     weights: Weights = None,
+    engine: Engine = None,
+    threads: Threads = None,
 ) -> None:
     """Translate one line out for every line in, in order. Empty lines give empty lines."""
     cfg = decode_config(decode)
+    check_engine_options(engine, threads)
     if buffer_lines <= 0:
         raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
     check_nbest(nbest, nbest_format, cfg)
@@ -136,10 +170,10 @@ def translate_command(
         check_output(output, "--output")
         refuse_clobbering("--output", output,
                           Reads().file("the input file", None if from_stdin else input)
-                          .folder("the run directory", model))
+                          .folder(model_label(model), model))
     if not from_stdin:
         open_binary(input).close()  # a missing input is reported before the model is loaded
-    translator = load_translator(model, device, cfg, weights)
+    translator = load_translator(model, device, cfg, weights, engine, threads)
     if interactive or (from_stdin and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .rundir import WEIGHTS_FILE, load_run
 from .config import DecodeConfig
-from .decode import Hypothesis, check_decode_config, nbest_ids, seeded_generator
-from .device import mixed_precision
+from .decode import Hypothesis, check_decode_config
+from .engines import Engine, open_engine
+from .engines.torch_engine import TorchEngine
 from .errors import ConfigError
 from .model import Seq2SeqTransformer
 from .textio import clean_output
@@ -60,29 +60,45 @@ def cut_ids(ids: list[int], limit: int) -> list[list[int]]:
 
 
 class Translator:
-    """Translates lists of lines with one model, keeping count of what needed special handling."""
+    """Translates lists of lines with one engine, keeping count of what needed special handling.
 
-    def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig):
-        # Checked now, so that a bad setting is refused before any input is read; nbest_ids
-        # checks again with the same function for callers that search without a Translator.
-        check_decode_config(cfg, model.cfg.tgt_vocab_size)
-        self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
+    `Translator(engine)` runs an engine (`seq2seq.engines`), which holds the
+    tokenizers and the search settings; `Translator(model, tokenizers, cfg)`
+    runs s2s's own search on a model (the torch engine).
+    """
+
+    def __init__(self, engine: Engine | Seq2SeqTransformer, tokenizers: TokenizerPair | None = None,
+                 cfg: DecodeConfig | None = None):
+        if isinstance(engine, torch.nn.Module):
+            if tokenizers is None or cfg is None:
+                raise TypeError("Translator(model, tokenizers, cfg) needs the tokenizers and the DecodeConfig")
+            engine = TorchEngine(engine, tokenizers, cfg)
+        elif tokenizers is not None or cfg is not None:
+            raise TypeError("an engine holds its own tokenizers and DecodeConfig: give Translator(engine) alone")
+        # Checked now, so that a bad setting is refused before any input is read; the
+        # search checks again with the same function for callers that search without a Translator.
+        check_decode_config(engine.cfg, engine.tgt_vocab_size)
+        self.engine = engine
+        self.tokenizers, self.cfg = engine.tokenizers, engine.cfg
         self.stats = TranslateStats()
-        device = next(model.parameters()).device
-        self.autocast = mixed_precision(device)
-        # One generator for the Translator's life: successive batches draw fresh
-        # samples, and the whole run is repeatable from cfg.seed.
-        self.generator = seeded_generator(cfg.seed, device) if cfg.sampling else None
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, device: torch.device, cfg: DecodeConfig,
-                 weights: str = WEIGHTS_FILE) -> "Translator":
-        model, tokenizers, _ = load_run(run_dir, device, weights)
-        return cls(model, tokenizers, cfg)
+    def from_run(cls, path: Path | str, device: torch.device, cfg: DecodeConfig, weights: str | None = None,
+                 engine: str | None = None, threads: int | None = None) -> "Translator":
+        """A Translator for a run directory (the torch engine) or a folder written by `s2s export`
+        (the CTranslate2 engine); `engine` ("torch" or "ctranslate2") must be the one the folder needs."""
+        return cls(open_engine(path, device, cfg, weights, engine, threads))
+
+    @property
+    def model(self) -> Seq2SeqTransformer:
+        """The torch engine's model; AttributeError for an engine without one."""
+        if not isinstance(self.engine, TorchEngine):
+            raise AttributeError(f"the {self.engine.name} engine has no torch model")
+        return self.engine.model
 
     @property
     def max_source_tokens(self) -> int:
-        return self.model.cfg.max_positions - 1  # one position is the source's EOS
+        return self.engine.max_positions - 1  # one position is the source's EOS
 
     def translate(self, lines: list[str]) -> list[str]:
         """Exactly one output line per input line, in order; empty lines give empty lines.
@@ -159,8 +175,7 @@ class Translator:
         with the empty hypothesis without running the model.
         """
         rows = [piece for line in pieces for piece in line or [[]]]
-        with self.autocast:
-            found = iter(nbest_ids(self.model, rows, self.cfg, self.generator))
+        found = iter(self.engine.search(rows))
         return [[next(found) for _ in line or [[]]] for line in pieces]
 
     def _count_outputs(self, pieces: list[list[list[int]]], best: list[list[Hypothesis]],

@@ -138,7 +138,7 @@ def received(monkeypatch):
     def run_training(run_dir, model_cfg, train_cfg, device, resume):
         configs.update({ModelConfig: model_cfg, TrainConfig: train_cfg})
 
-    def from_run(cls, run_dir, device, cfg, weights):
+    def from_run(cls, run_dir, device, cfg, weights, engine=None, threads=None):
         configs.update({DecodeConfig: cfg, "weights": weights})
         raise Captured
 

@@ -3,7 +3,9 @@
 Random Unicode (line separators, NUL, tabs, very long lines) and random bytes
 (invalid UTF-8 included) go through the real command with a tiny untrained
 model whose short max_positions makes long lines take the splitting path.
-The n-best output formats are checked here too, on the same model.
+The property is checked through both engines: the run directory (torch) and
+its CTranslate2 export (skipped without ctranslate2). The n-best output
+formats are checked here too, on the same model.
 """
 
 import json
@@ -27,6 +29,18 @@ def run(tmp_path_factory) -> Path:
     return make_untrained_run(tmp_path_factory.mktemp("run"), max_positions=32)
 
 
+@pytest.fixture(scope="module", params=["torch", "ctranslate2"])
+def model_folder(request, run, tmp_path_factory) -> Path:
+    """The run itself (torch engine), or its CTranslate2 export (ctranslate2 engine)."""
+    if request.param == "torch":
+        return run
+    pytest.importorskip("ctranslate2", reason="the CTranslate2 engine needs the optional ctranslate2 package: "
+                                              "pip install 's2s[ctranslate2]'")
+    from seq2seq.export import export_ctranslate2
+
+    return export_ctranslate2(run, tmp_path_factory.mktemp("exported") / "ct2")
+
+
 def translate(run: Path, data: bytes, *options: str):
     result = runner.invoke(app, ["translate", "-m", str(run), "--beam", "2", "--device", "cpu",
                                  "--max-len-b", "3", "--max-len-a", "0.5", *options], input=data)
@@ -47,8 +61,8 @@ inputs = st.one_of(lines.map(lambda ls: "\n".join(ls).encode("utf-8")),
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=inputs)
-def test_one_output_line_per_input_line_whatever_the_input(run, data):
-    out = translate(run, data).stdout_bytes.decode("utf-8").split("\n")
+def test_one_output_line_per_input_line_whatever_the_input(model_folder, data):
+    out = translate(model_folder, data).stdout_bytes.decode("utf-8").split("\n")
     assert out[-1] == ""
     assert len(out) - 1 == input_lines(data)
     assert all(line.splitlines() == [line] for line in out[:-1] if line)

@@ -1,0 +1,97 @@
+"""Translation engines: what turns source id rows into hypotheses, behind one interface.
+
+Everything above the engine (the line contract of `seq2seq.translator`:
+one line out per line in, empty lines, long-line splitting; n-best lists; the
+statistics) is one code path whatever the engine. Two engines:
+
+- "torch": s2s's own search (`seq2seq.decode.nbest_ids`) over a run directory;
+- "ctranslate2": a `ctranslate2.Translator` over a folder written by
+  `s2s export` (`seq2seq.export`), run as that module's docstring says so
+  that it computes what s2s computes.
+
+`open_engine` picks the engine from the folder: one holding s2s_export.json
+is an exported CTranslate2 model, anything else is read as a run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import ConfigError
+from ..export import EXPORT_FILE
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import DecodeConfig
+    from ..decode import Hypothesis
+    from ..tokenizer import TokenizerPair
+
+ENGINES = ("torch", "ctranslate2")
+
+
+class Engine(Protocol):
+    """Searches source id rows with one model and one DecodeConfig (`cfg`)."""
+
+    cfg: "DecodeConfig"
+    tokenizers: "TokenizerPair"
+    max_positions: int  # the most source tokens a row may have, its EOS included
+    tgt_vocab_size: int
+
+    def search(self, rows: list[list[int]]) -> list[list["Hypothesis"]]:
+        """All hypotheses of each row, best first, in input order.
+
+        Each row is source ids ending in EOS; an empty row gets the empty
+        hypothesis (score 0) without running the model, as `nbest_ids` does.
+        """
+        ...
+
+
+def is_exported(path: Path | str) -> bool:
+    """True for a folder written by `s2s export`."""
+    return (Path(path) / EXPORT_FILE).is_file()
+
+
+def engine_for(path: Path | str, engine: str | None) -> str:
+    """The engine that runs `path`: found from the folder, or `engine` if it can run it; ConfigError otherwise."""
+    exported = is_exported(path)
+    if engine is None:
+        return "ctranslate2" if exported else "torch"
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be torch or ctranslate2, got {engine!r}")
+    if engine == "torch" and exported:
+        raise ConfigError(f"{path} is a model exported to CTranslate2 ({EXPORT_FILE}), which the torch engine "
+                          "cannot run: give -m the run directory it was exported from, or leave out "
+                          "--engine (or use --engine ctranslate2)")
+    if engine == "ctranslate2" and not exported:
+        raise ConfigError(f"{path} is not an exported model (it has no {EXPORT_FILE}): the ctranslate2 engine "
+                          f"runs the folder `s2s export -m {path} -o FOLDER` writes; export first, then "
+                          "give -m that folder")
+    return engine
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+
+
+def open_engine(path: Path | str, device: "torch.device", cfg: "DecodeConfig", weights: str | None = None,
+                engine: str | None = None, threads: int | None = None) -> Engine:
+    """The engine for the run directory or exported folder `path`, searching with `cfg` on `device`.
+
+    `weights` names the weights file of a run directory (the run's model when
+    None); an exported folder holds one model, so it must be None or the
+    weights it was exported from. `threads` is torch's intra-op threads for the
+    torch engine, CTranslate2's intra_threads for the other (None: the
+    library's own default).
+    """
+    check_threads(threads)
+    kind = engine_for(path, engine)
+    if kind == "ctranslate2":
+        from .ctranslate2_engine import CTranslate2Engine
+
+        return CTranslate2Engine.open(path, device, cfg, weights, threads)
+    from .torch_engine import TorchEngine
+
+    return TorchEngine.open(path, device, cfg, weights, threads)

@@ -1,0 +1,142 @@
+"""The CTranslate2 engine: a `ctranslate2.Translator` over a folder written by `s2s export`.
+
+It is run as `seq2seq.export` says, so that it computes what s2s computes:
+
+- the source is its pieces then `</s>` (the row's EOS), with no BOS;
+- beam search asks for all `beam` hypotheses with their raw log-probabilities
+  (length_penalty 0) and re-ranks them with s2s's own length penalty
+  (`length_penalty_factor`); a hypothesis that reached the length limit
+  without EOS is the one whose length is the limit (`hit_limit`);
+- every row has its own length limit, min(int(max_len_a * len(src) +
+  max_len_b), max_positions - 1): one call per distinct limit;
+- `min_decoding_length` is cfg.min_len; no `suppress_sequences` (it would
+  renormalise each step's log-probabilities, unlike s2s).
+
+Sampling maps onto CTranslate2's (beam 1, sampling_topk, sampling_topp,
+sampling_temperature); cfg.seed seeds CTranslate2's random generator
+(`ctranslate2.set_random_seed`, which is process-wide).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import DecodeConfig
+from ..decode import Hypothesis, check_decode_config, length_penalty_factor
+from ..errors import ConfigError, RunDirError, TokenizerError
+from ..export import EXPORT_FILE, INSTALL_HINT
+from ..tokenizer import TokenizerPair, load_tokenizers
+
+
+def _import_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError as err:
+        raise ConfigError(f"running an exported model needs the ctranslate2 package ({err}): "
+                          f"{INSTALL_HINT}") from None
+    return ctranslate2
+
+
+def read_export_info(folder: Path) -> dict:
+    path = folder / EXPORT_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path}: cannot be read ({err})") from None
+    if not isinstance(info, dict) or info.get("engine") != "ctranslate2" or "max_positions" not in info:
+        raise RunDirError(f"{path}: is not the description of a CTranslate2 export written by `s2s export`")
+    return info
+
+
+class CTranslate2Engine:
+    """Searches with CTranslate2 over an exported folder; the tokenizers are the ones exported with it."""
+
+    name = "ctranslate2"
+
+    def __init__(self, translator, tokenizers: TokenizerPair, max_positions: int, cfg: DecodeConfig):
+        check_decode_config(cfg, tokenizers.tgt.vocab_size)
+        self.translator, self.tokenizers, self.cfg = translator, tokenizers, cfg
+        self.max_positions = max_positions
+        self.tgt_vocab_size = tokenizers.tgt.vocab_size
+        self.src_pieces = tokenizers.src.pieces()
+        self.tgt_index = {piece: i for i, piece in enumerate(tokenizers.tgt.pieces())}
+
+    @classmethod
+    def open(cls, folder: Path | str, device: torch.device, cfg: DecodeConfig, weights: str | None = None,
+             threads: int | None = None) -> "CTranslate2Engine":
+        folder = Path(folder)
+        ctranslate2 = _import_ctranslate2()
+        info = read_export_info(folder)
+        if weights is not None and weights != info.get("weights"):
+            raise ConfigError(f"{folder} holds one model, exported from {info.get('weights')}; --weights picks "
+                              f"a weights file in a run directory: export {weights} to its own folder "
+                              "(s2s export --weights) and translate with that")
+        try:
+            tokenizers = load_tokenizers(folder)
+        except TokenizerError as err:
+            raise RunDirError(str(err)) from None
+        kind = device.type
+        if kind not in ("cpu", "cuda"):
+            raise ConfigError(f"CTranslate2 runs on the CPU or CUDA, not {kind}: use --device cpu or cuda")
+        options = dict(device=kind, inter_threads=1)
+        if kind == "cuda":
+            options["device_index"] = device.index or 0
+        if threads is not None:
+            options["intra_threads"] = threads
+        if cfg.sampling and cfg.seed is not None:
+            ctranslate2.set_random_seed(cfg.seed)
+        try:
+            translator = ctranslate2.Translator(str(folder), **options)
+        except (RuntimeError, ValueError) as err:
+            raise RunDirError(f"{folder}: CTranslate2 cannot load this model ({err})") from None
+        return cls(translator, tokenizers, int(info["max_positions"]), cfg)
+
+    def search(self, rows: list[list[int]]) -> list[list[Hypothesis]]:
+        cfg = self.cfg
+        for line, ids in enumerate(rows, start=1):
+            if len(ids) > self.max_positions:
+                raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
+                                 f"max_positions ({self.max_positions}); split or drop long lines before decoding")
+        results: list[list[Hypothesis]] = [[Hypothesis(tokens=[], score=0.0, logprob=0.0)] for _ in rows]
+        by_limit: dict[int, list[int]] = {}
+        for i, ids in enumerate(rows):
+            if ids:
+                limit = min(int(cfg.max_len_a * len(ids) + cfg.max_len_b), self.max_positions - 1)
+                by_limit.setdefault(limit, []).append(i)
+        for limit, indices in sorted(by_limit.items()):
+            if limit == 0:  # nothing can be output: the empty hypothesis, cut at the limit
+                for i in indices:
+                    results[i] = [Hypothesis(tokens=[], score=0.0, logprob=0.0, hit_limit=True)]
+                continue
+            found = self.translator.translate_batch(
+                [[self.src_pieces[t] for t in rows[i]] for i in indices], **self._options(limit))
+            for i, result in zip(indices, found):
+                results[i] = self._hypotheses(result, limit)
+        return results
+
+    def _options(self, limit: int) -> dict:
+        cfg = self.cfg
+        options = dict(max_decoding_length=limit, min_decoding_length=min(cfg.min_len, limit),
+                       return_scores=True, length_penalty=0.0, max_input_length=0,
+                       max_batch_size=cfg.max_tokens, batch_type="tokens")
+        if cfg.sampling:
+            # sampling_topk 0 samples from the whole distribution, as s2s's top_k 0 does.
+            return dict(options, beam_size=1, num_hypotheses=1, sampling_topk=cfg.top_k,
+                        sampling_topp=cfg.top_p, sampling_temperature=cfg.temperature)
+        return dict(options, beam_size=cfg.beam, num_hypotheses=cfg.beam)
+
+    def _hypotheses(self, result, limit: int) -> list[Hypothesis]:
+        """The result's hypotheses as s2s scores them, best first."""
+        cfg = self.cfg
+        hypotheses = []
+        for tokens, logprob in zip(result.hypotheses, result.scores):
+            ids = [self.tgt_index[token] for token in tokens]
+            hit_limit = len(ids) >= limit
+            length = len(ids) + (not hit_limit)  # an output that ended with EOS counts it
+            score = logprob / length_penalty_factor(length, cfg.length_penalty, cfg.alpha) if length else 0.0
+            hypotheses.append(Hypothesis(tokens=ids, score=score, logprob=logprob, hit_limit=hit_limit))
+        hypotheses.sort(key=lambda h: -h.score)  # stable: CTranslate2's order breaks ties
+        return hypotheses
