@@ -7,7 +7,14 @@ peer's protocol (`../shared/peers/hf_marian.py`). With `--peer-model DIR`
 the same sentences in the same run, and reports the ratio. Appends a table to
 bench/RESULTS.md.
 
+With `--engines torch,ctranslate2,ctranslate2-int8 --threads 1,2` it also
+exports the run to CTranslate2 (float32 and int8) and times every engine at
+every thread count on the same weights, each in a process of its own so that
+its peak RSS is its own; the ratios are against the torch engine at the same
+threads and beam.
+
     python bench/decode_speed.py --run runs/demo/en-de --peer-model /tmp/peer_tiny --device cpu
+    python bench/decode_speed.py --run runs/demo/en-de --device cpu --engines torch,ctranslate2,ctranslate2-int8 --threads 1,2
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def time_s2s(run: Path, device: torch.device, beam: int, sources: list[str], refs: list[str],
-             repeats: int, batch_tokens: int) -> dict:
-    translator = Translator.from_run(run, device, DecodeConfig(beam=beam, max_tokens=batch_tokens))
+             repeats: int, batch_tokens: int, threads: int | None = None) -> dict:
+    translator = Translator.from_run(run, device, DecodeConfig(beam=beam, max_tokens=batch_tokens), threads=threads)
     translator.translate(sources)  # warm-up over every batch shape
     best = float("inf")
     for _ in range(repeats):
@@ -64,6 +71,54 @@ def time_peer(model_dir: Path, repeats: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+ENGINE_QUANTIZATION = {"ctranslate2": None, "ctranslate2-int8": "int8"}
+
+
+def one_engine(model: Path, device: str, beam: int, threads: int, repeats: int, batch_tokens: int) -> dict:
+    """Time one engine in a process of its own; its peak RSS is then its own."""
+    code = ("import json, sys; sys.path.insert(0, 'bench'); from pathlib import Path; import decode_speed as d; "
+            "from seq2seq.device import resolve_device; "
+            "sources, refs = d.read_lines(d.DATA / 'test_2016_flickr.en.gz'), d.read_lines(d.DATA / 'test_2016_flickr.de.gz'); "
+            f"device = resolve_device({device!r}); "
+            f"r = d.time_s2s(Path({str(model)!r}), device, {beam}, sources, refs, {repeats}, {batch_tokens}, {threads}); "
+            "r['peak_rss_mb'] = d.peak_memory_mb(device); print(json.dumps(r))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    if done.returncode != 0:
+        sys.exit(f"{model} at beam {beam}, {threads} threads failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_engines(a: argparse.Namespace) -> None:
+    """Every engine at every thread count and beam, on the same weights; appends a table."""
+    import tempfile
+
+    from seq2seq.export import export_ctranslate2
+
+    engines = a.engines.split(",")
+    unknown = [e for e in engines if e != "torch" and e not in ENGINE_QUANTIZATION]
+    if unknown:
+        sys.exit(f"unknown engine(s) {', '.join(unknown)}; choose from torch, {', '.join(ENGINE_QUANTIZATION)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {e: Path(a.run) if e == "torch" else
+                  export_ctranslate2(a.run, Path(tmp) / e, quantization=ENGINE_QUANTIZATION[e]) for e in engines}
+        results = {(e, t, b): one_engine(models[e], a.device, b, t, a.repeats, a.batch_tokens)
+                   for t in (int(x) for x in a.threads.split(",")) for b in (1, 5) for e in engines}
+    lines = [f"\n## {date.today().isoformat()}: decoding engines on test_2016_flickr (1,000 sentences)\n",
+             f"- Machine: {machine()}; decoding on {a.device}",
+             f"- Command: `python bench/decode_speed.py {' '.join(sys.argv[1:])}`",
+             f"- Protocol: the same weights exported with `s2s export`; each engine in a process of its own, one "
+             f"warm-up pass, then the best of {a.repeats}; batches of {a.batch_tokens} source tokens; peak RSS of "
+             "that process, model loading included",
+             "", "| engine | threads | beam | sent/s | tgt tok/s | BLEU | peak RSS MB | vs torch |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (engine, threads, beam), r in results.items():
+        torch_result = results.get(("torch", threads, beam))
+        ratio = f"{r['sent_per_s'] / torch_result['sent_per_s']:.2f}x" if torch_result else "-"
+        lines.append(f"| {engine} | {threads} | {beam} | {r['sent_per_s']:,.1f} | {r['tgt_tok_per_s']:,.0f} | "
+                     f"{r['bleu']:.2f} | {r['peak_rss_mb']:,.0f} | {ratio} |")
+    append_entry(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="s2s run directory")
@@ -71,7 +126,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=8000)
+    parser.add_argument("--engines", default=None,
+                        help="comma-separated: torch, ctranslate2, ctranslate2-int8 (compares engines instead)")
+    parser.add_argument("--threads", default="2", help="with --engines: comma-separated CPU thread counts")
     a = parser.parse_args()
+    if a.engines:
+        compare_engines(a)
+        return
     device = resolve_device(a.device)
     sources = read_lines(DATA / "test_2016_flickr.en.gz")
     refs = read_lines(DATA / "test_2016_flickr.de.gz")
