@@ -90,7 +90,7 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     quantization = check_quantization(quantization)
-    ctranslate2 = _import_ctranslate2()
+    ctranslate2 = import_ctranslate2("exporting to CTranslate2")
     config = read_run_config(run_dir)
     check_exportable(config.model)
     check_output_dir(run_dir, output_dir)
@@ -195,14 +195,17 @@ def export_info(config: RunConfig, tokenizers: TokenizerPair, weights: str, quan
     }
 
 
-def _import_ctranslate2():
+def import_ctranslate2(purpose: str):
+    """The ctranslate2 module (with its converters and specs), or a ConfigError saying how to install it.
+
+    It is an optional extra, imported only by what needs it; `purpose` says what that is.
+    """
     try:
         import ctranslate2
         import ctranslate2.converters  # noqa: F401
         import ctranslate2.specs  # noqa: F401
     except ImportError as err:
-        raise ConfigError(f"exporting to CTranslate2 needs the ctranslate2 package ({err}): "
-                          f"{INSTALL_HINT}") from None
+        raise ConfigError(f"{purpose} needs the ctranslate2 package ({err}): {INSTALL_HINT}") from None
     return ctranslate2
 
 

@@ -27,17 +27,8 @@ import torch
 from ..config import DecodeConfig
 from ..decode import Hypothesis, check_decode_config, length_penalty_factor
 from ..errors import ConfigError, RunDirError, TokenizerError
-from ..export import EXPORT_FILE, INSTALL_HINT
+from ..export import EXPORT_FILE, import_ctranslate2
 from ..tokenizer import TokenizerPair, load_tokenizers
-
-
-def _import_ctranslate2():
-    try:
-        import ctranslate2
-    except ImportError as err:
-        raise ConfigError(f"running an exported model needs the ctranslate2 package ({err}): "
-                          f"{INSTALL_HINT}") from None
-    return ctranslate2
 
 
 def read_export_info(folder: Path) -> dict:
@@ -68,7 +59,7 @@ class CTranslate2Engine:
     def open(cls, folder: Path | str, device: torch.device, cfg: DecodeConfig, weights: str | None = None,
              threads: int | None = None) -> "CTranslate2Engine":
         folder = Path(folder)
-        ctranslate2 = _import_ctranslate2()
+        ctranslate2 = import_ctranslate2("running an exported model")
         info = read_export_info(folder)
         if weights is not None and weights != info.get("weights"):
             raise ConfigError(f"{folder} holds one model, exported from {info.get('weights')}; --weights picks "
