@@ -47,7 +47,7 @@ def snapshot_scores(run: Path, device: str, sources: list[str], refs: list[str])
     scores = {}
     for snapshot in list_snapshots(run):
         load_weights(model, snapshot.path)
-        hyps = Translator(model, tokenizers, DecodeConfig(beam=5)).translate(sources)
+        hyps = Translator.for_model(model, tokenizers, DecodeConfig(beam=5)).translate(sources)
         scores[snapshot.step] = score_corpus(hyps, [refs], metrics=("bleu",))[0].score
         print(f"snapshot step {snapshot.step}: test BLEU {scores[snapshot.step]:.2f}", file=sys.stderr)
     return scores

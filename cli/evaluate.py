@@ -66,7 +66,8 @@ def eval_command(
     check_engine_options(engine, threads)
     if output is not None:
         check_output(output, "--output")
-        reads = Reads().file("the hypotheses", hyp).file("the source file", src).folder(model_label(model) if model is not None else "", model)
+        # --output comes with --model alone (refused with --hyp above): there are no hypotheses to read.
+        reads = Reads().file("the source file", src).folder(model_label(model), model)
         for path in ref:
             reads.file("the reference", path)
         refuse_clobbering("--output", output, reads)

@@ -62,25 +62,23 @@ def cut_ids(ids: list[int], limit: int) -> list[list[int]]:
 class Translator:
     """Translates lists of lines with one engine, keeping count of what needed special handling.
 
-    `Translator(engine)` runs an engine (`seq2seq.engines`), which holds the
-    tokenizers and the search settings; `Translator(model, tokenizers, cfg)`
-    runs s2s's own search on a model (the torch engine).
+    The engine (`seq2seq.engines`) holds the tokenizers and the search settings.
+    `from_run` opens one for a folder; `for_model` runs s2s's own search on a
+    model in memory (validation does).
     """
 
-    def __init__(self, engine: Engine | Seq2SeqTransformer, tokenizers: TokenizerPair | None = None,
-                 cfg: DecodeConfig | None = None):
-        if isinstance(engine, torch.nn.Module):
-            if tokenizers is None or cfg is None:
-                raise TypeError("Translator(model, tokenizers, cfg) needs the tokenizers and the DecodeConfig")
-            engine = TorchEngine(engine, tokenizers, cfg)
-        elif tokenizers is not None or cfg is not None:
-            raise TypeError("an engine holds its own tokenizers and DecodeConfig: give Translator(engine) alone")
+    def __init__(self, engine: Engine):
         # Checked now, so that a bad setting is refused before any input is read; the
         # search checks again with the same function for callers that search without a Translator.
         check_decode_config(engine.cfg, engine.tgt_vocab_size)
         self.engine = engine
         self.tokenizers, self.cfg = engine.tokenizers, engine.cfg
         self.stats = TranslateStats()
+
+    @classmethod
+    def for_model(cls, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig) -> "Translator":
+        """A Translator running s2s's own search (the torch engine) on `model`."""
+        return cls(TorchEngine(model, tokenizers, cfg))
 
     @classmethod
     def from_run(cls, path: Path | str, device: torch.device, cfg: DecodeConfig, weights: str | None = None,

@@ -87,5 +87,5 @@ def test_the_translator_runs_on_the_device(tmp_path, name):
     assert all(same_device(p, device) for p in translator.model.parameters())
     assert all(same_device(b, device) for b in translator.model.buffers())
     assert len(translator.translate(["A dog.", "", "Two men."])) == 3
-    sampler = Translator(translator.model, translator.tokenizers, DecodeConfig(sampling=True, seed=1, max_len_b=3))
+    sampler = Translator.for_model(translator.model, translator.tokenizers, DecodeConfig(sampling=True, seed=1, max_len_b=3))
     assert sampler.engine.generator.device.type == device.type

@@ -33,7 +33,7 @@ def test_one_line_out_per_line_in(translator):
 def make_translator(translator: Translator, **changes) -> Translator:
     """A Translator on the fixture's model and tokenizers with other decode settings."""
     cfg = DecodeConfig(**{**dataclasses.asdict(translator.cfg), **changes})
-    return Translator(translator.model, translator.tokenizers, cfg)
+    return Translator.for_model(translator.model, translator.tokenizers, cfg)
 
 
 def test_over_long_lines_are_truncated_and_counted_when_asked(translator):
@@ -163,7 +163,7 @@ def test_empty_outputs_of_non_empty_lines_are_counted(translator, nbest):
     def eos_first(min_len: int) -> Translator:
         """The fixture's model, made to end every output at once where it may."""
         cfg = DecodeConfig(**{**dataclasses.asdict(translator.cfg), "min_len": min_len})
-        return Translator(EosFirst(translator.model), translator.tokenizers, cfg)
+        return Translator.for_model(EosFirst(translator.model), translator.tokenizers, cfg)
 
     allowed = eos_first(min_len=0)
     out = best_texts(allowed, lines, nbest)
