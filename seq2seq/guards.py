@@ -23,7 +23,6 @@ from .loss import UpdateGradients
 from .rundir import Event
 
 
-
 class NonFiniteUpdates:
     """Updates skipped for a non-finite loss or gradient, counted on the device.
 

@@ -26,7 +26,6 @@ from .rundir import CONFIG_FILE, Event
 from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
 
 
-
 @dataclass
 class PreparedData:
     tokenizers: TokenizerPair

@@ -51,7 +51,6 @@ from .schedule import learning_rate, planned_updates, redraw_features_if_due
 from .validation import Validation
 
 
-
 @dataclass
 class UpdateOutcome:
     tokens: int  # target tokens the update processed
