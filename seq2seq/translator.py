@@ -87,6 +87,10 @@ class Translator:
         (the CTranslate2 engine); `engine` ("torch" or "ctranslate2") must be the one the folder needs."""
         return cls(open_engine(path, device, cfg, weights, engine, threads))
 
+    def with_config(self, cfg: DecodeConfig) -> "Translator":
+        """A Translator on the same loaded model that searches with `cfg`, with its own stats."""
+        return Translator(self.engine.with_config(cfg))
+
     @property
     def model(self) -> Seq2SeqTransformer:
         """The torch engine's model; AttributeError for an engine without one."""

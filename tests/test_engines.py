@@ -223,3 +223,17 @@ def test_no_output_inside_an_exported_folder(exported, tmp_path):
         result = runner.invoke(app, [*args, "--device", "cpu"])
         assert result.exit_code == 1 and "inside the exported model folder" in result.stderr, result.output
     assert sorted(path.name for path in exported.iterdir()) == before
+
+
+@pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
+def test_with_config_shares_the_loaded_model(run, exported, sources, engine):
+    folder = run if engine == "torch" else exported
+    greedy = Translator.from_run(folder, CPU, DecodeConfig(beam=1))
+    beam = greedy.with_config(DecodeConfig(beam=4))
+    assert beam.engine.name == engine and beam.cfg.beam == 4 and greedy.cfg.beam == 1
+    assert beam.translate(sources[:8]) == Translator.from_run(folder, CPU, DecodeConfig(beam=4)).translate(sources[:8])
+    assert greedy.translate(sources[:8]) == Translator.from_run(folder, CPU, DecodeConfig(beam=1)).translate(
+        sources[:8])
+    assert beam.stats.lines == 8 and greedy.stats.lines == 8  # each keeps its own count
+    with pytest.raises(ConfigError, match="beam size must be at least 1"):
+        greedy.with_config(DecodeConfig(beam=0))

@@ -47,6 +47,10 @@ class Engine(Protocol):
         """
         ...
 
+    def with_config(self, cfg: "DecodeConfig") -> "Engine":
+        """An engine on the same loaded model that searches with `cfg` instead."""
+        ...
+
 
 def is_exported(path: Path | str) -> bool:
     """True for a folder written by `s2s export`."""

@@ -85,6 +85,9 @@ class CTranslate2Engine:
             raise RunDirError(f"{folder}: CTranslate2 cannot load this model ({err})") from None
         return cls(translator, tokenizers, int(info["max_positions"]), cfg)
 
+    def with_config(self, cfg: DecodeConfig) -> "CTranslate2Engine":
+        return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg)
+
     def search(self, rows: list[list[int]]) -> list[list[Hypothesis]]:
         cfg = self.cfg
         for line, ids in enumerate(rows, start=1):

@@ -36,6 +36,9 @@ class TorchEngine:
         model, tokenizers, _ = load_run(run_dir, device, weights or WEIGHTS_FILE)
         return cls(model, tokenizers, cfg)
 
+    def with_config(self, cfg: DecodeConfig) -> "TorchEngine":
+        return TorchEngine(self.model, self.tokenizers, cfg)
+
     @property
     def max_positions(self) -> int:
         return self.model.cfg.max_positions
