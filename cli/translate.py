@@ -5,6 +5,7 @@ torch and the translator are imported inside the command, so that `--help` never
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from seq2seq.clobber import Reads, refuse_clobbering
 from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
 from seq2seq.errors import ConfigError
 from seq2seq.files import check_output, open_output
-from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary
+from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary, tsv_prefixes, with_prefixes
 
 from .display import warning
 from .options import ConfigOptions, config_options
@@ -99,17 +100,19 @@ def report_translation(translator) -> None:
 _JSON_UNESCAPED_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-def nbest_jsonl(first_line: int, sources: list[str], nbest) -> str:
-    """One JSON object per input line: its 1-based number, source and hypotheses."""
+def nbest_jsonl(first_line: int, sources: list[str], nbest, prefixes: list[str] | None = None) -> str:
+    """One JSON object per input line: its 1-based number, source, prefix (if given) and hypotheses."""
     records = []
     for number, (source, hypotheses) in enumerate(zip(sources, nbest), start=first_line):
-        record = {"line": number, "source": source,
-                  "hypotheses": [{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]}
+        record = {"line": number, "source": source}
+        if prefixes is not None:
+            record["prefix"] = prefixes[number - first_line]
+        record["hypotheses"] = [{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]
         records.append(json.dumps(record, ensure_ascii=False).translate(_JSON_UNESCAPED_BREAKS) + "\n")
     return "".join(records)
 
 
-def nbest_tsv(first_line: int, sources: list[str], nbest) -> str:
+def nbest_tsv(first_line: int, sources: list[str], nbest, prefixes: list[str] | None = None) -> str:
     """One `line<TAB>rank<TAB>score<TAB>text` row per hypothesis; tabs in the text become spaces."""
     return "".join(f"{number}\t{rank}\t{h.score:.6f}\t{h.text.replace(chr(9), ' ')}\n"
                    for number, hypotheses in enumerate(nbest, start=first_line)
@@ -149,6 +152,11 @@ def translate_command(
     buffer_lines: Annotated[int, typer.Option(help="Lines read, translated and written at a time.")] = 1000,
     interactive: Annotated[bool, typer.Option("--interactive", help="Answer line by line (the default "
                                               "when stdin is a terminal).")] = False,
+    prefix_file: Annotated[Optional[Path], typer.Option(help="Target prefixes, plain or .gz, one per input line "
+                                                        "(empty: none): each translation starts with its "
+                                                        "line's prefix.")] = None,
+    prefix_tsv: Annotated[bool, typer.Option("--prefix-tsv", help="Input lines are source<TAB>prefix: each "
+                                             "translation starts with its prefix.")] = False,
     device: Device = "auto",
     weights: Weights = None,
     engine: Engine = None,
@@ -160,6 +168,8 @@ def translate_command(
     if buffer_lines <= 0:
         raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
     check_nbest(nbest, nbest_format, cfg)
+    if prefix_file is not None and prefix_tsv:
+        raise ConfigError("--prefix-file and --prefix-tsv are two ways to give the prefixes: use one")
     from_stdin = input is None or str(input) == "-"
     if from_stdin and sys.stdin is None:
         raise ConfigError("stdin is closed; give the input with -i FILE")
@@ -170,27 +180,42 @@ def translate_command(
         check_output(output, "--output")
         refuse_clobbering("--output", output,
                           Reads().file("the input file", None if from_stdin else input)
+                          .file("the --prefix-file", prefix_file)
                           .folder(model_label(model), model))
     if not from_stdin:
         open_binary(input).close()  # a missing input is reported before the model is loaded
+    if prefix_file is not None:
+        open_binary(prefix_file).close()
     translator = load_translator(model, device, cfg, weights, engine, threads)
     if interactive or (from_stdin and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()
     write_nbest = nbest_jsonl if nbest_format == "jsonl" else nbest_tsv
 
-    def render(first_line: int, chunk: list[str]) -> str:
+    def render(first_line: int, chunk: list[tuple[str, str | None]]) -> str:
+        sources = [source for source, _ in chunk]
+        prefixes = None if chunk[0][1] is None else [prefix for _, prefix in chunk]
         if nbest:
-            return write_nbest(first_line, chunk, translator.translate_nbest(chunk, nbest))
-        return "".join(line + "\n" for line in translator.translate(chunk))
+            return write_nbest(first_line, sources, translator.translate_nbest(sources, nbest, prefixes, first_line),
+                               prefixes)
+        return "".join(line + "\n" for line in translator.translate(sources, prefixes, first_line))
 
+    input_name = "stdin" if from_stdin else str(input)
     source = sys.stdin.buffer if from_stdin else open_binary(input)
+    prefix_source = open_binary(prefix_file) if prefix_file is not None else contextlib.nullcontext()
     # A regular output file is written to a temporary file and renamed at the end, so a
     # crash never leaves half of it; stdout, devices and pipes are written as we go.
-    with source, open_output(output or "-") as sink:
+    with source, prefix_source, open_output(output or "-") as sink:
         first_line = 1
-        lines = iter_lines(source, read, "stdin" if from_stdin else str(input))
-        for chunk in chunks(lines, buffer_lines):
+        lines = iter_lines(source, read, input_name)
+        if prefix_tsv:
+            pairs = tsv_prefixes(lines, input_name)
+        elif prefix_file is not None:
+            pairs = with_prefixes(lines, iter_lines(prefix_source, ReadStats(), str(prefix_file)), input_name,
+                                  str(prefix_file))
+        else:
+            pairs = ((line, None) for line in lines)
+        for chunk in chunks(pairs, buffer_lines):
             # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
             sink.write(render(first_line, chunk).encode("utf-8"))
             sink.flush()

@@ -32,6 +32,7 @@ from .batching import cut_batches
 from .config import LENGTH_PENALTIES, DecodeConfig
 from .errors import ConfigError
 from .model import DecoderCache, Seq2SeqTransformer
+from .prefix import ForcedPrefix, check_prefix_lengths, output_limit
 
 
 @dataclass
@@ -68,6 +69,11 @@ def length_penalty_factor(length: int, kind: str, alpha: float) -> float:
     if kind == "none":
         return 1.0
     raise ConfigError(f"unknown length penalty {kind!r}; choose from {', '.join(LENGTH_PENALTIES)}")
+
+
+def penalised_score(logprob: float, length: int, kind: str, alpha: float) -> float:
+    """What beam search ranks by: logprob / `length_penalty_factor`; 0 for an output of length 0."""
+    return logprob / length_penalty_factor(length, kind, alpha) if length else 0.0
 
 
 def _require_eval_mode(model: Seq2SeqTransformer) -> None:
@@ -120,20 +126,33 @@ def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory:
 Found = TypeVar("Found")
 
 
-def _search_rows_with_room(src: Tensor, max_len: Tensor, search: Callable[[Tensor, list[int]], list[Found]],
+# The searches' common signature: rows (B, S), their limits, their prefixes (or None).
+Search = Callable[[Tensor, list[int], "list[list[int]] | None"], list[Found]]
+
+
+def _search_rows_with_room(src: Tensor, max_len: Tensor, prefixes: list[list[int]] | None, search: Search,
                            empty: Callable[[], Found]) -> list[Found]:
-    """What `search(rows, limits)` finds for the rows of src (B, S) that have room for a token, and
-    `empty()` for the others, in row order.
+    """What `search(rows, limits, prefixes)` finds for the rows of src (B, S) that have room for a
+    token, and `empty()` for the others, in row order.
 
     max_len: (B,) long, read to the host once here, so that the searches keep
     their limits in a list. A row with max_len 0 can only give the empty
-    output, cut by the limit: the model need not run for it.
+    output, cut by the limit: the model need not run for it. `prefixes`, one
+    per row (see `seq2seq.prefix`), go to `search` only if one is not empty.
     """
     limits = max_len.tolist()
+    if prefixes is not None and len(prefixes) != len(limits):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(limits)} source rows")
     room = [i for i, limit in enumerate(limits) if limit > 0]
     if len(room) < len(limits):
         src = src.index_select(0, torch.tensor(room, dtype=torch.long, device=src.device))  # (B', S)
-    found = iter(search(src, [limits[i] for i in room]))
+    if prefixes is not None:
+        for i in room:
+            if len(prefixes[i]) > limits[i]:
+                raise ValueError(f"the prefix of row {i + 1} has {len(prefixes[i])} tokens, more than its "
+                                 f"length limit ({limits[i]})")
+        prefixes = [prefixes[i] for i in room] if any(prefixes) else None
+    found = iter(search(src, [limits[i] for i in room], prefixes))
     return [next(found) if limit > 0 else empty() for limit in limits]
 
 
@@ -141,15 +160,17 @@ def _search_rows_with_room(src: Tensor, max_len: Tensor, search: Callable[[Tenso
 TokenChoice = Callable[[Tensor], Tensor]
 
 
-def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int], min_len: int,
-                        choose: TokenChoice) -> list[Hypothesis]:
+def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int], prefixes: list[list[int]] | None,
+                        min_len: int, choose: TokenChoice) -> list[Hypothesis]:
     """The loop shared by greedy search and sampling: one chosen token per row and step.
 
     src: (B, S) padded source ids. limits: the most tokens of each row's
-    output, each at least 1; a row that reaches it without EOS is cut there
-    (hit_limit). EOS may not end an output of fewer than `min_len` tokens.
-    Each Hypothesis' score and logprob are the model's log-probability of the
-    chosen tokens, whatever `choose` did to pick them.
+    output, each at least 1 and at least its prefix's length; a row that
+    reaches it without EOS is cut there (hit_limit). EOS may not end an output
+    of fewer than `min_len` tokens. Each row's output starts with its prefix
+    (`prefixes`, or none). Each Hypothesis' score and logprob are the model's
+    log-probability of the chosen tokens after the prefix, whatever `choose`
+    did to pick them.
     """
     n_rows = src.size(0)
     if n_rows == 0:
@@ -162,11 +183,16 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
     history = torch.full((n_rows, 1), model.cfg.bos_id, dtype=torch.long, device=src.device)  # (N, 1)
     total_logprob = torch.zeros(n_rows, device=src.device)  # (N,)
     results: list[Hypothesis | None] = [None] * n_rows
+    forced = ForcedPrefix(prefixes, src.device) if prefixes else None
 
     for step in range(max(limits)):
         # The cache summarises the source on the first step; memory is not needed after it.
         logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
                                         src_mask, cache, eos_allowed=step >= min_len)  # (N, V)
+        if forced is not None:
+            forced.force(logprobs, step)
+            if step + 1 >= forced.width:
+                forced = None  # every prefix is out
         token = choose(logprobs)  # (N,)
         token_logprob = logprobs.gather(1, token[:, None])  # (N, 1)
         total_logprob = total_logprob + token_logprob.squeeze(1)  # (N,)
@@ -187,6 +213,8 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
             break
         origin = [origin[row] for row in keep.tolist()]
         cache.select(keep)
+        if forced is not None:
+            forced.select(keep)
         src_mask = src_mask.index_select(0, keep)  # (N', S)
         history = history.index_select(0, keep)  # (N', step + 2)
         total_logprob = total_logprob.index_select(0, keep)  # (N',)
@@ -195,21 +223,23 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, *,
-                  min_len: int = 1) -> list[Hypothesis]:
+def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, *, min_len: int = 1,
+                  prefixes: list[list[int]] | None = None) -> list[Hypothesis]:
     """The most probable next token at each step, for each source row.
 
     src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
-    output may have; an output that reaches it is cut there (hit_limit). EOS
-    may not end an output of fewer than `min_len` tokens (so min_len above a
-    row's max_len gives exactly max_len tokens). Returns one `Hypothesis` per
-    row, in row order, with score equal to logprob.
+    output may have, its prefix included; an output that reaches it is cut
+    there (hit_limit). EOS may not end an output of fewer than `min_len` tokens
+    (so min_len above a row's max_len gives exactly max_len tokens). Each
+    output starts with its row's prefix (`prefixes`: target ids per row, as
+    `seq2seq.prefix` says). Returns one `Hypothesis` per row, in row order,
+    with score equal to logprob.
     """
     _require_eval_mode(model)
     return _search_rows_with_room(
-        src, max_len,
-        lambda rows, limits: _one_token_per_step(model, rows, limits, min_len,
-                                                 lambda logprobs: logprobs.argmax(dim=1)),
+        src, max_len, prefixes,
+        lambda rows, limits, forced: _one_token_per_step(model, rows, limits, forced, min_len,
+                                                         lambda logprobs: logprobs.argmax(dim=1)),
         _empty_cut)
 
 
@@ -241,10 +271,10 @@ def sampling_distribution(logprobs: Tensor, temperature: float, top_k: int, top_
 @torch.inference_mode()
 def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None, *,
-                  min_len: int = 1) -> list[Hypothesis]:
+                  min_len: int = 1, prefixes: list[list[int]] | None = None) -> list[Hypothesis]:
     """One random output per source row, each token drawn from `sampling_distribution`.
 
-    src: (B, S) padded source ids. max_len and min_len: as in `greedy_search`.
+    src: (B, S) padded source ids. max_len, min_len and prefixes: as in `greedy_search`.
     `generator` (on src's device) makes the draws repeatable. Returns one
     `Hypothesis` per row, in row order; its score and logprob are the model's
     log-probability of the drawn tokens, before temperature and filtering.
@@ -255,19 +285,21 @@ def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, tempe
 
     _require_eval_mode(model)
     return _search_rows_with_room(
-        src, max_len, lambda rows, limits: _one_token_per_step(model, rows, limits, min_len, draw), _empty_cut)
+        src, max_len, prefixes,
+        lambda rows, limits, forced: _one_token_per_step(model, rows, limits, forced, min_len, draw), _empty_cut)
 
 
 @torch.inference_mode()
 def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: int,
-                length_penalty: str = "gnmt", alpha: float = 0.6, *, min_len: int = 1) -> list[list[Hypothesis]]:
+                length_penalty: str = "gnmt", alpha: float = 0.6, *, min_len: int = 1,
+                prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
     """Beam search with `beam` (K) hypotheses per sentence, batched over sentences.
 
-    src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
-    output may have. EOS may not end an output of fewer than `min_len` tokens.
-    Hypotheses are ranked by logprob / `length_penalty_factor(length,
-    length_penalty, alpha)`. Returns, for each of the B sentences, up to K
-    finished hypotheses, best first. K may not exceed the target vocabulary.
+    src: (B, S) padded source ids. max_len, min_len and prefixes: as in
+    `greedy_search`. Hypotheses are ranked by logprob / `length_penalty_factor(
+    length, length_penalty, alpha)`, where logprob and length leave out a
+    prefix. Returns, for each of the B sentences, up to K finished hypotheses,
+    best first. K may not exceed the target vocabulary.
 
     Stopping follows fairseq: a sentence is done as soon as it has K finished
     hypotheses, or at its max_len. This is cheaper than waiting until no live
@@ -281,19 +313,26 @@ def beam_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, beam: i
     check_beam_size(beam, model.cfg.tgt_vocab_size)
     length_penalty_factor(1, length_penalty, alpha)  # reject an unknown kind before any work
     return _search_rows_with_room(
-        src, max_len,
-        lambda rows, limits: _beam_search(model, rows, limits, beam, length_penalty, alpha, min_len),
+        src, max_len, prefixes,
+        lambda rows, limits, forced: _beam_search(model, rows, limits, forced, beam, length_penalty, alpha,
+                                                  min_len),
         lambda: [_empty_cut()])
 
 
-def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: int, length_penalty: str,
-                 alpha: float, min_len: int) -> list[list[Hypothesis]]:
+def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], prefixes: list[list[int]] | None,
+                 k: int, length_penalty: str, alpha: float, min_len: int) -> list[list[Hypothesis]]:
     """`beam_search` on sentences src (B, S) whose length limits, each at least 1, are `limits`."""
     n_sentences = src.size(0)
     if n_sentences == 0:
         return []
     eos_id = model.cfg.eos_id
     device = src.device
+    forced = ForcedPrefix(prefixes, device) if prefixes else None
+    prefix_length = [len(ids) for ids in prefixes] if prefixes else [0] * n_sentences
+
+    def score(logprob: float, sentence: int, length: int) -> float:
+        """The penalised score of an output of `length` tokens; the prefix is not counted."""
+        return penalised_score(logprob, length - prefix_length[sentence], length_penalty, alpha)
 
     memory, src_mask = model.encode(src)  # (B, S, D), (B, S)
     cache = DecoderCache()
@@ -311,6 +350,8 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: i
         n, beams = beam_logprob.shape
         logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
                                         src_mask, cache, eos_allowed=step >= min_len)  # (N*beams, V)
+        if forced is not None:
+            forced.force(logprobs, step)
         # The sentence's best 2K continuations are among its beams' best 2K each,
         # so rank within each row first and only then across the beams.
         width = min(2 * k, logprobs.size(1))
@@ -321,8 +362,8 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: i
         top_row = top_index // width + sentence_index[:n] * beams  # (N, C): the row each candidate extends
         top_token = row_token.view(n, beams * width).gather(1, top_index)  # (N, C)
         ends = top_token.eq(eos_id)  # (N, C)
-        # Whatever finishes in this step, by EOS after `step` tokens or cut at step + 1, has this length.
-        factor = length_penalty_factor(step + 1, length_penalty, alpha)
+        # Whatever finishes in this step, by EOS after `step` tokens or cut at step + 1, has length
+        # step + 1 (`length_penalty_factor`).
 
         # EOS candidates within the top K finish; -inf ones extend dead beams or padding,
         # or are EOS before min_len.
@@ -334,7 +375,8 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: i
                                                top_logprob[:, :k][finishing].tolist()):
                 hypotheses = finished[origin[i]]
                 if len(hypotheses) < k:
-                    hypotheses.append(Hypothesis(tokens=tokens, score=logprob / factor, logprob=logprob))
+                    hypotheses.append(Hypothesis(tokens=tokens, score=score(logprob, origin[i], step + 1),
+                                                 logprob=logprob))
 
         # The first K non-EOS candidates of each sentence, in rank order, live on. Only
         # when there are fewer than K (a vocabulary smaller than the beam) do EOS ones
@@ -360,8 +402,8 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: i
                 for tokens, logprob in zip(beam_tokens, beam_logprobs):
                     if len(hypotheses) == k or logprob == float("-inf"):  # dead beams come last
                         break
-                    hypotheses.append(Hypothesis(tokens=tokens, score=logprob / factor, logprob=logprob,
-                                                 hit_limit=True))
+                    hypotheses.append(Hypothesis(tokens=tokens, score=score(logprob, origin[i], step + 1),
+                                                 logprob=logprob, hit_limit=True))
 
         searching = [i for i, s in enumerate(origin) if len(finished[s]) < k and step + 1 < limits[s]]
         if not searching:
@@ -380,6 +422,10 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: i
         # or the first step fans out, not when beams move.
         reshaped = not same_sentences or live_row.size(1) != beams
         cache.select(rows, cross=reshaped)
+        if forced is not None:
+            forced.select(rows)
+            if step + 1 >= forced.width:
+                forced = None  # every prefix is out
         if reshaped:
             src_mask = src_mask.index_select(0, rows)  # (N'*K, S)
         history = torch.cat([history.index_select(0, rows),
@@ -389,15 +435,18 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], k: i
     return [sorted(hypotheses, key=lambda h: h.score, reverse=True) for hypotheses in finished]
 
 
-def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, cfg: DecodeConfig,
-                  generator: torch.Generator | None) -> list[list[Hypothesis]]:
+def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, prefixes: list[list[int]] | None,
+                  cfg: DecodeConfig, generator: torch.Generator | None) -> list[list[Hypothesis]]:
     """Sampling, greedy or beam search, as `cfg` says, on one padded batch (B, S)."""
     if cfg.sampling:
         return [[hypothesis] for hypothesis in sample_search(model, src, max_len, cfg.temperature, cfg.top_k,
-                                                             cfg.top_p, generator, min_len=cfg.min_len)]
+                                                             cfg.top_p, generator, min_len=cfg.min_len,
+                                                             prefixes=prefixes)]
     if cfg.beam == 1:
-        return [[hypothesis] for hypothesis in greedy_search(model, src, max_len, min_len=cfg.min_len)]
-    return beam_search(model, src, max_len, cfg.beam, cfg.length_penalty, cfg.alpha, min_len=cfg.min_len)
+        return [[hypothesis] for hypothesis in greedy_search(model, src, max_len, min_len=cfg.min_len,
+                                                             prefixes=prefixes)]
+    return beam_search(model, src, max_len, cfg.beam, cfg.length_penalty, cfg.alpha, min_len=cfg.min_len,
+                       prefixes=prefixes)
 
 
 def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -411,41 +460,59 @@ def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return [batch.tolist() for batch in cut_batches(order, widths, max_tokens)]
 
 
+def check_rows(src_ids: list[list[int]], prefixes: list[list[int]] | None, max_positions: int) -> None:
+    """Refuse source rows the model cannot read (ValueError) and prefixes it cannot write (DataError)."""
+    for line, ids in enumerate(src_ids, start=1):
+        if len(ids) > max_positions:
+            raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
+                             f"max_positions ({max_positions}); split or drop long lines before decoding")
+    if prefixes is not None:
+        if len(prefixes) != len(src_ids):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(src_ids)} source rows")
+        check_prefix_lengths(prefixes, max_positions)
+
+
+def unsearched(ids: list[int], prefix: list[int] | None) -> list[Hypothesis]:
+    """The answer to an empty source row: its prefix (or nothing), with score 0."""
+    return [Hypothesis(tokens=list(prefix or []), score=0.0, logprob=0.0)]
+
+
 def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeConfig,
-              generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+              generator: torch.Generator | None = None,
+              prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
     """All finished hypotheses for each source row, best first, in input order.
 
     src_ids: token ids per row, each ending in EOS. Rows are sorted by length
     and batched so that rows x longest source <= cfg.max_tokens. Each output may
-    have at most min(int(max_len_a * len(src) + max_len_b), max_positions - 1)
-    tokens, len(src) counting EOS, and is cut there if it gets that far
-    (hit_limit); it has at least cfg.min_len tokens, or as many as that limit
-    allows. An empty row (not even EOS) gets the empty output with score 0,
-    without running the model. Greedy search (cfg.beam 1) and sampling
-    (cfg.sampling) give one hypothesis per row; sampling draws from
-    `generator`, or from one seeded with cfg.seed when it is None.
+    have at most `output_limit` tokens: min(int(max_len_a * len(src) +
+    max_len_b) + len(prefix), max_positions - 1), len(src) counting EOS, and is
+    cut there if it gets that far (hit_limit); it has at least cfg.min_len
+    tokens, or as many as that limit allows. `prefixes`, target ids per row,
+    start the outputs (`seq2seq.prefix`). An empty row (not even EOS) gets its
+    prefix, or the empty output, with score 0, without running the model.
+    Greedy search (cfg.beam 1) and sampling (cfg.sampling) give one hypothesis
+    per row; sampling draws from `generator`, or from one seeded with cfg.seed
+    when it is None.
     """
     check_decode_config(cfg, model.cfg.tgt_vocab_size)
     limit = model.cfg.max_positions
-    for line, ids in enumerate(src_ids, start=1):
-        if len(ids) > limit:
-            raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
-                             f"max_positions ({limit}); split or drop long lines before decoding")
+    check_rows(src_ids, prefixes, limit)
     device = next(model.parameters()).device
     if cfg.sampling and generator is None:
         generator = seeded_generator(cfg.seed, device)
     pad_id = model.cfg.pad_id
-    results = [[Hypothesis(tokens=[], score=0.0, logprob=0.0)] for _ in src_ids]
+    results = [unsearched(ids, prefixes[i] if prefixes else None) for i, ids in enumerate(src_ids)]
     nonempty = [i for i, ids in enumerate(src_ids) if ids]
     for batch in _length_batches([len(src_ids[i]) for i in nonempty], cfg.max_tokens):
-        rows = [src_ids[nonempty[j]] for j in batch]
-        width = len(rows[0])  # longest first
-        src = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in rows],
+        rows = [nonempty[j] for j in batch]
+        width = len(src_ids[rows[0]])  # longest first
+        src = torch.tensor([src_ids[i] + [pad_id] * (width - len(src_ids[i])) for i in rows],
                            dtype=torch.long, device=device)  # (B, S)
-        max_len = torch.tensor([min(int(cfg.max_len_a * len(ids) + cfg.max_len_b), limit - 1)
-                                for ids in rows], dtype=torch.long, device=device)  # (B,)
-        for j, hypotheses in zip(batch, _search_batch(model, src, max_len, cfg, generator)):
-            results[nonempty[j]] = hypotheses
+        batch_prefixes = [prefixes[i] for i in rows] if prefixes else None
+        max_len = torch.tensor([output_limit(len(src_ids[i]), len(prefixes[i]) if prefixes else 0, cfg, limit)
+                                for i in rows], dtype=torch.long, device=device)  # (B,)
+        for i, hypotheses in zip(rows, _search_batch(model, src, max_len, batch_prefixes, cfg, generator)):
+            results[i] = hypotheses
     return results
 
 
@@ -460,10 +527,11 @@ def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 def translate_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeConfig,
-                  generator: torch.Generator | None = None) -> list[list[int]]:
+                  generator: torch.Generator | None = None,
+                  prefixes: list[list[int]] | None = None) -> list[list[int]]:
     """The best output ids (no BOS, no EOS) for each source row, in input order.
 
     src_ids: token ids per row, each ending in EOS; an empty row gives [].
     Batching, length limits and search are those of `nbest_ids`.
     """
-    return [hypotheses[0].tokens for hypotheses in nbest_ids(model, src_ids, cfg, generator)]
+    return [hypotheses[0].tokens for hypotheses in nbest_ids(model, src_ids, cfg, generator, prefixes)]

@@ -99,6 +99,35 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def tsv_prefixes(lines: Iterable[str], name: str = "the input") -> Iterator[tuple[str, str]]:
+    """(source, prefix) from lines `source<TAB>prefix`, split at the first tab.
+
+    A blank line is an empty source with no prefix; any other line without a
+    tab is a DataError naming `name` and the line, never guessed at.
+    """
+    for number, line in enumerate(lines, start=1):
+        source, tab, prefix = line.partition("\t")
+        if not tab and line.strip():
+            raise DataError(f"{name}: line {number} has no tab; --prefix-tsv reads source<TAB>prefix lines "
+                            "(end the line with a tab for no prefix)")
+        yield source, prefix
+
+
+def with_prefixes(lines: Iterable[str], prefixes: Iterable[str], name: str, prefix_name: str) -> Iterator[tuple[str, str]]:
+    """(line, prefix) pairs from two files that must have as many lines; a DataError names the one that is short."""
+    prefixes = iter(prefixes)
+    number = 0
+    for number, line in enumerate(lines, start=1):
+        prefix = next(prefixes, None)
+        if prefix is None:
+            raise DataError(f"{prefix_name}: has {number - 1} lines, fewer than {name}; give one target prefix "
+                            "per input line (an empty line for none)")
+        yield line, prefix
+    if next(prefixes, None) is not None:
+        raise DataError(f"{prefix_name}: has more lines than {name} ({number}); give one target prefix per "
+                        "input line")
+
+
 def clean_output(text: str) -> str:
     """One output line: line breaks and control characters become spaces."""
     return _LINE_BREAKING.sub(" ", text)

@@ -4,6 +4,10 @@ A source line longer than the model can read (`max_source_tokens`) is, as
 `DecodeConfig.long_lines` says, either split into sentences that are
 translated separately and joined with a space, or truncated. Either way it
 still gives exactly one output line.
+
+A line may come with a target prefix that its translation must start with
+(`seq2seq.prefix`): it is encoded with the target tokenizer, and a split
+line's first piece carries it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .engines import Engine, open_engine
 from .engines.torch_engine import TorchEngine
 from .errors import ConfigError
 from .model import Seq2SeqTransformer
+from .prefix import check_prefix_lengths
 from .textio import clean_output
 from .tokenizer import TokenizerPair
 
@@ -102,26 +107,32 @@ class Translator:
     def max_source_tokens(self) -> int:
         return self.engine.max_positions - 1  # one position is the source's EOS
 
-    def translate(self, lines: list[str]) -> list[str]:
+    def translate(self, lines: list[str], prefixes: list[str] | None = None, first_line: int = 1) -> list[str]:
         """Exactly one output line per input line, in order; empty lines give empty lines.
 
         Over-long lines are split or truncated (`cfg.long_lines`), and counted
         in `stats` with the outputs cut at the length limit or left empty.
+        With `prefixes` (one per line; "" for none), each output starts with
+        its line's prefix, as the target tokenizer normalises it; an empty line
+        gives its prefix. `first_line` numbers lines[0] in error messages.
         """
         pieces = self._source_pieces(lines)
-        best = [[hypotheses[0] for hypotheses in line] for line in self._search(pieces)]
+        best = [[hypotheses[0] for hypotheses in line]
+                for line in self._search(pieces, self._prefix_ids(lines, prefixes, first_line))]
         texts = [" ".join(h.text for h in line if h.text) for line in self._detokenize(best)]
         self._count_outputs(pieces, best, texts)
         return texts
 
-    def translate_nbest(self, lines: list[str], n: int) -> list[list[TextHypothesis]]:
+    def translate_nbest(self, lines: list[str], n: int, prefixes: list[str] | None = None,
+                        first_line: int = 1) -> list[list[TextHypothesis]]:
         """Up to `n` translations of each line, best first, in input order.
 
         Needs 1 <= n <= cfg.beam, and no sampling. An empty line gets one empty
-        hypothesis with score 0. A line split into pieces gets a single
-        hypothesis: the best translation of each piece, joined with a space,
-        with their scores and logprobs summed. `stats` counts each line's best
-        hypothesis as `translate` does.
+        hypothesis (or its prefix) with score 0. A line split into pieces gets a
+        single hypothesis: the best translation of each piece, joined with a
+        space, with their scores and logprobs summed. `stats` counts each line's
+        best hypothesis as `translate` does; prefixes and `first_line` are as
+        in `translate`.
         """
         if self.cfg.sampling:
             raise ConfigError("n-best lists need beam search; sampling gives one output per line")
@@ -130,7 +141,7 @@ class Translator:
         pieces = self._source_pieces(lines)
         chosen = [hypotheses_per_piece[0][:n] if len(hypotheses_per_piece) == 1
                   else [hypotheses[0] for hypotheses in hypotheses_per_piece]
-                  for hypotheses_per_piece in self._search(pieces)]
+                  for hypotheses_per_piece in self._search(pieces, self._prefix_ids(lines, prefixes, first_line))]
         results: list[list[TextHypothesis]] = []
         for line_pieces, hypotheses in zip(pieces, self._detokenize(chosen)):
             if len(line_pieces) <= 1:
@@ -170,14 +181,33 @@ class Translator:
             result.append([piece + [src_tok.eos_id] for piece in pieces])
         return result
 
-    def _search(self, pieces: list[list[list[int]]]) -> list[list[list[Hypothesis]]]:
+    def _prefix_ids(self, lines: list[str], prefixes: list[str] | None, first_line: int) -> list[list[int]] | None:
+        """The target ids of each line's prefix; None when no line has one."""
+        if prefixes is None:
+            return None
+        if len(prefixes) != len(lines):
+            raise ConfigError(f"{len(prefixes)} target prefixes for {len(lines)} lines: give one per line")
+        if not any(prefix.strip() for prefix in prefixes):
+            return None
+        ids = [encoded if prefix.strip() else [] for prefix, encoded in
+               zip(prefixes, self.tokenizers.tgt.encode(prefixes))]
+        check_prefix_lengths(ids, self.engine.max_positions, first_line)
+        return ids
+
+    def _search(self, pieces: list[list[list[int]]],
+                prefixes: list[list[int]] | None) -> list[list[list[Hypothesis]]]:
         """The hypotheses of every piece of every line, best first, from one batched search.
 
         An empty line (no pieces) gets one piece: the empty source, answered
-        with the empty hypothesis without running the model.
+        with its prefix or the empty hypothesis without running the model. A
+        line's prefix goes with its first piece.
         """
         rows = [piece for line in pieces for piece in line or [[]]]
-        found = iter(self.engine.search(rows))
+        row_prefixes = None
+        if prefixes is not None:
+            row_prefixes = [prefix if first else [] for line, prefix in zip(pieces, prefixes)
+                            for first in [True] + [False] * (len(line) - 1)]
+        found = iter(self.engine.search(rows, row_prefixes))
         return [[next(found) for _ in line or [[]]] for line in pieces]
 
     def _count_outputs(self, pieces: list[list[list[int]]], best: list[list[Hypothesis]],

@@ -37,3 +37,35 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny run trained for 100 updates: varied outputs, some ended by EOS and some by the
+    length limit. Its max_positions is 64, so that a few sentences joined make a line that must
+    be split. Tests only read it."""
+    import torch
+
+    from seq2seq.config import ModelConfig
+    from seq2seq.train import train
+
+    from helpers import tiny_train_config, write_slice
+
+    folder = tmp_path_factory.mktemp("trained")
+    corpus = write_slice(folder / "corpus", "train", 300, "train")
+    torch.manual_seed(0)
+    model = ModelConfig(d_model=64, n_heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2, dropout=0.1,
+                        max_positions=64)
+    train(folder / "run", model, tiny_train_config(corpus, "", epochs=0, max_steps=100, lr=5e-3, log_every=50,
+                                                   max_len=63), torch.device("cpu"))
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported to CTranslate2 (skipped where ctranslate2 is not installed)."""
+    pytest.importorskip("ctranslate2", reason="the CTranslate2 engine needs the optional ctranslate2 package: "
+                                              "pip install 's2s[ctranslate2]'")
+    from seq2seq.export import export_ctranslate2
+
+    return export_ctranslate2(trained_run, tmp_path_factory.mktemp("exported") / "ct2")

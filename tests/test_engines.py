@@ -10,21 +10,15 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.config import DecodeConfig, ModelConfig
+from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError
 from seq2seq.translator import Translator
 
-from helpers import MULTI30K, make_untrained_run, tiny_train_config, write_slice
+from helpers import MULTI30K, make_untrained_run
 
 CPU = torch.device("cpu")
 SENTENCES = 30
-MAX_POSITIONS = 64  # short, so that a few sentences joined make a line that must be split
 runner = CliRunner()
-
-
-def needs_ctranslate2():
-    return pytest.importorskip("ctranslate2", reason="the CTranslate2 engine needs the optional ctranslate2 "
-                                                      "package: pip install 's2s[ctranslate2]'")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,26 +30,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A briefly trained run: varied outputs, some ended by EOS and some by the length limit."""
-    from seq2seq.train import train
-
-    folder = tmp_path_factory.mktemp("engines")
-    corpus = write_slice(folder / "corpus", "train", 300, "train")
-    torch.manual_seed(0)
-    model = ModelConfig(d_model=64, n_heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2, dropout=0.1,
-                        max_positions=MAX_POSITIONS)
-    train(folder / "run", model, tiny_train_config(corpus, "", epochs=0, max_steps=100, lr=5e-3, log_every=50,
-                                                   max_len=MAX_POSITIONS - 1), CPU)
-    return folder / "run"
+def run(trained_run) -> Path:
+    return trained_run
 
 
 @pytest.fixture(scope="module")
-def exported(run, tmp_path_factory) -> Path:
-    needs_ctranslate2()
-    from seq2seq.export import export_ctranslate2
-
-    return export_ctranslate2(run, tmp_path_factory.mktemp("exported") / "ct2")
+def exported(exported_run) -> Path:
+    return exported_run
 
 
 @pytest.fixture(scope="module")

@@ -111,3 +111,23 @@ def test_bad_translate_options_are_one_error_line(run, options, message):
                            input=b"A dog.\n")
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error:") and message in result.stderr
+
+
+pairs = st.lists(st.tuples(st.text(st.characters(blacklist_characters="\n\t")),
+                           st.text(st.characters(blacklist_characters="\n\t"), max_size=8)), max_size=5)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=pairs)
+def test_with_prefixes_one_line_per_line_each_starting_with_its_prefix(model_folder, rows):
+    from seq2seq.textio import clean_output
+    from seq2seq.tokenizer import load_tokenizers
+
+    data = "".join(f"{source}\t{prefix}\n" for source, prefix in rows).encode("utf-8")
+    out = translate(model_folder, data, "--prefix-tsv").stdout_bytes.decode("utf-8").split("\n")
+    assert len(out) - 1 == data.count(b"\n") and out[-1] == ""
+    tgt = load_tokenizers(model_folder).tgt
+    for (_, prefix), line in zip(rows, out):
+        assert line.splitlines() == [line] or not line
+        if prefix.strip():
+            assert line.startswith(clean_output(tgt.decode(tgt.encode([prefix]))[0]))

@@ -39,11 +39,13 @@ class Engine(Protocol):
     max_positions: int  # the most source tokens a row may have, its EOS included
     tgt_vocab_size: int
 
-    def search(self, rows: list[list[int]]) -> list[list["Hypothesis"]]:
+    def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list["Hypothesis"]]:
         """All hypotheses of each row, best first, in input order.
 
-        Each row is source ids ending in EOS; an empty row gets the empty
-        hypothesis (score 0) without running the model, as `nbest_ids` does.
+        Each row is source ids ending in EOS. `prefixes`, target ids per row,
+        start the outputs as `seq2seq.prefix` says. An empty row gets its
+        prefix, or the empty hypothesis, with score 0, without running the
+        model, as `nbest_ids` does.
         """
         ...
 

@@ -7,10 +7,13 @@ It is run as `seq2seq.export` says, so that it computes what s2s computes:
   (length_penalty 0) and re-ranks them with s2s's own length penalty
   (`length_penalty_factor`); a hypothesis that reached the length limit
   without EOS is the one whose length is the limit (`hit_limit`);
-- every row has its own length limit, min(int(max_len_a * len(src) +
-  max_len_b), max_positions - 1): one call per distinct limit;
+- every row has its own length limit (`seq2seq.prefix.output_limit`): one
+  call per distinct limit;
 - `min_decoding_length` is cfg.min_len; no `suppress_sequences` (it would
-  renormalise each step's log-probabilities, unlike s2s).
+  renormalise each step's log-probabilities, unlike s2s);
+- a row's prefix is its `target_prefix`. CTranslate2 returns it at the start
+  of the hypotheses, counts it in max_decoding_length and min_decoding_length,
+  and scores forced steps 0, as `seq2seq.prefix` does.
 
 Sampling maps onto CTranslate2's (beam 1, sampling_topk, sampling_topp,
 sampling_temperature); cfg.seed seeds CTranslate2's random generator
@@ -25,9 +28,10 @@ from pathlib import Path
 import torch
 
 from ..config import DecodeConfig
-from ..decode import Hypothesis, check_decode_config, length_penalty_factor
+from ..decode import Hypothesis, check_decode_config, check_rows, penalised_score, unsearched
 from ..errors import ConfigError, RunDirError, TokenizerError
 from ..export import EXPORT_FILE, import_ctranslate2
+from ..prefix import output_limit
 from ..tokenizer import TokenizerPair, load_tokenizers
 
 
@@ -53,6 +57,7 @@ class CTranslate2Engine:
         self.max_positions = max_positions
         self.tgt_vocab_size = tokenizers.tgt.vocab_size
         self.src_pieces = tokenizers.src.pieces()
+        self.tgt_pieces = tokenizers.tgt.pieces()
         self.tgt_index = {piece: i for i, piece in enumerate(tokenizers.tgt.pieces())}
 
     @classmethod
@@ -88,27 +93,27 @@ class CTranslate2Engine:
     def with_config(self, cfg: DecodeConfig) -> "CTranslate2Engine":
         return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg)
 
-    def search(self, rows: list[list[int]]) -> list[list[Hypothesis]]:
-        cfg = self.cfg
-        for line, ids in enumerate(rows, start=1):
-            if len(ids) > self.max_positions:
-                raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
-                                 f"max_positions ({self.max_positions}); split or drop long lines before decoding")
-        results: list[list[Hypothesis]] = [[Hypothesis(tokens=[], score=0.0, logprob=0.0)] for _ in rows]
+    def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+        check_rows(rows, prefixes, self.max_positions)
+        prefixes = prefixes or [[] for _ in rows]
+        results = [unsearched(ids, prefix) for ids, prefix in zip(rows, prefixes)]
         by_limit: dict[int, list[int]] = {}
         for i, ids in enumerate(rows):
             if ids:
-                limit = min(int(cfg.max_len_a * len(ids) + cfg.max_len_b), self.max_positions - 1)
+                limit = output_limit(len(ids), len(prefixes[i]), self.cfg, self.max_positions)
                 by_limit.setdefault(limit, []).append(i)
         for limit, indices in sorted(by_limit.items()):
             if limit == 0:  # nothing can be output: the empty hypothesis, cut at the limit
                 for i in indices:
                     results[i] = [Hypothesis(tokens=[], score=0.0, logprob=0.0, hit_limit=True)]
                 continue
-            found = self.translator.translate_batch(
-                [[self.src_pieces[t] for t in rows[i]] for i in indices], **self._options(limit))
+            target_prefix = None
+            if any(prefixes[i] for i in indices):
+                target_prefix = [[self.tgt_pieces[t] for t in prefixes[i]] for i in indices]
+            found = self.translator.translate_batch([[self.src_pieces[t] for t in rows[i]] for i in indices],
+                                                    target_prefix=target_prefix, **self._options(limit))
             for i, result in zip(indices, found):
-                results[i] = self._hypotheses(result, limit)
+                results[i] = self._hypotheses(result, limit, len(prefixes[i]))
         return results
 
     def _options(self, limit: int) -> dict:
@@ -122,15 +127,18 @@ class CTranslate2Engine:
                         sampling_topp=cfg.top_p, sampling_temperature=cfg.temperature)
         return dict(options, beam_size=cfg.beam, num_hypotheses=cfg.beam)
 
-    def _hypotheses(self, result, limit: int) -> list[Hypothesis]:
+    def _hypotheses(self, result, limit: int, prefix_length: int) -> list[Hypothesis]:
         """The result's hypotheses as s2s scores them, best first."""
         cfg = self.cfg
         hypotheses = []
         for tokens, logprob in zip(result.hypotheses, result.scores):
             ids = [self.tgt_index[token] for token in tokens]
             hit_limit = len(ids) >= limit
-            length = len(ids) + (not hit_limit)  # an output that ended with EOS counts it
-            score = logprob / length_penalty_factor(length, cfg.length_penalty, cfg.alpha) if length else 0.0
+            if cfg.sampling or cfg.beam == 1:
+                score = logprob  # as s2s's greedy search and sampling score
+            else:  # an output that ended with EOS counts it; the prefix is not counted
+                score = penalised_score(logprob, len(ids) + (not hit_limit) - prefix_length, cfg.length_penalty,
+                                        cfg.alpha)
             hypotheses.append(Hypothesis(tokens=ids, score=score, logprob=logprob, hit_limit=hit_limit))
         hypotheses.sort(key=lambda h: -h.score)  # stable: CTranslate2's order breaks ties
         return hypotheses

@@ -47,6 +47,6 @@ class TorchEngine:
     def tgt_vocab_size(self) -> int:
         return self.model.cfg.tgt_vocab_size
 
-    def search(self, rows: list[list[int]]) -> list[list[Hypothesis]]:
+    def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         with self.autocast:
-            return nbest_ids(self.model, rows, self.cfg, self.generator)
+            return nbest_ids(self.model, rows, self.cfg, self.generator, prefixes)
