@@ -155,10 +155,24 @@ class MultiHeadAttention(nn.Module):
         return FavorState(kv, k_sum)
 
     def attend_summary(self, query: Tensor, state: AttentionState, key_mask: Tensor) -> Tensor:
-        """Cross-attend from `query` (B, T, D) to a source kept by `summarize_source`; (B, T, D)."""
+        """Cross-attend from `query` (B, T, D) to a source kept by `summarize_source`; (B, T, D).
+
+        The state and key_mask (N, S) may hold one row per sentence while the
+        query holds its G = B / N beams, sentence i's in rows i*G ... i*G + G - 1:
+        each sentence's source is then read once for all its beams, as if the
+        beams were more query positions, and is never copied per beam.
+        """
         q = self.split_heads(self.q_proj(query))  # (B, H, T, Dh)
+        b, heads, t, head_dim = q.shape
+        sentences = key_mask.size(0)
+        group = b // sentences
+        if group > 1:  # (N*G, H, T, Dh) -> (N, H, G*T, Dh)
+            q = q.view(sentences, group, heads, t, head_dim).transpose(1, 2).reshape(sentences, heads, -1, head_dim)
         if isinstance(state, KeyValueState):
-            return self.merge_heads(self._softmax(q, state.k, state.v, key_mask))
-        with torch.autocast(query.device.type, enabled=False):
-            out = read_state(self.favor.features(q, is_query=True), state.kv, state.k_sum)
-        return self.merge_heads(out.to(q.dtype))
+            out = self._softmax(q, state.k, state.v, key_mask)  # (N, H, G*T, Dh)
+        else:
+            with torch.autocast(query.device.type, enabled=False):
+                out = read_state(self.favor.features(q, is_query=True), state.kv, state.k_sum).to(q.dtype)
+        if group > 1:  # (N, H, G*T, Dh) -> (N*G, H, T, Dh)
+            out = out.view(sentences, heads, group, t, head_dim).transpose(1, 2).reshape(b, heads, t, head_dim)
+        return self.merge_heads(out)

@@ -104,23 +104,80 @@ def check_decode_config(cfg: DecodeConfig, tgt_vocab_size: int) -> None:
         check_beam_size(cfg.beam, tgt_vocab_size)
 
 
-def _next_token_logprobs(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor | None,
-                         src_mask: Tensor, cache: DecoderCache, eos_allowed: bool) -> Tensor:
-    """Log-probabilities (N, V), float32, of the token after `last_tokens` (N, 1); the cache grows by one.
+# Rows whose next-token distributions are worked out at a time. At beam 5 a batch
+# has thousands of rows, and their (rows, V) logits would go through memory three
+# times (projected, normalised, searched); a block of 256 rows stays in the CPU's
+# cache meanwhile. Each row's numbers are the same, up to the rounding of the
+# matrix product.
+BLOCK_ROWS = 256
+
+# The width of the blocks `top_k_per_row` ranks rows in.
+TOP_K_BLOCK = 64
+
+
+def top_k_per_row(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest values of each row of scores (R, W), and their indices, best first.
+
+    The values are those of `scores.topk(k, dim=1)` (among equal values, the
+    index may differ), found with a fraction of its work on long rows: on the
+    CPU, ranking a row of a whole vocabulary costs twice its log-softmax. The
+    k largest values of a row lie in the k blocks of TOP_K_BLOCK columns with
+    the largest maxima, so only those blocks, and the columns after the last
+    whole block, are ranked.
+    """
+    rows, width = scores.shape
+    blocks = width // TOP_K_BLOCK
+    if blocks < 4 * k:  # too few blocks to leave most of the row out
+        return scores.topk(k, dim=1)
+    body = width - width % TOP_K_BLOCK
+    scores = scores.contiguous()
+    grid = scores.as_strided((rows, blocks, TOP_K_BLOCK), (width, TOP_K_BLOCK, 1))  # (R, blocks, BLOCK)
+    best_blocks = grid.amax(dim=2).topk(k, dim=1).indices  # (R, k)
+    candidates = grid.gather(1, best_blocks[:, :, None].expand(-1, -1, TOP_K_BLOCK)).view(rows, -1)  # (R, k*BLOCK)
+    candidates = torch.cat([candidates, scores[:, body:]], dim=1)  # (R, k*BLOCK + W % BLOCK)
+    values, at = candidates.topk(k, dim=1)  # (R, k) each
+    in_blocks = at < k * TOP_K_BLOCK
+    block = best_blocks.gather(1, (at // TOP_K_BLOCK).clamp(max=k - 1))  # (R, k)
+    index = torch.where(in_blocks, block * TOP_K_BLOCK + at % TOP_K_BLOCK, at - k * TOP_K_BLOCK + body)
+    return values, index
+
+
+# Picks from the log-probabilities (C, V) of a block of rows two tensors, each with C rows.
+Selection = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def _next_token_selection(model: Seq2SeqTransformer, last_tokens: Tensor, memory: Tensor | None,
+                          src_mask: Tensor, cache: DecoderCache, step: int, eos_allowed: bool,
+                          forced: ForcedPrefix | None, select: Selection,
+                          whole_batch: bool = False) -> tuple[Tensor, Tensor]:
+    """What `select` picks from the log-probabilities (N, V), float32, of the token after
+    `last_tokens` (N, 1), worked out BLOCK_ROWS rows at a time (or all at once, with
+    `whole_batch`) and joined along the rows. The cache grows by one.
 
     Padding, BOS and, unless `eos_allowed`, EOS are set to -inf after
-    normalising, so the other tokens keep the model's own log-probabilities.
+    normalising, so the other tokens keep the model's own log-probabilities;
+    then the `forced` prefix tokens of `step` overrule everything.
     `memory` is read only on the first step, while the cache has no summary
     of the source yet.
     """
-    logits = model.decode(last_tokens, memory, src_mask, cache)[:, -1]  # (N, V)
-    # One fused log-softmax: on the CPU it is faster than a logsumexp alone.
-    logprobs = logits.float().log_softmax(dim=-1)
-    logprobs[:, model.cfg.pad_id] = float("-inf")
-    logprobs[:, model.cfg.bos_id] = float("-inf")
-    if not eos_allowed:
-        logprobs[:, model.cfg.eos_id] = float("-inf")
-    return logprobs
+    states = model.decoder_states(last_tokens, memory, src_mask, cache)[:, -1]  # (N, D)
+    block_rows = states.size(0) if whole_batch else BLOCK_ROWS
+    picks = []
+    for first_row in range(0, states.size(0), block_rows):
+        logits = model.output_logits(states[first_row:first_row + block_rows])  # (C, V)
+        # One fused log-softmax: on the CPU it is faster than a logsumexp alone.
+        logprobs = logits.float().log_softmax(dim=-1)
+        logprobs[:, model.cfg.pad_id] = float("-inf")
+        logprobs[:, model.cfg.bos_id] = float("-inf")
+        if not eos_allowed:
+            logprobs[:, model.cfg.eos_id] = float("-inf")
+        if forced is not None:
+            forced.force(logprobs, step, first_row)
+        picks.append(select(logprobs))
+    if len(picks) == 1:
+        return picks[0]
+    first, second = zip(*picks)
+    return torch.cat(first), torch.cat(second)
 
 
 Found = TypeVar("Found")
@@ -161,7 +218,7 @@ TokenChoice = Callable[[Tensor], Tensor]
 
 
 def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int], prefixes: list[list[int]] | None,
-                        min_len: int, choose: TokenChoice) -> list[Hypothesis]:
+                        min_len: int, choose: TokenChoice, whole_batch: bool = False) -> list[Hypothesis]:
     """The loop shared by greedy search and sampling: one chosen token per row and step.
 
     src: (B, S) padded source ids. limits: the most tokens of each row's
@@ -170,7 +227,7 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
     of fewer than `min_len` tokens. Each row's output starts with its prefix
     (`prefixes`, or none). Each Hypothesis' score and logprob are the model's
     log-probability of the chosen tokens after the prefix, whatever `choose`
-    did to pick them.
+    did to pick them. `whole_batch`: as in `_next_token_selection`.
     """
     n_rows = src.size(0)
     if n_rows == 0:
@@ -185,17 +242,19 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
     results: list[Hypothesis | None] = [None] * n_rows
     forced = ForcedPrefix(prefixes, src.device) if prefixes else None
 
+    def choose_with_logprob(logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        token = choose(logprobs)  # (C,)
+        return token, logprobs.gather(1, token[:, None]).squeeze(1)  # (C,), (C,)
+
     for step in range(max(limits)):
         # The cache summarises the source on the first step; memory is not needed after it.
-        logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
-                                        src_mask, cache, eos_allowed=step >= min_len)  # (N, V)
-        if forced is not None:
-            forced.force(logprobs, step)
-            if step + 1 >= forced.width:
-                forced = None  # every prefix is out
-        token = choose(logprobs)  # (N,)
-        token_logprob = logprobs.gather(1, token[:, None])  # (N, 1)
-        total_logprob = total_logprob + token_logprob.squeeze(1)  # (N,)
+        token, token_logprob = _next_token_selection(
+            model, history[:, -1:], memory if step == 0 else None, src_mask, cache, step,
+            eos_allowed=step >= min_len, forced=forced, select=choose_with_logprob,
+            whole_batch=whole_batch)  # (N,), (N,)
+        if forced is not None and step + 1 >= forced.width:
+            forced = None  # every prefix is out
+        total_logprob = total_logprob + token_logprob  # (N,)
         history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
         done = token.eq(eos_id) | row_max_len.eq(step + 1)  # (N,): ended, or cut at the limit
         if not done.any():
@@ -212,7 +271,7 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
         if keep.numel() == 0:
             break
         origin = [origin[row] for row in keep.tolist()]
-        cache.select(keep)
+        cache.select(keep, sentences=keep)
         if forced is not None:
             forced.select(keep)
         src_mask = src_mask.index_select(0, keep)  # (N', S)
@@ -284,9 +343,12 @@ def sample_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, tempe
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
 
     _require_eval_mode(model)
+    # One block of rows: the draws take the generator's numbers in the same order whatever the batch.
     return _search_rows_with_room(
         src, max_len, prefixes,
-        lambda rows, limits, forced: _one_token_per_step(model, rows, limits, forced, min_len, draw), _empty_cut)
+        lambda rows, limits, forced: _one_token_per_step(model, rows, limits, forced, min_len, draw,
+                                                         whole_batch=True),
+        _empty_cut)
 
 
 @torch.inference_mode()
@@ -348,14 +410,13 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], pref
 
     for step in range(max(limits)):
         n, beams = beam_logprob.shape
-        logprobs = _next_token_logprobs(model, history[:, -1:], memory if step == 0 else None,
-                                        src_mask, cache, eos_allowed=step >= min_len)  # (N*beams, V)
-        if forced is not None:
-            forced.force(logprobs, step)
         # The sentence's best 2K continuations are among its beams' best 2K each,
         # so rank within each row first and only then across the beams.
-        width = min(2 * k, logprobs.size(1))
-        row_logprob, row_token = logprobs.topk(width, dim=1)  # (N*beams, W)
+        width = min(2 * k, model.cfg.tgt_vocab_size)
+        row_logprob, row_token = _next_token_selection(
+            model, history[:, -1:], memory if step == 0 else None, src_mask, cache, step,
+            eos_allowed=step >= min_len, forced=forced,
+            select=lambda logprobs: top_k_per_row(logprobs, width))  # (N*beams, W) each
         row_logprob = beam_logprob.view(-1, 1) + row_logprob  # (N*beams, W)
         candidates = min(2 * k, beams * width)  # C
         top_logprob, top_index = row_logprob.view(n, beams * width).topk(candidates, dim=1)  # (N, C)
@@ -417,17 +478,15 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, limits: list[int], pref
             live_row = live_row.index_select(0, keep)  # (N', K)
             live_token = live_token.index_select(0, keep)  # (N', K)
         rows = live_row.view(-1)  # (N'*K,)
-        # The beams of a sentence share its source: the cross-attention summary and
-        # the row's source mask need reordering only when sentences leave the batch
-        # or the first step fans out, not when beams move.
-        reshaped = not same_sentences or live_row.size(1) != beams
-        cache.select(rows, cross=reshaped)
+        # The beams of a sentence share its source: the cross-attention summary and the
+        # source mask have a row per sentence, and change only when sentences leave.
+        cache.select(rows, sentences=None if same_sentences else keep)
+        if not same_sentences:
+            src_mask = src_mask.index_select(0, keep)  # (N', S)
         if forced is not None:
             forced.select(rows)
             if step + 1 >= forced.width:
                 forced = None  # every prefix is out
-        if reshaped:
-            src_mask = src_mask.index_select(0, rows)  # (N'*K, S)
         history = torch.cat([history.index_select(0, rows),
                              live_token.view(-1, 1)], dim=1)  # (N'*K, step + 2)
         beam_logprob = live_logprob  # (N', K)

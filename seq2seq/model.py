@@ -31,21 +31,23 @@ class LayerCache:
 
 @dataclass
 class DecoderCache:
-    """State for incremental decoding: one `LayerCache` per decoder layer."""
+    """State for incremental decoding: one `LayerCache` per decoder layer.
+
+    The self-attention state has a row per target row; the cross-attention
+    summary has a row per source sentence, read by all of that sentence's
+    rows (its beams: see `MultiHeadAttention.attend_summary`).
+    """
 
     layers: list[LayerCache] = field(default_factory=list)
     length: int = 0  # target positions already decoded
 
-    def select(self, index: Tensor, cross: bool = True) -> None:
-        """Keep rows `index` of the batch, in that order (beam reordering, dropping finished rows).
-
-        The cross-attention summary depends only on the source, so a reorder
-        within each sentence's beams can skip it with `cross=False`.
-        """
+    def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
+        """Keep target rows `rows`, in that order (beam reordering, dropping finished rows), and,
+        when sentences leave the batch, source sentences `sentences`."""
         for layer in self.layers:
-            layer.self_state = layer.self_state.select(index)
-            if cross:
-                layer.cross_state = layer.cross_state.select(index)
+            layer.self_state = layer.self_state.select(rows)
+            if sentences is not None:
+                layer.cross_state = layer.cross_state.select(sentences)
 
 
 class FeedForward(nn.Module):
@@ -220,6 +222,18 @@ class Seq2SeqTransformer(nn.Module):
         cache holds the source summary (after its first call), `memory` is not
         read and may be None; `src_mask` still is.
         """
+        return self.output_logits(self.decoder_states(tgt_in, memory, src_mask, cache))
+
+    def output_logits(self, states: Tensor) -> Tensor:
+        """Logits (..., V) for decoder states (..., D): the tied output projection."""
+        return F.linear(states, self.tgt_embed.weight)
+
+    def decoder_states(self, tgt_in: Tensor, memory: Tensor | None, src_mask: Tensor,
+                       cache: DecoderCache | None = None) -> Tensor:
+        """What `decode` projects onto the vocabulary: the decoder's final states (B, T, D).
+
+        The search projects them a block of rows at a time (`seq2seq.decode`).
+        """
         offset = 0
         if cache is not None:
             if not cache.layers:
@@ -230,8 +244,7 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, memory, src_mask, None if cache is None else cache.layers[i], offset)
         if cache is not None:
             cache.length += tgt_in.size(1)
-        x = self.decoder_norm(x)
-        return F.linear(x, self.tgt_embed.weight)  # (B, T, V): tied output projection
+        return self.decoder_norm(x)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""

@@ -60,14 +60,15 @@ class ForcedPrefix:
         """Keep the rows `rows` (N',), in that order, as the search's batch does."""
         self.tokens = self.tokens.index_select(0, rows)  # (N', P)
 
-    def force(self, logprobs: Tensor, step: int) -> None:
+    def force(self, logprobs: Tensor, step: int, first_row: int = 0) -> None:
         """Make each row's prefix token at `step` the only possible one, at log-probability 0 (in place).
 
-        logprobs: (N, V). Rows past their prefix are left as they are.
+        logprobs: (C, V), for the rows first_row ... first_row + C - 1. Rows
+        past their prefix are left as they are.
         """
         if step >= self.width:
             return
-        token = self.tokens[:, step]  # (N,)
+        token = self.tokens[first_row:first_row + logprobs.size(0), step]  # (C,)
         rows = token.ge(0).nonzero().squeeze(1)  # (F,): rows whose prefix goes on at this step
         if rows.numel() == 0:
             return

@@ -69,7 +69,25 @@ class EosFirst(torch.nn.Module):
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inner.encode(src)
 
+    def decoder_states(self, tgt_in: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor,
+                       cache=None) -> torch.Tensor:
+        return self.inner.decoder_states(tgt_in, memory, src_mask, cache)
+
+    def output_logits(self, states: torch.Tensor) -> torch.Tensor:
+        logits = self.inner.output_logits(states)  # (..., V)
+        return logits + self.bias * torch.nn.functional.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))
+
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor,
                cache=None) -> torch.Tensor:
-        logits = self.inner.decode(tgt_in, memory, src_mask, cache)  # (B, T, V)
-        return logits + self.bias * torch.nn.functional.one_hot(torch.tensor(self.cfg.eos_id), logits.size(-1))
+        return self.output_logits(self.decoder_states(tgt_in, memory, src_mask, cache))
+
+
+class LogitsAsStates:
+    """For a fake model whose `decode` gives logits directly: the search asks for decoder states
+    and projects them with `output_logits`, which here passes the logits through."""
+
+    def decoder_states(self, *args, **kwargs) -> torch.Tensor:
+        return self.decode(*args, **kwargs)
+
+    def output_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return states

@@ -27,7 +27,7 @@ from seq2seq.errors import ConfigError
 from seq2seq.attention import KeyValueState
 from seq2seq.model import DecoderCache, LayerCache, build_model
 
-from helpers import EosFirst
+from helpers import EosFirst, LogitsAsStates
 
 VOCAB = 24
 PAD, BOS, EOS = 0, 2, 3
@@ -171,6 +171,28 @@ def test_beam_equals_uncached_reference_beam(model, penalty, min_len):
         assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
+VARIANTS = {"performer": dict(attention="performer", performer_in="encoder,decoder,cross", performer_features=16),
+            "performer-cross": dict(attention="performer", performer_in="cross", performer_features=16),
+            "rope": dict(positions="rope"), "learned-post-norm": dict(positions="learned", norm="post")}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_beam_equals_uncached_reference_beam_for_every_model_variant(variant):
+    """The cache (a self-attention state per beam, a source summary per sentence read by all its
+    beams) computes what the uncached model does, whatever the attention kernel and positions."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, d_model=32, n_heads=4,
+                                    ffn_dim=64, encoder_layers=1, decoder_layers=2, dropout=0.0,
+                                    max_positions=64, **VARIANTS[variant])).eval()
+    rows = random_sources(4, seed=5)
+    max_len = torch.tensor([6, 9, 3, 8])
+    found = beam_search(model, pad(rows), max_len, beam=3, length_penalty="gnmt", alpha=0.6)
+    for row, limit, hyps in zip(rows, max_len.tolist(), found):
+        expected = reference_beam(model, row, limit, 3, "gnmt", 0.6)
+        assert [(h.tokens, h.hit_limit) for h in hyps] == [(h.tokens, h.hit_limit) for h in expected]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
 @pytest.mark.parametrize("beam", [1, 4])
 def test_batched_equals_one_at_a_time(model, beam):
     rows = random_sources(7, seed=4, min_len=1, max_len=12)  # different lengths: padding
@@ -262,7 +284,7 @@ def test_min_len_beyond_max_len_gives_max_len_tokens(model, beam):
         assert all(len(h.tokens) == 2 and h.hit_limit for h in hyps)
 
 
-class StepModel(nn.Module):
+class StepModel(LogitsAsStates, nn.Module):
     """Next-token logits that depend only on how many tokens the output has: `logits[t]` (V,) after t."""
 
     def __init__(self, logits: Tensor):
@@ -325,7 +347,7 @@ def test_an_output_cut_at_the_limit_loses_to_an_earlier_one_that_scores_higher()
 # --- exhaustive search on a fake model ---------------------------------------------
 
 
-class TableModel(nn.Module):
+class TableModel(LogitsAsStates, nn.Module):
     """Stands in for the Transformer: next-token logits are a fixed random function of
     (source, prefix), looked up in a table by a hash of both.
 
@@ -373,7 +395,9 @@ class TableModel(nn.Module):
             stored = prefix.float()[:, None, :, None]  # (B, 1, T_all, 1)
             layer.self_state = KeyValueState(stored, stored)
             cache.length = prefix.size(1)
-            source = layer.cross_state.k[:, 0, 0, 0]
+            # The cross slot has a row per sentence, shared by the sentence's beams.
+            source = layer.cross_state.k[:, 0, 0, 0]  # (N,)
+            source = source.repeat_interleave(prefix.size(0) // source.size(0))  # (B,)
         code = source.long() % self.SLOTS  # (B,)
         logits = []
         for t in range(prefix.size(1)):
@@ -604,3 +628,48 @@ def test_top_k_and_temperature():
 def test_sampling_settings_are_validated(changes):
     with pytest.raises(ConfigError):
         DecodeConfig(sampling=True, **changes).validate()
+
+
+# --- the pieces of a search step ------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [6, 64 * 40, 8000, 8000 + 37])
+@pytest.mark.parametrize("k", [1, 2, 10])
+def test_top_k_per_row_finds_what_topk_finds(width, k):
+    from seq2seq.decode import top_k_per_row
+
+    k = min(k, width)
+    g = torch.Generator().manual_seed(width + k)
+    scores = torch.randn(33, width, generator=g).log_softmax(dim=1)
+    scores[0] = float("-inf")  # a dead row
+    scores[1, :] = float("-inf")
+    scores[1, width - 1] = 0.0  # a forced token, in the columns after the last whole block
+    scores[2, 5] = scores[2, width // 2] = 1.0  # a tie at the top
+    values, index = top_k_per_row(scores, k)
+    expected = scores.topk(k, dim=1)
+    torch.testing.assert_close(values, expected.values, rtol=0, atol=0)
+    torch.testing.assert_close(scores.gather(1, index), values, rtol=0, atol=0)
+    assert index[1, 0] == width - 1
+    rows = list(range(3, 33))  # no ties: the same indices too
+    assert torch.equal(index[rows], expected.indices[rows])
+
+
+def test_blocks_of_rows_do_not_change_the_search(monkeypatch):
+    """Beam and greedy search give the same hypotheses whatever the number of rows projected at a time."""
+    import seq2seq.decode as decode
+
+    model = build_model(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=16, n_heads=2, ffn_dim=32,
+                                    encoder_layers=1, decoder_layers=1, max_positions=32)).eval()
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(4, 40, (n,), generator=g).tolist() + [EOS] for n in (3, 7, 5, 9, 2, 6)]
+    prefixes = [[5, 6], [], [7], [], [8, 9, 10], []]
+    for cfg in (DecodeConfig(beam=1), DecodeConfig(beam=4), DecodeConfig(beam=3, length_penalty="none")):
+        whole = nbest_ids(model, rows, cfg, prefixes=prefixes)
+        monkeypatch.setattr(decode, "BLOCK_ROWS", 3)
+        blocks = nbest_ids(model, rows, cfg, prefixes=prefixes)
+        monkeypatch.undo()
+        # The matrix products of a few rows may round differently in the last bit.
+        assert [[(h.tokens, h.hit_limit) for h in found] for found in blocks] == \
+            [[(h.tokens, h.hit_limit) for h in found] for found in whole]
+        for found, expected in zip(blocks, whole):
+            assert [h.logprob for h in found] == pytest.approx([h.logprob for h in expected], abs=1e-4)
