@@ -60,15 +60,14 @@ from torch import nn
 
 from .config import DecodeConfig, ModelConfig, RunConfig, to_dict
 from .errors import ConfigError, WriteError
+from .exported import EXPORT_FILE, import_ctranslate2
 from .files import fsync_dir, new_folder
 from .model import Seq2SeqTransformer
 from .rundir import WEIGHTS_FILE, load_run, read_run_config
 from .tokenizer import SHARED_FILE, SRC_FILE, TGT_FILE, TokenizerPair
 
-EXPORT_FILE = "s2s_export.json"
 # Bump when the layout of an exported folder or of s2s_export.json changes meaning.
 EXPORT_FORMAT_VERSION = 1
-INSTALL_HINT = "pip install 's2s[ctranslate2]'"
 # The weight types CTranslate2's `ModelSpec.optimize` accepts (None is float32, as trained).
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16")
@@ -90,7 +89,7 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     quantization = check_quantization(quantization)
-    ctranslate2 = import_ctranslate2("exporting to CTranslate2")
+    ctranslate2 = import_ctranslate2("exporting to CTranslate2", converters=True)
     config = read_run_config(run_dir)
     check_exportable(config.model)
     check_output_dir(run_dir, output_dir)
@@ -193,20 +192,6 @@ def export_info(config: RunConfig, tokenizers: TokenizerPair, weights: str, quan
         "decode": to_dict(DecodeConfig()),
         "run_config": json.loads(config.to_json()),
     }
-
-
-def import_ctranslate2(purpose: str):
-    """The ctranslate2 module (with its converters and specs), or a ConfigError saying how to install it.
-
-    It is an optional extra, imported only by what needs it; `purpose` says what that is.
-    """
-    try:
-        import ctranslate2
-        import ctranslate2.converters  # noqa: F401
-        import ctranslate2.specs  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(f"{purpose} needs the ctranslate2 package ({err}): {INSTALL_HINT}") from None
-    return ctranslate2
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -17,11 +17,14 @@ CTranslate2's `target_prefix` do. Both engines keep the same rules:
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from .config import DecodeConfig
 from .errors import DataError
+
+if TYPE_CHECKING:  # torch is imported by the search that forces prefixes, not by the CTranslate2 engine
+    import torch
+    from torch import Tensor
 
 
 def output_limit(source_length: int, prefix_length: int, cfg: DecodeConfig, max_positions: int) -> int:
@@ -47,6 +50,8 @@ class ForcedPrefix:
     """
 
     def __init__(self, prefixes: list[list[int]], device: torch.device):
+        import torch
+
         width = max(map(len, prefixes), default=0)
         self.tokens = torch.tensor([ids + [-1] * (width - len(ids)) for ids in prefixes],
                                    dtype=torch.long, device=device).view(len(prefixes), width)  # (N, P)

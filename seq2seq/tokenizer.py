@@ -17,11 +17,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
+from typing import TYPE_CHECKING
+
 import sentencepiece as spm
 
 from .errors import TokenizerError
 from .files import atomic_write_bytes
+
+if TYPE_CHECKING:  # a tokenizer is trained from a `datasets` corpus; loading one never imports datasets
+    import datasets
 
 SHARED_FILE = "tokenizer.model"
 SRC_FILE = "tokenizer.src.model"

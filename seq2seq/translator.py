@@ -15,18 +15,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .config import DecodeConfig
-from .decode import Hypothesis, check_decode_config
 from .engines import Engine, open_engine
-from .engines.torch_engine import TorchEngine
 from .errors import ConfigError
-from .model import Seq2SeqTransformer
 from .prefix import check_prefix_lengths
+from .search import Hypothesis, check_decode_config
 from .textio import clean_output
 from .tokenizer import TokenizerPair
+
+if TYPE_CHECKING:  # torch is imported with the torch engine: the CTranslate2 engine runs without it
+    import torch
+
+    from .model import Seq2SeqTransformer
 
 # A sentence ends at . ! ? ; : followed by whitespace, so that "3.5" and
 # "e.g.x" stay whole; the full-width and CJK forms end a sentence even without
@@ -83,13 +85,16 @@ class Translator:
     @classmethod
     def for_model(cls, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig) -> "Translator":
         """A Translator running s2s's own search (the torch engine) on `model`."""
+        from .engines.torch_engine import TorchEngine
+
         return cls(TorchEngine(model, tokenizers, cfg))
 
     @classmethod
-    def from_run(cls, path: Path | str, device: torch.device, cfg: DecodeConfig, weights: str | None = None,
+    def from_run(cls, path: Path | str, device: torch.device | str, cfg: DecodeConfig, weights: str | None = None,
                  engine: str | None = None, threads: int | None = None) -> "Translator":
         """A Translator for a run directory (the torch engine) or a folder written by `s2s export`
-        (the CTranslate2 engine); `engine` ("torch" or "ctranslate2") must be the one the folder needs."""
+        (the CTranslate2 engine); `engine` ("torch" or "ctranslate2") must be the one the folder needs.
+        `device` as `seq2seq.engines.open_engine` takes it."""
         return cls(open_engine(path, device, cfg, weights, engine, threads))
 
     def with_config(self, cfg: DecodeConfig) -> "Translator":
@@ -99,7 +104,7 @@ class Translator:
     @property
     def model(self) -> Seq2SeqTransformer:
         """The torch engine's model; AttributeError for an engine without one."""
-        if not isinstance(self.engine, TorchEngine):
+        if self.engine.name != "torch":
             raise AttributeError(f"the {self.engine.name} engine has no torch model")
         return self.engine.model
 

@@ -218,3 +218,33 @@ def test_with_config_shares_the_loaded_model(run, exported, sources, engine):
     assert beam.stats.lines == 8 and greedy.stats.lines == 8  # each keeps its own count
     with pytest.raises(ConfigError, match="beam size must be at least 1"):
         greedy.with_config(DecodeConfig(beam=0))
+
+
+def test_an_exported_model_runs_without_loading_torch(exported, tmp_path):
+    """The CTranslate2 path of `s2s translate` never imports torch (nor datasets): it starts in a fraction
+    of the time and memory."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in.txt").write_text("A dog runs.\n\nTwo men talk.\n")
+    code = ("import sys\nfrom cli.main import app\n"
+            f"sys.argv = ['s2s', 'translate', '-m', {str(exported)!r}, '-i', {str(tmp_path / 'in.txt')!r}, "
+            "'--device', 'cpu', '--beam', '2']\n"
+            "try:\n    app()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+            "loaded = [name for name in ('torch', 'datasets') if name in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 3 and done.stdout.split("\n")[1] == ""
+
+
+@pytest.mark.parametrize(("name", "expected"), [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:1", ("cuda", 1))])
+def test_ctranslate2_devices_by_name(name, expected):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from seq2seq.engines.ctranslate2_engine import ctranslate2_device
+
+    assert ctranslate2_device(name, ctranslate2) == expected
+    assert ctranslate2_device("auto", ctranslate2)[0] == ("cuda" if ctranslate2.get_cuda_device_count() else "cpu")
+    for bad in ("mps", "gpu", "cuda:x"):
+        with pytest.raises(ConfigError, match="CTranslate2 runs on the CPU or CUDA"):
+            ctranslate2_device(bad, ctranslate2)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import ConfigError
-from ..export import EXPORT_FILE
+from ..exported import EXPORT_FILE
 
 if TYPE_CHECKING:
     import torch
 
     from ..config import DecodeConfig
-    from ..decode import Hypothesis
+    from ..search import Hypothesis
     from ..tokenizer import TokenizerPair
 
 ENGINES = ("torch", "ctranslate2")
@@ -34,6 +34,7 @@ ENGINES = ("torch", "ctranslate2")
 class Engine(Protocol):
     """Searches source id rows with one model and one DecodeConfig (`cfg`)."""
 
+    name: str  # "torch" or "ctranslate2"
     cfg: "DecodeConfig"
     tokenizers: "TokenizerPair"
     max_positions: int  # the most source tokens a row may have, its EOS included
@@ -82,9 +83,12 @@ def check_threads(threads: int | None) -> None:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
 
 
-def open_engine(path: Path | str, device: "torch.device", cfg: "DecodeConfig", weights: str | None = None,
+def open_engine(path: Path | str, device: "torch.device | str", cfg: "DecodeConfig", weights: str | None = None,
                 engine: str | None = None, threads: int | None = None) -> Engine:
     """The engine for the run directory or exported folder `path`, searching with `cfg` on `device`.
+
+    The CTranslate2 engine takes the device by name (auto, cpu, cuda, cuda:N)
+    and never imports torch; the torch engine takes a resolved torch.device.
 
     `weights` names the weights file of a run directory (the run's model when
     None); an exported folder holds one model, so it must be None or the
@@ -97,7 +101,9 @@ def open_engine(path: Path | str, device: "torch.device", cfg: "DecodeConfig", w
     if kind == "ctranslate2":
         from .ctranslate2_engine import CTranslate2Engine
 
-        return CTranslate2Engine.open(path, device, cfg, weights, threads)
+        return CTranslate2Engine.open(path, str(device), cfg, weights, threads)
+    from ..device import resolve_device
     from .torch_engine import TorchEngine
 
-    return TorchEngine.open(path, device, cfg, weights, threads)
+    return TorchEngine.open(path, resolve_device(device) if isinstance(device, str) else device, cfg, weights,
+                            threads)

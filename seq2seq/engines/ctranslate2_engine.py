@@ -25,13 +25,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import DecodeConfig
-from ..decode import Hypothesis, check_decode_config, check_rows, penalised_score, unsearched
 from ..errors import ConfigError, RunDirError, TokenizerError
-from ..export import EXPORT_FILE, import_ctranslate2
+from ..exported import EXPORT_FILE, import_ctranslate2
 from ..prefix import output_limit
+from ..search import Hypothesis, check_decode_config, check_rows, penalised_score, unsearched
 from ..tokenizer import TokenizerPair, load_tokenizers
 
 
@@ -44,6 +42,17 @@ def read_export_info(folder: Path) -> dict:
     if not isinstance(info, dict) or info.get("engine") != "ctranslate2" or "max_positions" not in info:
         raise RunDirError(f"{path}: is not the description of a CTranslate2 export written by `s2s export`")
     return info
+
+
+def ctranslate2_device(device: str, ctranslate2) -> tuple[str, int]:
+    """CTranslate2's device and index for `device`: auto (CUDA when CTranslate2 sees a GPU, else
+    the CPU), cpu, cuda or cuda:N; a ConfigError for any other."""
+    if device == "auto":
+        return ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"), 0
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ConfigError(f"CTranslate2 runs on the CPU or CUDA, not {device}: use --device cpu or cuda")
+    return kind, int(index or 0)
 
 
 class CTranslate2Engine:
@@ -61,8 +70,10 @@ class CTranslate2Engine:
         self.tgt_index = {piece: i for i, piece in enumerate(tokenizers.tgt.pieces())}
 
     @classmethod
-    def open(cls, folder: Path | str, device: torch.device, cfg: DecodeConfig, weights: str | None = None,
+    def open(cls, folder: Path | str, device: str, cfg: DecodeConfig, weights: str | None = None,
              threads: int | None = None) -> "CTranslate2Engine":
+        """The engine for an exported folder on `device`: auto, cpu, cuda or cuda:N (a torch.device
+        does too, by its name)."""
         folder = Path(folder)
         ctranslate2 = import_ctranslate2("running an exported model")
         info = read_export_info(folder)
@@ -74,12 +85,10 @@ class CTranslate2Engine:
             tokenizers = load_tokenizers(folder)
         except TokenizerError as err:
             raise RunDirError(str(err)) from None
-        kind = device.type
-        if kind not in ("cpu", "cuda"):
-            raise ConfigError(f"CTranslate2 runs on the CPU or CUDA, not {kind}: use --device cpu or cuda")
+        kind, index = ctranslate2_device(str(device), ctranslate2)
         options = dict(device=kind, inter_threads=1)
         if kind == "cuda":
-            options["device_index"] = device.index or 0
+            options["device_index"] = index
         if threads is not None:
             options["intra_threads"] = threads
         if cfg.sampling and cfg.seed is not None:
