@@ -636,7 +636,7 @@ def test_sampling_settings_are_validated(changes):
 @pytest.mark.parametrize("width", [6, 64 * 40, 8000, 8000 + 37])
 @pytest.mark.parametrize("k", [1, 2, 10])
 def test_top_k_per_row_finds_what_topk_finds(width, k):
-    from seq2seq.decode import top_k_per_row
+    from seq2seq.next_token import top_k_per_row
 
     k = min(k, width)
     g = torch.Generator().manual_seed(width + k)
@@ -656,7 +656,7 @@ def test_top_k_per_row_finds_what_topk_finds(width, k):
 
 def test_blocks_of_rows_do_not_change_the_search(monkeypatch):
     """Beam and greedy search give the same hypotheses whatever the number of rows projected at a time."""
-    import seq2seq.decode as decode
+    import seq2seq.next_token as next_token
 
     model = build_model(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=16, n_heads=2, ffn_dim=32,
                                     encoder_layers=1, decoder_layers=1, max_positions=32)).eval()
@@ -665,7 +665,7 @@ def test_blocks_of_rows_do_not_change_the_search(monkeypatch):
     prefixes = [[5, 6], [], [7], [], [8, 9, 10], []]
     for cfg in (DecodeConfig(beam=1), DecodeConfig(beam=4), DecodeConfig(beam=3, length_penalty="none")):
         whole = nbest_ids(model, rows, cfg, prefixes=prefixes)
-        monkeypatch.setattr(decode, "BLOCK_ROWS", 3)
+        monkeypatch.setattr(next_token, "BLOCK_ROWS", 3)
         blocks = nbest_ids(model, rows, cfg, prefixes=prefixes)
         monkeypatch.undo()
         # The matrix products of a few rows may round differently in the last bit.
