@@ -121,9 +121,9 @@ class Translator:
         its line's prefix, as the target tokenizer normalises it; an empty line
         gives its prefix. `first_line` numbers lines[0] in error messages.
         """
+        prefix_ids = self._prefix_ids(lines, prefixes, first_line)  # refused before anything is counted
         pieces = self._source_pieces(lines)
-        best = [[hypotheses[0] for hypotheses in line]
-                for line in self._search(pieces, self._prefix_ids(lines, prefixes, first_line))]
+        best = [[hypotheses[0] for hypotheses in line] for line in self._search(pieces, prefix_ids)]
         texts = [" ".join(h.text for h in line if h.text) for line in self._detokenize(best)]
         self._count_outputs(pieces, best, texts)
         return texts
@@ -143,10 +143,11 @@ class Translator:
             raise ConfigError("n-best lists need beam search; sampling gives one output per line")
         if not 1 <= n <= self.cfg.beam:
             raise ConfigError(f"n-best size must be between 1 and the beam size ({self.cfg.beam}), got {n}")
+        prefix_ids = self._prefix_ids(lines, prefixes, first_line)
         pieces = self._source_pieces(lines)
         chosen = [hypotheses_per_piece[0][:n] if len(hypotheses_per_piece) == 1
                   else [hypotheses[0] for hypotheses in hypotheses_per_piece]
-                  for hypotheses_per_piece in self._search(pieces, self._prefix_ids(lines, prefixes, first_line))]
+                  for hypotheses_per_piece in self._search(pieces, prefix_ids)]
         results: list[list[TextHypothesis]] = []
         for line_pieces, hypotheses in zip(pieces, self._detokenize(chosen)):
             if len(line_pieces) <= 1:
