@@ -69,3 +69,14 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
     from seq2seq.export import export_ctranslate2
 
     return export_ctranslate2(trained_run, tmp_path_factory.mktemp("exported") / "ct2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests, as CTranslate2 is given one: comparable, and repeatable."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

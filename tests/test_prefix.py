@@ -21,6 +21,7 @@ from helpers import MULTI30K, EosFirst
 
 CPU = torch.device("cpu")
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SEARCHES = {
     "greedy": DecodeConfig(beam=1),
@@ -29,14 +30,6 @@ SEARCHES = {
     "short-limit": DecodeConfig(beam=3, max_len_a=0.0, max_len_b=1),
     "min-len": DecodeConfig(beam=3, min_len=12),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
