@@ -49,7 +49,7 @@ def require_finite(cfg: Any, name_of: Callable[[str], str]) -> None:
 
 # Headings under which `s2s train`, `translate` and `eval` list the settings (a field's group).
 DATA, MODEL, OPTIMISATION, VALIDATION, RUN = "Data", "Model", "Optimisation", "Validation", "Run"
-SEARCH, SAMPLING = "Search", "Sampling"
+SEARCH, SAMPLING, SERVING = "Search", "Sampling", "Serving"
 
 
 def setting(default: Any, help: str, group: str, derived_from: str | None = None) -> Any:
@@ -307,6 +307,37 @@ class DecodeConfig:
             raise ConfigError(f"--min-len must not be negative, got {self.min_len}")
         if self.max_tokens <= 0:
             raise ConfigError(f"decode max_tokens must be positive, got {self.max_tokens}")
+
+
+@dataclass
+class ServeConfig:
+    """How `s2s serve` listens, what one request may ask, and how requests are batched.
+
+    A batch's token budget is DecodeConfig.max_tokens, as for `s2s translate`.
+    """
+
+    host: str = setting("127.0.0.1", "Address to listen on. 127.0.0.1 answers this machine only; 0.0.0.0 "
+                        "answers every network the machine is on.", SERVING)
+    port: int = setting(8080, "TCP port to listen on.", SERVING)
+    max_lines: int = setting(256, "Most lines in one request; a request with more gets 413.", SERVING)
+    max_bytes: int = setting(1_000_000, "Largest request body, in bytes; a larger one gets 413.", SERVING)
+    max_wait_ms: float = setting(5.0, "How long the oldest queued request waits for others to join its batch, "
+                                 "in milliseconds; 0 sends each batch at once.", SERVING)
+    max_queue_lines: int = setting(8192, "Most lines waiting, over all requests; a request beyond that gets 503 "
+                                   "with Retry-After.", SERVING)
+
+    def validate(self) -> None:
+        require_finite(self, lambda name: f"--{name.replace('_', '-')}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
+        for name in ("max_lines", "max_bytes", "max_queue_lines"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
+        if self.max_queue_lines < self.max_lines:
+            raise ConfigError(f"--max-queue-lines ({self.max_queue_lines}) must be at least --max-lines "
+                              f"({self.max_lines}): an empty queue must take the largest request")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

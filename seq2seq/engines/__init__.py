@@ -54,6 +54,11 @@ class Engine(Protocol):
         """An engine on the same loaded model that searches with `cfg` instead."""
         ...
 
+    def describe(self) -> dict:
+        """What the model is: engine, src_lang, tgt_lang, weights, bytes (its weights file),
+        parameters (None where unknown), model (its ModelConfig as a dict)."""
+        ...
+
 
 def is_exported(path: Path | str) -> bool:
     """True for a folder written by `s2s export`."""

@@ -60,9 +60,11 @@ class CTranslate2Engine:
 
     name = "ctranslate2"
 
-    def __init__(self, translator, tokenizers: TokenizerPair, max_positions: int, cfg: DecodeConfig):
+    def __init__(self, translator, tokenizers: TokenizerPair, max_positions: int, cfg: DecodeConfig,
+                 info: dict | None = None):
         check_decode_config(cfg, tokenizers.tgt.vocab_size)
         self.translator, self.tokenizers, self.cfg = translator, tokenizers, cfg
+        self.info = info or {}  # s2s_export.json
         self.max_positions = max_positions
         self.tgt_vocab_size = tokenizers.tgt.vocab_size
         self.src_pieces = tokenizers.src.pieces()
@@ -97,10 +99,17 @@ class CTranslate2Engine:
             translator = ctranslate2.Translator(str(folder), **options)
         except (RuntimeError, ValueError) as err:
             raise RunDirError(f"{folder}: CTranslate2 cannot load this model ({err})") from None
-        return cls(translator, tokenizers, int(info["max_positions"]), cfg)
+        info["bytes"] = sum(path.stat().st_size for path in folder.glob("*.bin"))
+        return cls(translator, tokenizers, int(info["max_positions"]), cfg, info)
 
     def with_config(self, cfg: DecodeConfig) -> "CTranslate2Engine":
-        return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg)
+        return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg, self.info)
+
+    def describe(self) -> dict:
+        info = self.info
+        return dict(engine=self.name, src_lang=info.get("src_lang"), tgt_lang=info.get("tgt_lang"),
+                    weights=info.get("weights"), bytes=info.get("bytes"), parameters=None,
+                    quantization=info.get("quantization"), model=info.get("run_config", {}).get("model"))
 
     def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         check_rows(rows, prefixes, self.max_positions)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import DecodeConfig
+from ..config import DecodeConfig, to_dict
 from ..decode import Hypothesis, check_decode_config, nbest_ids, seeded_generator
 from ..device import mixed_precision
-from ..model import Seq2SeqTransformer
+from ..model import Seq2SeqTransformer, count_parameters
 from ..rundir import WEIGHTS_FILE, load_run
 from ..tokenizer import TokenizerPair
 
@@ -19,9 +19,11 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig):
+    def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig,
+                 about: dict | None = None):
         check_decode_config(cfg, model.cfg.tgt_vocab_size)
         self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
+        self.about = about or {}  # what `describe` says of the model beyond its own config
         device = next(model.parameters()).device
         self.autocast = mixed_precision(device)
         # One generator for the engine's life: successive batches draw fresh
@@ -33,11 +35,18 @@ class TorchEngine:
              threads: int | None = None) -> "TorchEngine":
         if threads is not None:
             torch.set_num_threads(threads)
-        model, tokenizers, _ = load_run(run_dir, device, weights or WEIGHTS_FILE)
-        return cls(model, tokenizers, cfg)
+        weights = weights or WEIGHTS_FILE
+        model, tokenizers, config = load_run(run_dir, device, weights)
+        about = dict(src_lang=config.train.src_lang, tgt_lang=config.train.tgt_lang, weights=weights,
+                     bytes=(Path(run_dir) / weights).stat().st_size)
+        return cls(model, tokenizers, cfg, about)
 
     def with_config(self, cfg: DecodeConfig) -> "TorchEngine":
-        return TorchEngine(self.model, self.tokenizers, cfg)
+        return TorchEngine(self.model, self.tokenizers, cfg, self.about)
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "src_lang": None, "tgt_lang": None, "weights": None, "bytes": None,
+                **self.about, "parameters": count_parameters(self.model), "model": to_dict(self.model.cfg)}
 
     @property
     def max_positions(self) -> int:

@@ -1,0 +1,88 @@
+"""`s2s serve`: translate over HTTP, batching concurrent requests (seq2seq.server).
+
+The serving options are ServeConfig's fields and the search defaults
+DecodeConfig's, generated like every command's. FastAPI, uvicorn and torch
+are imported inside the command, so that `--help` needs none of them.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from seq2seq.config import SEARCH, SERVING, ServeConfig
+from seq2seq.errors import ConfigError
+
+from .display import stderr
+from .options import ConfigOptions, config_options
+from .translate import DECODE_OPTIONS, MODEL_HELP, Device, Engine, Threads, Weights, check_engine_options, \
+    decode_config, load_translator
+
+SERVE_OPTIONS = ConfigOptions(ServeConfig)
+INSTALL_HINT = "pip install 's2s[serve]'"
+
+
+def import_server():
+    """seq2seq.server, or a ConfigError saying how to install what it needs."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"s2s serve needs the optional packages fastapi and uvicorn ({err}): {INSTALL_HINT}") \
+            from None
+    from seq2seq import server
+
+    return server
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, so that a port in use is one clear error before the model loads."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
+@config_options(panels=(SERVING, SEARCH), serve=SERVE_OPTIONS, decode=DECODE_OPTIONS)
+def serve_command(
+    serve: dict[str, Any],
+    decode: dict[str, Any],
+    model: Annotated[Path, typer.Option("--model", "-m", help=MODEL_HELP)],
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug "
+                                           "or trace.")] = "info",
+    device: Device = "auto",
+    weights: Weights = None,
+    engine: Engine = None,
+    threads: Threads = None,
+) -> None:
+    """Serve translations over HTTP: POST /translate, GET /health, GET /info, and the API at /docs."""
+    settings = ServeConfig(**serve)
+    settings.validate()
+    cfg = decode_config(decode)
+    check_engine_options(engine, threads)
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ConfigError(f"--log-level must be critical, error, warning, info, debug or trace, got {log_level!r}")
+    server = import_server()
+    import uvicorn
+
+    sock = listening_socket(settings.host, settings.port)
+    try:
+        translator = load_translator(model, device, cfg, weights, engine, threads)
+        app = server.build_app(translator, settings)
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=None)
+        stderr.print(f"serving {model} ({translator.engine.name}) on http://{settings.host}:{settings.port}")
+        # uvicorn answers SIGTERM and Ctrl-C by draining: no new connections, the requests
+        # in flight finish. Afterwards it raises the signal again with the handler it
+        # found; for SIGTERM that handler does nothing, so a drained server exits 0.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
