@@ -485,7 +485,8 @@ def test_every_float_option_refuses_nan_and_infinity(run, tmp_path, command, opt
     required = {"translate": ["-m", run, "--device", "cpu"],
                 "eval": ["-m", run, "--src", tmp_path / "s.en", "--ref", tmp_path / "s.en", "--device", "cpu"],
                 "train": ["--run", tmp_path / "r", "--device", "cpu"],
-                "tokenizer train": ["-o", tmp_path / "t"]}[command]
+                "tokenizer train": ["-o", tmp_path / "t"],
+                "serve": ["-m", run, "--device", "cpu"]}[command]
     message = fails_cleanly([*command.split(), *required, option, value], value.lstrip("-"))
     assert option.lstrip("-").replace("-", "_") in message.replace("-", "_"), message
     assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
