@@ -257,3 +257,12 @@ def test_start_up_failures_are_one_error_line(trained_run, tmp_path):
 
 def test_the_default_bind_is_this_machine_only():
     assert ServeConfig().host == "127.0.0.1"
+
+
+def test_the_listening_socket_says_it_is_tcp():
+    """asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets whose protocol is IPPROTO_TCP;
+    without it each request on a kept-alive connection waits ~40 ms for a delayed ACK."""
+    from cli.serve import listening_socket
+
+    with listening_socket("127.0.0.1", free_port()) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
