@@ -266,3 +266,23 @@ def test_the_listening_socket_says_it_is_tcp():
 
     with listening_socket("127.0.0.1", free_port()) as sock:
         assert sock.proto == socket.IPPROTO_TCP
+
+
+def test_slow_and_vanished_clients_do_not_hold_up_the_others(trained_run, sources):
+    expected = offline(trained_run, sources[:3])
+    with server(trained_run) as (url, process):
+        port = int(url.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port))  # sends a tenth of its body, then nothing
+        slow.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"text\": \"")
+        for _ in range(3):  # clients that send a whole request and go away without reading the answer
+            gone = socket.create_connection(("127.0.0.1", port))
+            body = json.dumps({"text": sources[:5]}).encode()
+            gone.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            gone.close()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda line: post(url, {"text": line}), sources[:3]))
+        assert [a[:2] for a in answers] == [(200, {"translations": e}) for e in expected]
+        slow.close()
+        assert get(url + "/health")[0] == 200 and process.poll() is None
