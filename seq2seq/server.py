@@ -32,7 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .batcher import DynamicBatcher, QueueFull
 from .config import ServeConfig, to_dict
 from .errors import S2SError
-from .prefix import check_prefix_lengths
 from .search import check_decode_config
 from .translator import Translator
 
@@ -148,9 +147,7 @@ def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
                 if asked.nbest > cfg.beam:
                     raise BadRequest(422, f"nbest {asked.nbest} is more than the beam ({cfg.beam})")
             if prefixes is not None:
-                tgt = translator.tokenizers.tgt
-                check_prefix_lengths([ids if p.strip() else [] for p, ids in zip(prefixes, tgt.encode(prefixes))],
-                                     translator.engine.max_positions)
+                translator.encode_prefixes(prefixes)  # a prefix too long would fail its whole batch
         except S2SError as err:
             raise BadRequest(422, str(err)) from None
         return cfg.beam, asked.nbest

@@ -195,6 +195,11 @@ class Translator:
             raise ConfigError(f"{len(prefixes)} target prefixes for {len(lines)} lines: give one per line")
         if not any(prefix.strip() for prefix in prefixes):
             return None
+        return self.encode_prefixes(prefixes, first_line)
+
+    def encode_prefixes(self, prefixes: list[str], first_line: int = 1) -> list[list[int]]:
+        """The target ids of each prefix ([] for a blank one); a DataError naming the first line
+        (numbered from `first_line`) whose prefix is longer than any output the model can write."""
         ids = [encoded if prefix.strip() else [] for prefix, encoded in
                zip(prefixes, self.tokenizers.tgt.encode(prefixes))]
         check_prefix_lengths(ids, self.engine.max_positions, first_line)
