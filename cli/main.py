@@ -17,6 +17,7 @@ from .average import average_command
 from .errors import user_errors
 from .evaluate import eval_command
 from .export import export_command
+from .info import info_command
 from .serve import serve_command
 from .tokenizer import tokenizer_train_command
 from .train import train_command
@@ -48,6 +49,7 @@ app.command("average")(user_errors(average_command))
 app.command("eval")(user_errors(eval_command))
 app.command("export")(user_errors(export_command))
 app.command("serve")(user_errors(serve_command))
+app.command("info")(user_errors(info_command))
 
 
 if __name__ == "__main__":

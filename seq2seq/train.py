@@ -141,7 +141,7 @@ class Trainer:
     def emit(self, event: Event) -> None:
         if not self.is_main:
             return
-        if event["event"] in ("train", "valid", "valid_cut", "skip", "oom", "resume", "average"):
+        if event["event"] in ("data", "train", "valid", "valid_cut", "skip", "oom", "resume", "average"):
             # Wall-clock time too: bench/quality.py measures time to quality from it.
             self.metrics.write({**event, "time": time.time()})
         self.on_event(event)

@@ -80,7 +80,7 @@ def last_logged_step(run: Path) -> int:
     path = run / "metrics.jsonl"
     if not path.exists():
         return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    steps = [record["step"] for record in map(json.loads, path.read_text().splitlines()) if "step" in record]
     return steps[-1] if steps else 0
 
 

@@ -194,7 +194,8 @@ def test_an_interrupt_saves_a_resumable_checkpoint(corpus, tmp_path, signum, cod
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=deterministic_env())
     deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+    metrics = run / "metrics.jsonl"  # its first "train" record: updates are under way
+    while not (metrics.exists() and '"event": "train"' in metrics.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)
     process.send_signal(signum)

@@ -1,0 +1,79 @@
+"""`s2s info RUN`: what a run directory or an exported folder holds, in one panel or as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .display import stdout
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    """One block character per value, from the lowest to the highest."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = high - low or 1.0
+    return "".join(_BARS[round((value - low) / span * (len(_BARS) - 1))] for value in values)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def render(info: dict[str, Any]):
+    """The rich panel of `describe`'s data."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    model, training, validation = info["model"], info["training"], info["validation"]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("kind", info["kind"])
+    table.add_row("languages", f"{info['languages']['source']} -> {info['languages']['target']}")
+    variants = ", ".join(f"{key} {value}" for key, value in model["variants"].items())
+    table.add_row("model", f"{model['preset']} preset, {model['parameters']:,} parameters: {model['encoder_layers']}"
+                  f"+{model['decoder_layers']} layers, d_model {model['d_model']}, {model['n_heads']} heads, "
+                  f"FFN {model['ffn_dim']}; {variants}")
+    tokenizer = info["tokenizer"]
+    hashes = "; ".join(f"{name} sha256 {sha[:16]}…" for name, sha in tokenizer["sha256"].items())
+    table.add_row("tokenizer", f"{tokenizer['type']}, vocabulary {tokenizer['src_vocab_size']:,} / "
+                  f"{tokenizer['tgt_vocab_size']:,}; {hashes}")
+    pairs = ", ".join(f"{split} {count:,} pairs" for split, count in info["data"]["pairs"].items())
+    table.add_row("data", f"train {info['data']['train']}, valid {info['data']['valid']}" + (f"; {pairs}" if pairs
+                                                                                               else ""))
+    table.add_row("training", f"{training['updates']:,} updates, {training['epochs']:.2f} epochs, "
+                  f"{training['seconds'] / 60:,.1f} minutes")
+    if validation["best_bleu"] is not None:
+        curve = sparkline([bleu for _, bleu in validation["bleu"]])
+        table.add_row("validation", f"best BLEU {validation['best_bleu']:.2f} at update {validation['best_step']:,}  "
+                      f"{curve}")
+    else:
+        table.add_row("validation", "no validation BLEU recorded")
+    table.add_row("files", "\n".join(f"{name}  {_size(size)}" for name, size in info["files"].items()))
+    table.add_row("translate", info["translate"])
+    return Panel(table, title=f"s2s info {info['folder']}", expand=False)
+
+
+def info_command(
+    model: Annotated[Path, typer.Argument(help="Run directory, or a folder written by `s2s export`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")] = False,
+) -> None:
+    """What a run holds: languages, model, tokenizer, data, training, best BLEU, files, and how to use it."""
+    from seq2seq.runinfo import describe
+
+    info = describe(model)
+    if as_json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        stdout.print(render(info))

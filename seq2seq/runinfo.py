@@ -1,0 +1,97 @@
+"""What a run directory (or a folder written by `s2s export`) holds, for `s2s info`.
+
+Everything comes from the folder's own files: config.json (or
+s2s_export.json), metrics.jsonl, the tokenizers and the weights. Nothing is
+loaded onto a device; the parameter count comes from the model built on
+torch's meta device, which allocates no memory.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, ModelConfig, RunConfig, to_dict
+from .errors import ConfigError, DataError, RunDirError
+from .exported import EXPORT_FILE
+from .rundir import METRICS_FILE, read_run_config
+
+# The fields that tell the presets apart.
+_SHAPE = ("d_model", "n_heads", "ffn_dim", "encoder_layers", "decoder_layers")
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl ([] if there is none); a DataError names a line that is not JSON."""
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            raise DataError(f"{path}: line {number} is not JSON ({err})") from None
+    return records
+
+
+def preset_of(model: ModelConfig) -> str:
+    """The preset whose shape the model has, or "custom"."""
+    for name, shape in PRESETS.items():
+        if all(getattr(model, key) == shape[key] for key in _SHAPE):
+            return name
+    return "custom"
+
+
+def parameter_count(model: ModelConfig) -> int:
+    import torch
+
+    from .model import build_model, count_parameters
+
+    with torch.device("meta"):
+        return count_parameters(build_model(model))
+
+
+def describe(folder: Path | str) -> dict[str, Any]:
+    """Everything `s2s info` shows, as plain data (its --json)."""
+    folder = Path(folder)
+    exported = (folder / EXPORT_FILE).is_file()
+    if exported:
+        try:
+            export = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
+            config = RunConfig.from_json_dict(export["run_config"], str(folder / EXPORT_FILE))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as err:
+            raise RunDirError(f"{folder / EXPORT_FILE}: cannot be read ({err})") from None
+    else:
+        config = read_run_config(folder)
+    model, train = config.model, config.train
+    metrics = read_metrics(folder)
+    trained = [r for r in metrics if r.get("event") == "train"]
+    validations = [r for r in metrics if r.get("event") == "valid" and r.get("valid_bleu") is not None]
+    best = max(validations, key=lambda r: r["valid_bleu"], default=None)
+    return {
+        "folder": str(folder),
+        "kind": "exported (CTranslate2)" if exported else "run directory",
+        "languages": {"source": train.src_lang, "target": train.tgt_lang},
+        "model": {"preset": preset_of(model), "parameters": parameter_count(model),
+                  "variants": {key: getattr(model, key) for key in ("norm", "positions", "attention",
+                                                                     "activation", "share_embeddings")},
+                  **to_dict(model)},
+        "tokenizer": {"sha256": dict(sorted(config.tokenizer_sha256.items())),
+                      "type": "sentencepiece", "src_vocab_size": model.src_vocab_size,
+                      "tgt_vocab_size": model.tgt_vocab_size},
+        "data": {"train": train.train, "valid": train.valid,
+                 "pairs": {r["split"]: r["pairs"] for r in metrics if r.get("event") == "data"}},
+        "training": {"updates": trained[-1]["step"] if trained else 0,
+                     "epochs": trained[-1]["epoch"] if trained else 0.0,
+                     "seconds": trained[-1]["elapsed"] if trained else 0.0},
+        "validation": {"best_bleu": best["valid_bleu"] if best else None,
+                       "best_step": best["step"] if best else None,
+                       "bleu": [[r["step"], r["valid_bleu"]] for r in validations]},
+        "files": {str(path.relative_to(folder)): path.stat().st_size
+                  for path in sorted(folder.rglob("*")) if path.is_file() and not path.name.startswith(".")},
+        "translate": shlex.join(["s2s", "translate", "-m", str(folder), "-i", "INPUT", "-o", "OUTPUT"]),
+    }

@@ -1,0 +1,81 @@
+"""`s2s info`: what it says of a run comes from the run's own files, for a run directory and an export."""
+
+import json
+import shutil
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cli.info import render, sparkline
+from cli.main import app
+from seq2seq.model import build_model, count_parameters
+from seq2seq.rundir import read_run_config
+
+runner = CliRunner()
+
+
+def info_json(folder) -> dict:
+    result = runner.invoke(app, ["info", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_info_json_matches_the_runs_config_and_metrics(trained_run):
+    info = info_json(trained_run)
+    config = read_run_config(trained_run)
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r["event"] == "train"]
+    validations = [r for r in records if r["event"] == "valid"]
+    assert info["kind"] == "run directory"
+    assert info["languages"] == {"source": config.train.src_lang, "target": config.train.tgt_lang}
+    assert info["model"]["parameters"] == count_parameters(build_model(config.model))
+    assert info["model"]["d_model"] == config.model.d_model and info["model"]["preset"] == "custom"
+    assert info["tokenizer"]["sha256"] == config.tokenizer_sha256
+    assert info["training"]["updates"] == trained[-1]["step"] == 100
+    assert info["training"]["epochs"] == trained[-1]["epoch"]
+    assert info["data"]["pairs"] == {r["split"]: r["pairs"] for r in records if r["event"] == "data"}
+    assert info["data"]["pairs"]["train"] == 300
+    if validations:
+        best = max(validations, key=lambda r: r["valid_bleu"])
+        assert (info["validation"]["best_bleu"], info["validation"]["best_step"]) == (best["valid_bleu"], best["step"])
+        assert info["validation"]["bleu"] == [[r["step"], r["valid_bleu"]] for r in validations]
+    assert info["files"]["model.safetensors"] == (trained_run / "model.safetensors").stat().st_size
+    assert info["translate"] == f"s2s translate -m {trained_run} -i INPUT -o OUTPUT"
+
+
+def test_info_of_an_exported_folder(trained_run, exported_run):
+    exported, original = info_json(exported_run), info_json(trained_run)
+    assert exported["kind"] == "exported (CTranslate2)"
+    assert exported["model"] == original["model"] and exported["languages"] == original["languages"]
+    assert "model.bin" in exported["files"]
+
+
+def test_the_panel_renders(trained_run):
+    from seq2seq.runinfo import describe
+
+    console = Console(record=True, width=100)
+    console.print(render(describe(trained_run)))
+    text = console.export_text()
+    assert "languages" in text and "parameters" in text and "s2s translate -m" in text
+
+
+def test_sparkline():
+    assert sparkline([]) == ""
+    assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
+    assert sparkline([5.0, 5.0]) == "▁▁"
+
+
+@pytest.mark.parametrize("damage", ["missing", "not a run", "bad metrics"])
+def test_what_is_not_a_run_is_one_error_line(trained_run, tmp_path, damage):
+    folder = tmp_path / "run"
+    if damage == "not a run":
+        folder.mkdir()
+    elif damage == "bad metrics":
+        shutil.copytree(trained_run, folder)
+        with open(folder / "metrics.jsonl", "a") as f:
+            f.write('{"event": "train", "step": \n')
+    result = runner.invoke(app, ["info", str(folder)])
+    assert result.exit_code == 1 and result.stderr.startswith("error:") and result.stderr.count("\n") == 1
+    if damage == "bad metrics":
+        assert "metrics.jsonl: line" in result.stderr
