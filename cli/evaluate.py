@@ -12,13 +12,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from seq2seq.clobber import Reads, refuse_clobbering
+from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.files import check_output, open_output
 from seq2seq.textio import read_lines
 
 from .display import score_table, stdout, warning
 from .options import config_options
-from .translate import (DECODE_OPTIONS, DECODE_PANELS, Device, Engine, Threads, Weights, check_engine_options,
+from .translate import (DECODE_OPTIONS, DECODE_PANELS, Device, Engine, Threads, Weights,
                         decode_config, model_label, load_translator, report_translation)
 
 

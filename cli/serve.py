@@ -15,12 +15,13 @@ from typing import Annotated, Any
 import typer
 
 from seq2seq.config import SEARCH, SERVING, ServeConfig
+from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
 
 from .display import stderr
 from .options import ConfigOptions, config_options
-from .translate import DECODE_OPTIONS, MODEL_HELP, Device, Engine, Threads, Weights, check_engine_options, \
-    decode_config, load_translator
+from .translate import DECODE_OPTIONS, MODEL_HELP, Device, Engine, Threads, Weights, decode_config, \
+    load_translator
 
 SERVE_OPTIONS = ConfigOptions(ServeConfig)
 INSTALL_HINT = "pip install 's2s[serve]'"

@@ -15,6 +15,7 @@ import typer
 
 from seq2seq.clobber import Reads, refuse_clobbering
 from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
+from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
 from seq2seq.files import check_output, open_output
 from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary, tsv_prefixes, with_prefixes
@@ -45,14 +46,6 @@ Engine = Annotated[Optional[str], typer.Option(help="torch (a run directory) or 
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the search (torch's, or CTranslate2's "
                                                 "intra_threads).", show_default="the engine's own")]
 MODEL_HELP = "Run directory, or a folder written by `s2s export` (run with CTranslate2)."
-
-
-def check_engine_options(engine: str | None, threads: int | None) -> None:
-    """ConfigError for an unknown --engine or a --threads below 1, before anything is loaded."""
-    if engine is not None and engine not in ("torch", "ctranslate2"):
-        raise ConfigError(f"--engine must be torch or ctranslate2, got {engine!r}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
 
 
 def model_label(model: Path) -> str:

@@ -70,8 +70,7 @@ def engine_for(path: Path | str, engine: str | None) -> str:
     exported = is_exported(path)
     if engine is None:
         return "ctranslate2" if exported else "torch"
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine must be torch or ctranslate2, got {engine!r}")
+    check_engine_options(engine, None)
     if engine == "torch" and exported:
         raise ConfigError(f"{path} is a model exported to CTranslate2 ({EXPORT_FILE}), which the torch engine "
                           "cannot run: give -m the run directory it was exported from, or leave out "
@@ -83,7 +82,10 @@ def engine_for(path: Path | str, engine: str | None) -> str:
     return engine
 
 
-def check_threads(threads: int | None) -> None:
+def check_engine_options(engine: str | None, threads: int | None) -> None:
+    """ConfigError for an unknown engine or fewer than 1 thread: checkable before anything is loaded."""
+    if engine is not None and engine not in ENGINES:
+        raise ConfigError(f"--engine must be torch or ctranslate2, got {engine!r}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
 
@@ -101,7 +103,7 @@ def open_engine(path: Path | str, device: "torch.device | str", cfg: "DecodeConf
     torch engine, CTranslate2's intra_threads for the other (None: the
     library's own default).
     """
-    check_threads(threads)
+    check_engine_options(engine, threads)
     kind = engine_for(path, engine)
     if kind == "ctranslate2":
         from .ctranslate2_engine import CTranslate2Engine
