@@ -72,6 +72,14 @@ def check_decode_config(cfg: DecodeConfig, tgt_vocab_size: int) -> None:
         check_beam_size(cfg.beam, tgt_vocab_size)
 
 
+def check_nbest(n: int, cfg: DecodeConfig) -> None:
+    """ConfigError unless the search `cfg` describes can give `n` hypotheses per line."""
+    if cfg.sampling:
+        raise ConfigError("n-best lists need beam search; sampling gives one output per line")
+    if not 1 <= n <= cfg.beam:
+        raise ConfigError(f"n-best size must be between 1 and the beam size ({cfg.beam}), got {n}")
+
+
 def check_rows(src_ids: list[list[int]], prefixes: list[list[int]] | None, max_positions: int) -> None:
     """Refuse source rows the model cannot read (ValueError) and prefixes it cannot write (DataError)."""
     for line, ids in enumerate(src_ids, start=1):

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .batcher import DynamicBatcher, QueueFull
 from .config import ServeConfig, to_dict
 from .errors import S2SError
-from .search import check_decode_config
+from .search import check_decode_config, check_nbest
 from .translator import Translator
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -142,10 +142,7 @@ def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
         try:
             check_decode_config(cfg, vocab_size)
             if asked.nbest is not None:
-                if cfg.sampling:
-                    raise BadRequest(422, "nbest needs beam search; this server samples")
-                if asked.nbest > cfg.beam:
-                    raise BadRequest(422, f"nbest {asked.nbest} is more than the beam ({cfg.beam})")
+                check_nbest(asked.nbest, cfg)
             if prefixes is not None:
                 translator.encode_prefixes(prefixes)  # a prefix too long would fail its whole batch
         except S2SError as err:

@@ -21,7 +21,7 @@ from .config import DecodeConfig
 from .engines import Engine, open_engine
 from .errors import ConfigError
 from .prefix import check_prefix_lengths
-from .search import Hypothesis, check_decode_config
+from .search import Hypothesis, check_decode_config, check_nbest
 from .textio import clean_output
 from .tokenizer import TokenizerPair
 
@@ -139,10 +139,7 @@ class Translator:
         best hypothesis as `translate` does; prefixes and `first_line` are as
         in `translate`.
         """
-        if self.cfg.sampling:
-            raise ConfigError("n-best lists need beam search; sampling gives one output per line")
-        if not 1 <= n <= self.cfg.beam:
-            raise ConfigError(f"n-best size must be between 1 and the beam size ({self.cfg.beam}), got {n}")
+        check_nbest(n, self.cfg)
         prefix_ids = self._prefix_ids(lines, prefixes, first_line)
         pieces = self._source_pieces(lines)
         chosen = [hypotheses_per_piece[0][:n] if len(hypotheses_per_piece) == 1
