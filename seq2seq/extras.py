@@ -1,0 +1,38 @@
+"""Optional extras (pyproject's optional-dependencies): imported only by what needs them.
+
+A missing extra is a ConfigError that names what needed it and the pip
+command that installs it, so the CLI prints one `error:` line, never an
+ImportError's traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import ConfigError
+
+
+def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """`import module`, or a ConfigError: "`purpose` needs the `extra` extra: pip install 's2s[extra]'"."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"{purpose} needs the optional {extra} extra ({err}): "
+                          f"pip install 's2s[{extra}]'") from None
+
+
+def new_figure(purpose: str, width_px: int, height_px: int, dpi: int = 100):
+    """A matplotlib Figure of `width_px` x `height_px` pixels, drawn by the Agg canvas.
+
+    No pyplot: it keeps global state and picks a GUI backend where a display
+    exists. A Figure with its own Agg canvas renders headless, always, and
+    `figure.savefig(path)` writes PNG or SVG by the file's extension.
+    """
+    require_extra("matplotlib", "plot", purpose)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
