@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:  # only a type here; importing seq2seq.evaluate loads sacrebleu, too slow for `--help`
     from seq2seq.evaluate import MetricScore
@@ -115,6 +122,39 @@ class TrainDisplay:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _is_terminal(output: Path | str | None) -> bool:
+    """True if `output` ("-" for stdout; None for none) is a terminal: where a progress bar would garble it."""
+    if output is None:
+        return False
+    if str(output) == "-":
+        return sys.stdout is not None and sys.stdout.isatty()
+    try:
+        is_device = stat.S_ISCHR(os.stat(output).st_mode)
+    except OSError:
+        return False
+    return is_device and os.path.realpath(output).startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
+
+
+class LinesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} lines/s" if task.speed else "")
+
+
+@contextlib.contextmanager
+def line_progress(total: int, output: Path | str | None, label: str = "translate") -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr of `total` lines (done, lines/s, ETA), shown only where stderr is a
+    terminal and `output`, where the lines are written ("-": stdout; None: nowhere), is not: nothing
+    on a pipe or in a log. Yields advance(lines)."""
+    if not stderr.is_terminal or _is_terminal(output):
+        yield lambda lines: None
+        return
+    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
+                        LinesPerSecond(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr)
+    task = progress.add_task(label, total=total)
+    with progress:
+        yield lambda lines: progress.advance(task, lines)
 
 
 def score_table(scores: list[MetricScore], title: str) -> Table:

@@ -15,9 +15,9 @@ from seq2seq.clobber import Reads, refuse_clobbering
 from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.files import check_output, open_output
-from seq2seq.textio import read_lines
+from seq2seq.textio import chunks, read_lines
 
-from .display import score_table, stdout, warning
+from .display import line_progress, score_table, stdout, warning
 from .options import config_options
 from .translate import (DECODE_OPTIONS, DECODE_PANELS, Device, Engine, Threads, Weights,
                         decode_config, model_label, load_translator, report_translation)
@@ -86,7 +86,12 @@ def eval_command(
             if len(lines) != len(sources):
                 raise DataError(f"{src} has {len(sources)} lines but {path} has {len(lines)}")
         translator = load_translator(model, device, cfg, weights, engine, threads)
-        hyps = translator.translate(sources)
+        hyps = []
+        with line_progress(len(sources), output) as advance:
+            # In the chunks `s2s translate` reads by default, for the progress bar.
+            for chunk in chunks(sources, 1000):
+                hyps += translator.translate(chunk, first_line=len(hyps) + 1)
+                advance(len(chunk))
         report_translation(translator)
         if output is not None:
             with open_output(output) as sink:

@@ -18,9 +18,9 @@ from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
 from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
 from seq2seq.files import check_output, open_output
-from seq2seq.textio import ReadStats, chunks, iter_lines, open_binary, tsv_prefixes, with_prefixes
+from seq2seq.textio import ReadStats, chunks, count_lines, iter_lines, open_binary, tsv_prefixes, with_prefixes
 
-from .display import warning
+from .display import line_progress, warning
 from .options import ConfigOptions, config_options
 
 # The old names stay, for the README's examples and users' scripts: --batch-tokens, --sample and -b.
@@ -96,22 +96,37 @@ _JSON_UNESCAPED_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", 
 
 
 def nbest_jsonl(first_line: int, sources: list[str], nbest, prefixes: list[str] | None = None) -> str:
-    """One JSON object per input line: its 1-based number, source, prefix (if given) and hypotheses."""
+    """One JSON object per input line: its 1-based number, source, prefix (if given) and hypotheses,
+    each with its alignment when there is one."""
     records = []
     for number, (source, hypotheses) in enumerate(zip(sources, nbest), start=first_line):
         record = {"line": number, "source": source}
         if prefixes is not None:
             record["prefix"] = prefixes[number - first_line]
-        record["hypotheses"] = [{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]
+        record["hypotheses"] = [{"text": h.text, "score": h.score, "logprob": h.logprob,
+                                 **({} if h.alignment is None else {"alignment": h.alignment})} for h in hypotheses]
         records.append(json.dumps(record, ensure_ascii=False).translate(_JSON_UNESCAPED_BREAKS) + "\n")
     return "".join(records)
 
 
+def tsv_field(text: str) -> str:
+    """Text for one column of a tab-separated line: its tabs become spaces."""
+    return text.replace("\t", " ")
+
+
 def nbest_tsv(first_line: int, sources: list[str], nbest, prefixes: list[str] | None = None) -> str:
-    """One `line<TAB>rank<TAB>score<TAB>text` row per hypothesis; tabs in the text become spaces."""
-    return "".join(f"{number}\t{rank}\t{h.score:.6f}\t{h.text.replace(chr(9), ' ')}\n"
+    """One `line<TAB>rank<TAB>score<TAB>text` row per hypothesis, then `<TAB>alignment` when there is one;
+    tabs in the text become spaces."""
+    return "".join(f"{number}\t{rank}\t{h.score:.6f}\t{tsv_field(h.text)}"
+                   + ("" if h.alignment is None else f"\t{h.alignment}") + "\n"
                    for number, hypotheses in enumerate(nbest, start=first_line)
                    for rank, h in enumerate(hypotheses, start=1))
+
+
+def best_lines(hypotheses) -> str:
+    """One line per hypothesis: its text, then `<TAB>alignment` (its text's tabs as spaces) when it has one."""
+    return "".join(h.text + "\n" if h.alignment is None else f"{tsv_field(h.text)}\t{h.alignment}\n"
+                   for h in hypotheses)
 
 
 def check_nbest(nbest: int, nbest_format: str, cfg: DecodeConfig) -> None:
@@ -152,6 +167,12 @@ def translate_command(
                                                         "line's prefix.")] = None,
     prefix_tsv: Annotated[bool, typer.Option("--prefix-tsv", help="Input lines are source<TAB>prefix: each "
                                              "translation starts with its prefix.")] = False,
+    alignment: Annotated[bool, typer.Option("--alignment", help="Add word alignments from cross-attention, "
+                                            "'i-j' pairs (0-based source-output words): a tab then the pairs "
+                                            "after each line, or an alignment field with --nbest.")] = False,
+    alignment_layer: Annotated[Optional[int], typer.Option(
+        help="With --alignment: the decoder layer (1 is the first) whose cross-attention, averaged over "
+             "heads, aligns.", show_default="the penultimate, as Garg et al. 2019 found best")] = None,
     device: Device = "auto",
     weights: Weights = None,
     engine: Engine = None,
@@ -165,6 +186,8 @@ def translate_command(
     check_nbest(nbest, nbest_format, cfg)
     if prefix_file is not None and prefix_tsv:
         raise ConfigError("--prefix-file and --prefix-tsv are two ways to give the prefixes: use one")
+    if alignment_layer is not None and not alignment:
+        raise ConfigError("--alignment-layer chooses the layer that --alignment reads: add --alignment")
     from_stdin = input is None or str(input) == "-"
     if from_stdin and sys.stdin is None:
         raise ConfigError("stdin is closed; give the input with -i FILE")
@@ -182,6 +205,9 @@ def translate_command(
     if prefix_file is not None:
         open_binary(prefix_file).close()
     translator = load_translator(model, device, cfg, weights, engine, threads)
+    layer = None
+    if alignment:
+        layer = translator.alignment_layer(alignment_layer, "--alignment" if alignment_layer is None else "--alignment-layer")
     if interactive or (from_stdin and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()
@@ -191,9 +217,9 @@ def translate_command(
         sources = [source for source, _ in chunk]
         prefixes = None if chunk[0][1] is None else [prefix for _, prefix in chunk]
         if nbest:
-            return write_nbest(first_line, sources, translator.translate_nbest(sources, nbest, prefixes, first_line),
-                               prefixes)
-        return "".join(line + "\n" for line in translator.translate(sources, prefixes, first_line))
+            return write_nbest(first_line, sources,
+                               translator.translate_nbest(sources, nbest, prefixes, first_line, layer), prefixes)
+        return best_lines(translator.translate_best(sources, prefixes, first_line, layer))
 
     input_name = "stdin" if from_stdin else str(input)
     source = sys.stdin.buffer if from_stdin else open_binary(input)
@@ -210,11 +236,15 @@ def translate_command(
                                   str(prefix_file))
         else:
             pairs = ((line, None) for line in lines)
-        for chunk in chunks(pairs, buffer_lines):
-            # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
-            sink.write(render(first_line, chunk).encode("utf-8"))
-            sink.flush()
-            first_line += len(chunk)
+        progress = contextlib.nullcontext(lambda lines: None) if from_stdin else line_progress(
+            count_lines(input), output or "-")
+        with progress as advance:
+            for chunk in chunks(pairs, buffer_lines):
+                # UTF-8 and "\n" whatever the locale or platform: the output is data, not a console.
+                sink.write(render(first_line, chunk).encode("utf-8"))
+                sink.flush()
+                first_line += len(chunk)
+                advance(len(chunk))
     if read.invalid_utf8:
         warning(f"{read.invalid_utf8} line(s) held bytes that are not UTF-8; they were decoded "
                 "with U+FFFD replacement characters")

@@ -29,7 +29,6 @@ from .performer import FavorKernel, causal_favor_attention, favor_attention, rea
 from .positions import RotaryEmbedding
 
 
-
 @dataclass
 class KeyValueState:
     """Softmax attention's memory: keys and values, each (B, H, L, Dh)."""
@@ -70,6 +69,9 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout  # on softmax probabilities; FAVOR+ never forms them
         self.rotary = rotary
         self.favor = FavorKernel(self.head_dim, performer_features) if performer_features else None
+        # A list while `Seq2SeqTransformer.cross_attention` records: forward() then appends its
+        # softmax probabilities (B, H, T, L), which SDPA computes but never returns.
+        self.recorded: list[Tensor] | None = None
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, L, D) -> (B, H, L, Dh)"""
@@ -97,6 +99,15 @@ class MultiHeadAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               dropout_p=self.dropout if self.training else 0.0)
 
+    def probabilities(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Softmax attention probabilities (B, H, T, L) of q (B, H, T, Dh) over keys k (B, H, L, Dh),
+        in float32 whatever autocast says: what SDPA weighs the values with (without dropout)."""
+        with torch.autocast(q.device.type, enabled=False):
+            scores = q.float() @ k.float().transpose(-1, -2) * self.head_dim ** -0.5  # (B, H, T, L)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            return scores.softmax(dim=-1)
+
     def forward(self, query: Tensor, source: Tensor, key_mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
         """Attend from every position of `query` (B, T, D) to `source` (B, L, D); returns (B, T, D).
@@ -106,6 +117,8 @@ class MultiHeadAttention(nn.Module):
         """
         q, k, v = self.project(query, source)
         if self.favor is None:
+            if self.recorded is not None:
+                self.recorded.append(self.probabilities(q, k, key_mask))
             return self.merge_heads(self._softmax(q, k, v, key_mask, causal=causal))
         # FAVOR+ in float32 whatever autocast says: exp() of the features needs the range.
         with torch.autocast(query.device.type, enabled=False):

@@ -376,7 +376,7 @@ def _search_batch(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, prefi
                        prefixes=prefixes)
 
 
-def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+def length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     """Indices into `lengths`, longest first, grouped so rows x longest <= max_tokens.
 
     A single row longer than `max_tokens` forms a batch of its own.
@@ -413,7 +413,7 @@ def nbest_ids(model: Seq2SeqTransformer, src_ids: list[list[int]], cfg: DecodeCo
     pad_id = model.cfg.pad_id
     results = [unsearched(ids, prefixes[i] if prefixes else None) for i, ids in enumerate(src_ids)]
     nonempty = [i for i, ids in enumerate(src_ids) if ids]
-    for batch in _length_batches([len(src_ids[i]) for i in nonempty], cfg.max_tokens):
+    for batch in length_batches([len(src_ids[i]) for i in nonempty], cfg.max_tokens):
         rows = [nonempty[j] for j in batch]
         width = len(src_ids[rows[0]])  # longest first
         src = torch.tensor([src_ids[i] + [pad_id] * (width - len(src_ids[i])) for i in rows],

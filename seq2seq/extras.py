@@ -8,9 +8,11 @@ ImportError's traceback.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigError
+from .files import atomic_write
 
 
 def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
@@ -36,3 +38,21 @@ def new_figure(purpose: str, width_px: int, height_px: int, dpi: int = 100):
     figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
+
+
+# What `save_figure` writes, by the output's extension.
+FIGURE_FORMATS = {".png": "png", ".svg": "svg"}
+
+
+def figure_format(path: Path | str, option: str) -> str:
+    """"png" or "svg", from `path`'s extension; a ConfigError naming `option` for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise ConfigError(f"{option} {path}: write a .png or an .svg file (the extension says which)")
+    return FIGURE_FORMATS[suffix]
+
+
+def save_figure(figure, path: Path | str, option: str) -> None:
+    """Write `figure` to `path` as its extension says (PNG or SVG), replacing it atomically."""
+    kind = figure_format(path, option)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format=kind, dpi=figure.dpi))

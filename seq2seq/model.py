@@ -246,6 +246,25 @@ class Seq2SeqTransformer(nn.Module):
             cache.length += tgt_in.size(1)
         return self.decoder_norm(x)
 
+    @torch.no_grad()
+    def cross_attention(self, src: Tensor, tgt_in: Tensor, layer: int) -> Tensor:
+        """Cross-attention probabilities (B, H, T, S) of decoder layer `layer` (0-based), teacher-forced.
+
+        src (B, S) and tgt_in (B, T) as in `forward`: row t holds what the step
+        that read tgt_in[:, t] attended to in the source, pads getting 0. A
+        ValueError for a Performer (FAVOR+) layer, which never forms the weights.
+        """
+        attention = self.decoder_layers[layer].cross_attn
+        if attention.favor is not None:
+            raise ValueError("Performer (FAVOR+) cross-attention never forms attention weights")
+        attention.recorded = []
+        try:
+            memory, src_mask = self.encode(src)
+            self.decoder_states(tgt_in, memory, src_mask)
+            return attention.recorded[0]
+        finally:
+            attention.recorded = None
+
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""
         memory, src_mask = self.encode(src)

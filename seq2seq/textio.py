@@ -82,6 +82,20 @@ def open_binary(path: Path | str) -> BinaryIO:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
+def count_lines(path: Path | str) -> int:
+    """How many lines `iter_lines` reads from a plain or gzip'ed file: its "\n"s, and one more
+    for a last line without one."""
+    lines, last = 0, b"\n"
+    try:
+        with open_binary(path) as stream:
+            while block := stream.read(1 << 20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot be read ({err})") from None
+    return lines + (last != b"\n")
+
+
 def read_lines(path: Path | str) -> tuple[list[str], ReadStats]:
     """All lines of a text file (plain or .gz)."""
     stats = ReadStats()

@@ -81,6 +81,10 @@ class Tokenizer:
         """Every piece, in id order: the vocabulary another engine needs to use the same ids."""
         return [self._processor.id_to_piece(i) for i in range(self.vocab_size)]
 
+    def id_pieces(self, ids: list[int]) -> list[str]:
+        """The piece of each id, as the vocabulary writes it ("▁dog")."""
+        return [self._processor.id_to_piece(i) for i in ids]
+
     def encode(self, lines: list[str]) -> list[list[int]]:
         """Token ids of each line: pieces only, no BOS or EOS added."""
         return self._processor.encode(lines, out_type=int)
@@ -96,6 +100,21 @@ class Tokenizer:
                     raise TokenizerError(f"{self.path}: cannot decode id {i}; "
                                          f"the vocabulary has ids 0 to {self.vocab_size - 1}")
         return self._processor.decode(kept)
+
+    def encode_with_offsets(self, lines: list[str]) -> list[tuple[list[int], list[int]]]:
+        """For each line, its ids (as `encode` gives them) and where each piece begins in the line:
+        a byte offset into its UTF-8. Normalisation may change a piece's text (NFKC: "ﬁ" is "fi"),
+        but its offsets always point into the line as given."""
+        return [([piece.id for piece in text.pieces], [piece.begin for piece in text.pieces])
+                for text in self._processor.encode(lines, out_type="proto")]
+
+    def decode_with_offsets(self, ids: list[int]) -> tuple[str, list[int]]:
+        """The text of one id sequence without special ids (as `decode` gives it), and where each
+        piece begins in it: a byte offset into its UTF-8."""
+        if not ids:
+            return "", []
+        text = self._processor.decode([ids], out_type="proto")[0]
+        return text.text, [piece.begin for piece in text.pieces]
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .alignment import AttentionMap, default_alignment_layer, format_alignment, hard_alignment, output_words, words_of_pieces
 from .config import DecodeConfig
 from .engines import Engine, open_engine
 from .errors import ConfigError
@@ -54,6 +55,16 @@ class TextHypothesis:
     text: str
     score: float  # length-penalised log-probability
     logprob: float  # raw sum of token log-probabilities
+    alignment: str | None = None  # "i-j ..." source-output word pairs (seq2seq.alignment), when asked for
+
+
+@dataclass
+class SourceRow:
+    """One row for the search: source ids ending in EOS and, for alignments, where each piece
+    (not the EOS) begins in its line, as a byte offset into the line's UTF-8."""
+
+    ids: list[int]
+    starts: list[int] | None = None
 
 
 def split_sentences(text: str) -> list[str]:
@@ -108,6 +119,36 @@ class Translator:
             raise AttributeError(f"the {self.engine.name} engine has no torch model")
         return self.engine.model
 
+    def alignment_layer(self, layer: int | None = None, option: str = "the alignment layer") -> int:
+        """`layer` (from 1), or by default the penultimate decoder layer (`default_alignment_layer`),
+        checked: a ConfigError naming `option` if it has no attention weights to align with."""
+        if layer is None:
+            layer = default_alignment_layer(self.engine.describe()["model"]["decoder_layers"])
+        self.engine.check_attention_layer(layer, option)
+        return layer
+
+    def attention_map(self, line: str, layer: int | None = None) -> AttentionMap:
+        """The translation of `line` (one that fits the model) and the cross-attention of decoder
+        layer `layer` (from 1; by default the last) behind it. Not counted in `stats`."""
+        layers = self.engine.describe()["model"]["decoder_layers"]
+        layer = layers if layer is None else layer
+        self.engine.check_attention_layer(layer, "--layer")
+        ids = self.tokenizers.src.encode([line])[0] if line.strip() else []
+        if not ids:
+            raise ConfigError("give a sentence to translate; this one is empty")
+        if len(ids) > self.max_source_tokens:
+            raise ConfigError(f"the sentence has {len(ids)} source pieces, more than the model reads at once "
+                              f"({self.max_source_tokens}): give a shorter one")
+        row = ids + [self.tokenizers.src.eos_id]
+        best = self._search([[SourceRow(row)]], None)[0][0][0]
+        weights = self.engine.cross_attention([row], [best.tokens], layer)[0]  # (H, T + 1, S)
+        output_pieces = self.tokenizers.tgt.id_pieces(best.tokens) + ["</s>"]
+        if best.hit_limit:  # no step chose EOS: the last row is of a step the search never took
+            weights, output_pieces = weights[:, :-1], output_pieces[:-1]
+        return AttentionMap(source_pieces=self.tokenizers.src.id_pieces(ids) + ["</s>"], output_pieces=output_pieces,
+                            weights=weights, translation=clean_output(self.tokenizers.tgt.decode([best.tokens])[0]),
+                            layer=layer)
+
     @property
     def max_source_tokens(self) -> int:
         return self.engine.max_positions - 1  # one position is the source's EOS
@@ -121,15 +162,16 @@ class Translator:
         its line's prefix, as the target tokenizer normalises it; an empty line
         gives its prefix. `first_line` numbers lines[0] in error messages.
         """
-        prefix_ids = self._prefix_ids(lines, prefixes, first_line)  # refused before anything is counted
-        pieces = self._source_pieces(lines)
-        best = [[hypotheses[0] for hypotheses in line] for line in self._search(pieces, prefix_ids)]
-        texts = [" ".join(h.text for h in line if h.text) for line in self._detokenize(best)]
-        self._count_outputs(pieces, best, texts)
-        return texts
+        return [hypothesis.text for hypothesis in self.translate_best(lines, prefixes, first_line)]
+
+    def translate_best(self, lines: list[str], prefixes: list[str] | None = None, first_line: int = 1,
+                       alignment_layer: int | None = None) -> list[TextHypothesis]:
+        """`translate`, with each line's scores and, given `alignment_layer` (a decoder layer, from
+        1), its word alignment (`seq2seq.alignment`). A split line's scores are its pieces' summed."""
+        return [hypotheses[0] for hypotheses in self._translate(lines, 1, prefixes, first_line, alignment_layer)]
 
     def translate_nbest(self, lines: list[str], n: int, prefixes: list[str] | None = None,
-                        first_line: int = 1) -> list[list[TextHypothesis]]:
+                        first_line: int = 1, alignment_layer: int | None = None) -> list[list[TextHypothesis]]:
         """Up to `n` translations of each line, best first, in input order.
 
         Needs 1 <= n <= cfg.beam, and no sampling. An empty line gets one empty
@@ -137,52 +179,77 @@ class Translator:
         single hypothesis: the best translation of each piece, joined with a
         space, with their scores and logprobs summed. `stats` counts each line's
         best hypothesis as `translate` does; prefixes and `first_line` are as
-        in `translate`.
+        in `translate`, `alignment_layer` as in `translate_best`.
         """
         check_nbest(n, self.cfg)
-        prefix_ids = self._prefix_ids(lines, prefixes, first_line)
-        pieces = self._source_pieces(lines)
-        chosen = [hypotheses_per_piece[0][:n] if len(hypotheses_per_piece) == 1
-                  else [hypotheses[0] for hypotheses in hypotheses_per_piece]
-                  for hypotheses_per_piece in self._search(pieces, prefix_ids)]
-        results: list[list[TextHypothesis]] = []
-        for line_pieces, hypotheses in zip(pieces, self._detokenize(chosen)):
-            if len(line_pieces) <= 1:
-                results.append(hypotheses)
-            else:  # one hypothesis made of the pieces' best translations
-                results.append([TextHypothesis(text=" ".join(h.text for h in hypotheses if h.text),
-                                               score=sum(h.score for h in hypotheses),
-                                               logprob=sum(h.logprob for h in hypotheses))])
-        best = [hypotheses[:1] if len(line_pieces) <= 1 else hypotheses
-                for line_pieces, hypotheses in zip(pieces, chosen)]
-        self._count_outputs(pieces, best, [hypotheses[0].text for hypotheses in results])
+        return self._translate(lines, n, prefixes, first_line, alignment_layer)
+
+    def _translate(self, lines: list[str], n: int, prefixes: list[str] | None, first_line: int,
+                   alignment_layer: int | None) -> list[list[TextHypothesis]]:
+        """The n best outputs of each line (one for a split line), as `translate_nbest` says."""
+        if alignment_layer is not None:
+            self.engine.check_attention_layer(alignment_layer, "--alignment-layer")
+        prefix_ids = self._prefix_ids(lines, prefixes, first_line)  # refused before anything is counted
+        pieces = self._source_pieces(lines, with_offsets=alignment_layer is not None)
+        # An output of a line is the hypotheses of its pieces: each of the n best of a line
+        # that is one piece, or the best of each piece of a split line.
+        outputs = [[[hypothesis] for hypothesis in per_piece[0][:n]] if len(per_piece) == 1
+                   else [[hypotheses[0] for hypotheses in per_piece]]
+                   for per_piece in self._search(pieces, prefix_ids)]
+        texts = self._detokenize(outputs)
+        alignments = (self._alignments(lines, pieces, outputs, alignment_layer) if alignment_layer is not None
+                      else [[None] * len(line_outputs) for line_outputs in outputs])
+        results = [[TextHypothesis(text=" ".join(text for text in output_texts if text),
+                                   score=sum(h.score for h in output), logprob=sum(h.logprob for h in output),
+                                   alignment=alignment)
+                    for output, output_texts, alignment in zip(line_outputs, line_texts, line_alignments)]
+                   for line_outputs, line_texts, line_alignments in zip(outputs, texts, alignments)]
+        self._count_outputs(pieces, [line_outputs[0] for line_outputs in outputs],
+                            [hypotheses[0].text for hypotheses in results])
         return results
 
-    def _source_pieces(self, lines: list[str]) -> list[list[list[int]]]:
-        """For each line, the source rows (ids ending in EOS) to translate: none for an
-        empty line, one for a line that fits, several for a long line being split."""
+    def _source_pieces(self, lines: list[str], with_offsets: bool = False) -> list[list[SourceRow]]:
+        """For each line, the source rows to translate: none for an empty line, one for a line
+        that fits, several for a long line being split. `with_offsets`: each row also says where
+        its pieces begin in the line (for alignments)."""
         src_tok = self.tokenizers.src
         limit = self.max_source_tokens
-        result: list[list[list[int]]] = []
-        for line, ids in zip(lines, src_tok.encode(lines)):
+        encoded = (src_tok.encode_with_offsets(lines) if with_offsets
+                   else [(ids, None) for ids in src_tok.encode(lines)])
+        result: list[list[SourceRow]] = []
+        for line, (ids, starts) in zip(lines, encoded):
             self.stats.lines += 1
             if not line.strip() or not ids:
                 self.stats.empty += 1
                 result.append([])
                 continue
             if len(ids) <= limit:
-                pieces = [ids]
+                cuts = [(ids, starts)]
             elif self.cfg.long_lines == "truncate":
                 self.stats.truncated += 1
-                pieces = [ids[:limit]]
+                cuts = [(ids[:limit], starts and starts[:limit])]
             else:
                 self.stats.split += 1
-                pieces = [cut for sentence_ids in src_tok.encode(split_sentences(line))
-                          for cut in cut_ids(sentence_ids, limit)]
+                cuts = self._sentence_cuts(line, limit, with_offsets)
                 # Normalisation could in principle make every sentence encode to nothing.
-                pieces = pieces or cut_ids(ids, limit)
-            result.append([piece + [src_tok.eos_id] for piece in pieces])
+                cuts = cuts or _cut(ids, starts, limit)
+            result.append([SourceRow(cut_ids + [src_tok.eos_id], cut_starts) for cut_ids, cut_starts in cuts])
         return result
+
+    def _sentence_cuts(self, line: str, limit: int, with_offsets: bool) -> list[tuple[list[int], list[int] | None]]:
+        """A long line's sentences encoded, each cut into slices of at most `limit` ids, with where
+        their pieces begin in the line when `with_offsets`."""
+        sentences = split_sentences(line)
+        if not with_offsets:
+            return [cut for ids in self.tokenizers.src.encode(sentences) for cut in _cut(ids, None, limit)]
+        cuts = []
+        char = byte = 0  # where the previous sentence ended in the line, in characters and in bytes
+        for sentence, (ids, starts) in zip(sentences, self.tokenizers.src.encode_with_offsets(sentences)):
+            found = line.index(sentence, char)  # the sentences are the line's substrings, in order
+            sentence_byte = byte + len(line[char:found].encode("utf-8"))
+            cuts.extend(_cut(ids, [sentence_byte + start for start in starts], limit))
+            char, byte = found + len(sentence), sentence_byte + len(sentence.encode("utf-8"))
+        return cuts
 
     def _prefix_ids(self, lines: list[str], prefixes: list[str] | None, first_line: int) -> list[list[int]] | None:
         """The target ids of each line's prefix; None when no line has one."""
@@ -202,7 +269,7 @@ class Translator:
         check_prefix_lengths(ids, self.engine.max_positions, first_line)
         return ids
 
-    def _search(self, pieces: list[list[list[int]]],
+    def _search(self, pieces: list[list[SourceRow]],
                 prefixes: list[list[int]] | None) -> list[list[list[Hypothesis]]]:
         """The hypotheses of every piece of every line, best first, from one batched search.
 
@@ -210,7 +277,7 @@ class Translator:
         with its prefix or the empty hypothesis without running the model. A
         line's prefix goes with its first piece.
         """
-        rows = [piece for line in pieces for piece in line or [[]]]
+        rows = [piece.ids for line in pieces for piece in line or [SourceRow([])]]
         row_prefixes = None
         if prefixes is not None:
             row_prefixes = [prefix if first else [] for line, prefix in zip(pieces, prefixes)
@@ -218,7 +285,7 @@ class Translator:
         found = iter(self.engine.search(rows, row_prefixes))
         return [[next(found) for _ in line or [[]]] for line in pieces]
 
-    def _count_outputs(self, pieces: list[list[list[int]]], best: list[list[Hypothesis]],
+    def _count_outputs(self, pieces: list[list[SourceRow]], best: list[list[Hypothesis]],
                        texts: list[str]) -> None:
         """Count the lines whose output, made of the hypotheses `best` (one per piece), was cut
         at the length limit or is empty; an empty line's empty answer is not counted."""
@@ -227,9 +294,43 @@ class Translator:
                 self.stats.length_limited += any(hypothesis.hit_limit for hypothesis in line_best)
                 self.stats.empty_outputs += not text.strip()
 
-    def _detokenize(self, hypotheses: list[list[Hypothesis]]) -> list[list[TextHypothesis]]:
+    def _detokenize(self, outputs: list[list[list[Hypothesis]]]) -> list[list[list[str]]]:
         """The same nesting with each hypothesis' tokens turned into one clean line of text."""
-        flat = [hypothesis for group in hypotheses for hypothesis in group]
+        flat = [hypothesis for line in outputs for output in line for hypothesis in output]
         texts = iter(self.tokenizers.tgt.decode([hypothesis.tokens for hypothesis in flat]))
-        return [[TextHypothesis(text=clean_output(next(texts)), score=h.score, logprob=h.logprob)
-                 for h in group] for group in hypotheses]
+        return [[[clean_output(next(texts)) for _ in output] for output in line] for line in outputs]
+
+    def _alignments(self, lines: list[str], pieces: list[list[SourceRow]], outputs: list[list[list[Hypothesis]]],
+                    layer: int) -> list[list[str]]:
+        """The word alignment (`seq2seq.alignment`) of each output of each line: "" for an empty line.
+
+        An output made of several pieces' hypotheses (a split line) numbers its words through the
+        pieces in order, as its text joins them."""
+        requests = [(row, hypothesis) for line_pieces, line_outputs in zip(pieces, outputs) if line_pieces
+                    for output in line_outputs for row, hypothesis in zip(line_pieces, output)]
+        weights = iter(self.engine.cross_attention([row.ids for row, _ in requests],
+                                                   [hypothesis.tokens for _, hypothesis in requests], layer))
+        result = []
+        for line, line_pieces, line_outputs in zip(lines, pieces, outputs):
+            if not line_pieces:
+                result.append([""] * len(line_outputs))
+                continue
+            line_alignments = []
+            for output in line_outputs:
+                pairs, words_before = [], 0
+                for row, hypothesis in zip(line_pieces, output):
+                    attention = next(weights).mean(axis=0)[:len(hypothesis.tokens)]  # (T, S + 1), over heads
+                    text, starts = self.tokenizers.tgt.decode_with_offsets(hypothesis.tokens)
+                    target_words, count = output_words(text, starts)
+                    pairs += [(source, words_before + target) for source, target in
+                              hard_alignment(attention, words_of_pieces(line, row.starts), target_words)]
+                    words_before += count
+                line_alignments.append(format_alignment(pairs))
+            result.append(line_alignments)
+        return result
+
+
+def _cut(ids: list[int], starts: list[int] | None, limit: int) -> list[tuple[list[int], list[int] | None]]:
+    """`ids` (and their `starts`, if given) in consecutive slices of at most `limit`."""
+    return [(cut, None if starts is None else starts[i:i + limit])
+            for i, cut in zip(range(0, len(ids), limit), cut_ids(ids, limit))]

@@ -36,8 +36,9 @@ def tiny_train_config(train: str, valid: str, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
-    """A complete run directory (config, shared 150-piece tokenizer, weights) of an untrained model.
+def make_untrained_run(folder: Path, max_positions: int = 1024, **model_fields) -> Path:
+    """A complete run directory (config, shared 150-piece tokenizer, weights) of an untrained model;
+    `model_fields` change its ModelConfig (a variant: attention="performer", ...).
 
     Enough for everything that loads a run or checks its input without needing good translations.
     """
@@ -51,7 +52,7 @@ def make_untrained_run(folder: Path, max_positions: int = 1024) -> Path:
     tokenizers = train_tokenizer(load_corpus(write_slice(folder / "corpus", "val", 300), "en", "de"), folder,
                                  vocab_size=150)
     cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
-                      encoder_layers=1, decoder_layers=1, max_positions=max_positions)
+                      encoder_layers=1, decoder_layers=1, max_positions=max_positions, **model_fields)
     atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
         tokenizers.src.path.name: tokenizers.src.sha256}).to_json())
     torch.manual_seed(0)

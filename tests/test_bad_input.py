@@ -277,6 +277,17 @@ def test_translate_never_writes_over_its_input_or_its_run(full_run, tmp_path, ta
 
 
 @pytest.mark.parametrize("way", ["plain", "dot", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("target", [*RUN_FILES, "heat.png"])
+def test_attention_never_writes_into_its_run(full_run, tmp_path, target, way):
+    if way == "hardlink" and not (full_run / target).exists():
+        pytest.skip("a file that does not exist has no hard link")
+    aimed = _names_for(full_run / target, tmp_path)[way]
+    before = snapshot(tmp_path)
+    fails_cleanly(["attention", "-m", full_run, "a dog", "-o", aimed, "--device", "cpu"], "run directory")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("way", ["plain", "dot", "dotdot", "symlink", "hardlink"])
 @pytest.mark.parametrize("target", ["src", "ref", "second ref", *RUN_FILES])
 def test_eval_never_writes_over_its_inputs_or_its_run(full_run, tmp_path, target, way):
     files = {"src": tmp_path / "s.en", "ref": tmp_path / "r.de", "second ref": tmp_path / "r2.de"}
@@ -486,7 +497,8 @@ def test_every_float_option_refuses_nan_and_infinity(run, tmp_path, command, opt
                 "eval": ["-m", run, "--src", tmp_path / "s.en", "--ref", tmp_path / "s.en", "--device", "cpu"],
                 "train": ["--run", tmp_path / "r", "--device", "cpu"],
                 "tokenizer train": ["-o", tmp_path / "t"],
-                "serve": ["-m", run, "--device", "cpu"]}[command]
+                "serve": ["-m", run, "--device", "cpu"],
+                "attention": ["-m", run, "a dog", "--device", "cpu"]}[command]
     message = fails_cleanly([*command.split(), *required, option, value], value.lstrip("-"))
     assert option.lstrip("-").replace("-", "_") in message.replace("-", "_"), message
     assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()

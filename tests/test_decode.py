@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from seq2seq.config import DecodeConfig, ModelConfig
-from seq2seq.decode import (Hypothesis, _length_batches, beam_search, greedy_search,
+from seq2seq.decode import (Hypothesis, length_batches, beam_search, greedy_search,
                             length_penalty_factor, nbest_ids, sample_search, sampling_distribution,
                             translate_ids)
 from seq2seq.errors import ConfigError
@@ -553,14 +553,14 @@ def test_nbest_ids_matches_translate_ids(model):
 
 def test_length_batches():
     lengths = [3, 10, 4, 4, 1, 25, 6, 2]
-    batches = _length_batches(lengths, max_tokens=12)
+    batches = length_batches(lengths, max_tokens=12)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
         longest = max(lengths[i] for i in batch)
         assert lengths[batch[0]] == longest
         assert len(batch) * longest <= 12 or len(batch) == 1
     assert [5] in batches  # longer than max_tokens: alone
-    assert _length_batches([], 10) == []
+    assert length_batches([], 10) == []
 
 
 def test_max_len_zero_gives_empty_output(model):

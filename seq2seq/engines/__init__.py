@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..exported import EXPORT_FILE
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from ..config import DecodeConfig
@@ -48,6 +49,17 @@ class Engine(Protocol):
         prefix, or the empty hypothesis, with score 0, without running the
         model, as `nbest_ids` does.
         """
+        ...
+
+    def check_attention_layer(self, layer: int, option: str) -> None:
+        """ConfigError naming `option` unless decoder layer `layer` (from 1) has cross-attention
+        weights to give: not a Performer layer, and not an engine that keeps none."""
+        ...
+
+    def cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list["np.ndarray"]:
+        """For each source row (ids ending in EOS) and output (ids without BOS or EOS), the
+        cross-attention of decoder layer `layer` (from 1) as float32 (H, T + 1, S): the steps that
+        read BOS and the output's T tokens (so chose each token, then the EOS), over the row's S ids."""
         ...
 
     def with_config(self, cfg: "DecodeConfig") -> "Engine":

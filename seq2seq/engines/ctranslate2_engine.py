@@ -111,6 +111,14 @@ class CTranslate2Engine:
                     weights=info.get("weights"), bytes=info.get("bytes"), parameters=None,
                     quantization=info.get("quantization"), model=info.get("run_config", {}).get("model"))
 
+    def check_attention_layer(self, layer: int, option: str) -> None:
+        raise ConfigError(f"{option}: the CTranslate2 engine gives no attention weights to choose from (an export "
+                          "keeps one fixed alignment head); give -m the run directory it was exported from, "
+                          "which the torch engine runs")
+
+    def cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list:
+        self.check_attention_layer(layer, "attention weights")
+
     def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         check_rows(rows, prefixes, self.max_positions)
         prefixes = prefixes or [[] for _ in rows]

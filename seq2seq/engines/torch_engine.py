@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..alignment import check_layer
 from ..config import DecodeConfig, to_dict
-from ..decode import Hypothesis, check_decode_config, nbest_ids, seeded_generator
+from ..decode import Hypothesis, check_decode_config, length_batches, nbest_ids, seeded_generator
 from ..device import mixed_precision
+from ..errors import ConfigError
 from ..model import Seq2SeqTransformer, count_parameters
 from ..rundir import WEIGHTS_FILE, load_run
 from ..tokenizer import TokenizerPair
@@ -55,6 +58,33 @@ class TorchEngine:
     @property
     def tgt_vocab_size(self) -> int:
         return self.model.cfg.tgt_vocab_size
+
+    def check_attention_layer(self, layer: int, option: str) -> None:
+        check_layer(layer, self.model.cfg.decoder_layers, option)
+        if "cross" in self.model.cfg.performer_places():
+            raise ConfigError(f"{option}: this model's cross-attention is Performer (FAVOR+), which never forms "
+                              "attention weights: there are none to align with or to show")
+
+    def cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list[np.ndarray]:
+        self.check_attention_layer(layer, "the attention layer")
+        model, pad_id = self.model, self.model.cfg.pad_id
+        device = next(model.parameters()).device
+        found: list[np.ndarray] = [np.zeros(0)] * len(rows)
+        # Batched as the search is, by the longer side: rows x width stays within cfg.max_tokens.
+        for batch in length_batches([max(len(rows[i]), len(outputs[i]) + 1) for i in range(len(rows))],
+                                    self.cfg.max_tokens):
+            src_width = max(len(rows[i]) for i in batch)
+            tgt_width = max(len(outputs[i]) for i in batch) + 1
+            src = torch.tensor([rows[i] + [pad_id] * (src_width - len(rows[i])) for i in batch],
+                               dtype=torch.long, device=device)  # (B, S)
+            # BOS, then the output; pads after it are never seen by the real positions (causal).
+            tgt_in = torch.tensor([[model.cfg.bos_id] + outputs[i] + [pad_id] * (tgt_width - 1 - len(outputs[i]))
+                                   for i in batch], dtype=torch.long, device=device)  # (B, T)
+            with self.autocast:
+                weights = model.cross_attention(src, tgt_in, layer - 1).float().cpu().numpy()  # (B, H, T, S)
+            for row, i in enumerate(batch):
+                found[i] = weights[row, :, :len(outputs[i]) + 1, :len(rows[i])]
+        return found
 
     def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         with self.autocast:
