@@ -1,8 +1,9 @@
-"""Choosing the torch device from a user's `--device` option."""
+"""Choosing the torch device from a user's `--device` option, and the precision it computes in."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -33,8 +34,42 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a device computes: autocast to a 16-bit type, or float32, and whether float32 matmuls use TF32."""
+
+    autocast_dtype: torch.dtype | None  # None: no autocast, everything in float32
+    tf32: bool
+    description: str  # what training says it runs in
+
+
+def precision_policy(device: torch.device) -> Precision:
+    """The precision s2s trains and translates in on `device`.
+
+    - CUDA from Ampere on (compute capability 8.0+): bf16 autocast, which has
+      float32's range and needs no loss scaling; the parts autocast leaves in
+      float32 use TF32 tensor cores.
+    - CUDA before Ampere (V100, T4): no bf16 and no TF32 in hardware. fp16
+      autocast would need a GradScaler, which s2s does not run yet, so these
+      train in plain float32: exact, and slower.
+    - The CPU and MPS: float32.
+    """
+    if device.type != "cuda":
+        return Precision(None, False, "float32")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return Precision(torch.bfloat16, True, "bf16 autocast, float32 matmuls on TF32")
+    return Precision(None, False, f"float32 (this GPU, compute capability {major}.{minor}, has no bf16; "
+                                  "fp16 would need loss scaling)")
+
+
 def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, where it is fast and needs no loss scaling; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The autocast context of `precision_policy(device)` (a null context for float32); turns TF32 on
+    for the float32 matmuls where the policy says so."""
+    policy = precision_policy(device)
+    if policy.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if policy.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=policy.autocast_dtype)

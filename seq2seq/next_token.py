@@ -74,9 +74,13 @@ def next_token_selection(model: Seq2SeqTransformer, last_tokens: Tensor, memory:
     block_rows = states.size(0) if whole_batch else BLOCK_ROWS
     picks = []
     for first_row in range(0, states.size(0), block_rows):
-        logits = model.output_logits(states[first_row:first_row + block_rows])  # (C, V)
-        # One fused log-softmax: on the CPU it is faster than a logsumexp alone.
-        logprobs = logits.float().log_softmax(dim=-1)
+        # The projection and log-softmax in float32, whatever autocast says: bf16 logits
+        # (8 bits of mantissa) flip near-ties, and a row's choice would then depend on the
+        # rows batched with it.
+        with torch.autocast(states.device.type, enabled=False):
+            logits = model.output_logits(states[first_row:first_row + block_rows].float())  # (C, V)
+            # One fused log-softmax: on the CPU it is faster than a logsumexp alone.
+            logprobs = logits.float().log_softmax(dim=-1)
         logprobs[:, model.cfg.pad_id] = float("-inf")
         logprobs[:, model.cfg.bos_id] = float("-inf")
         if not eos_allowed:

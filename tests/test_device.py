@@ -89,3 +89,56 @@ def test_the_translator_runs_on_the_device(tmp_path, name):
     assert len(translator.translate(["A dog.", "", "Two men."])) == 3
     sampler = Translator.for_model(translator.model, translator.tokenizers, DecodeConfig(sampling=True, seed=1, max_len_b=3))
     assert sampler.engine.generator.device.type == device.type
+
+
+# ---------------------------------------------------------------------------
+# The precision each device computes in: checked by making the GPU look like one generation or another.
+
+@pytest.mark.parametrize("capability, autocast, tf32", [((9, 0), torch.bfloat16, True), ((8, 0), torch.bfloat16, True),
+                                                        ((7, 5), None, False), ((7, 0), None, False),
+                                                        ((6, 1), None, False)])
+def test_precision_follows_what_the_gpu_can_do(monkeypatch, capability, autocast, tf32):
+    from seq2seq.device import precision_policy
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    policy = precision_policy(torch.device("cuda"))
+    assert (policy.autocast_dtype, policy.tf32) == (autocast, tf32)
+    assert policy.description.startswith("bf16" if autocast is torch.bfloat16 else "float32")
+    if autocast is None:  # it says why
+        assert f"{capability[0]}.{capability[1]}" in policy.description and "no bf16" in policy.description
+
+
+@pytest.mark.parametrize("kind", ["cpu", "mps"])
+def test_the_cpu_and_mps_compute_in_float32(kind):
+    import contextlib
+
+    from seq2seq.device import mixed_precision, precision_policy
+
+    assert precision_policy(torch.device(kind)).autocast_dtype is None
+    assert isinstance(mixed_precision(torch.device(kind)), contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam", "sampling"])
+def test_decoding_logits_are_float32_even_under_bf16_autocast(monkeypatch, search):
+    """bf16 logits flip near-ties: the search projects and normalises in float32 whatever autocast says."""
+    from seq2seq.decode import nbest_ids
+    from seq2seq.model import build_model
+
+    cfg = tiny_model_config()
+    cfg.src_vocab_size = cfg.tgt_vocab_size = 60
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    seen = []
+    project = model.output_logits
+
+    def spy(states):
+        logits = project(states)
+        seen.append((states.dtype, logits.dtype))
+        return logits
+
+    monkeypatch.setattr(model, "output_logits", spy)
+    decode = {"greedy": DecodeConfig(beam=1), "beam": DecodeConfig(beam=3),
+              "sampling": DecodeConfig(sampling=True, seed=1)}[search]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nbest_ids(model, [[5, 6, 7, 3], [8, 3]], decode)
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
