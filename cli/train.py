@@ -43,6 +43,15 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", rich_help_panel=RUN,
                                          help="Continue the run in --run from its last checkpoint.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=RUN)] = "auto",
+    # Two options, not one with an optional value: Typer 0.29 ignores click's is_flag=False/flag_value
+    # (it warns that they are unsupported), so `--tensorboard` alone would demand a value.
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", rich_help_panel=RUN,
+        help="Also write TensorBoard event files, into RUN/tensorboard (needs the tensorboard extra). "
+             "A resumed run that has RUN/tensorboard goes on writing there without it.")] = False,
+    tensorboard_dir: Annotated[Optional[Path], typer.Option(
+        "--tensorboard-dir", metavar="DIR", rich_help_panel=RUN,
+        help="Write the TensorBoard event files into DIR instead of RUN/tensorboard (implies --tensorboard).")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"Architecture preset: {', '.join(PRESETS)}.",
                                                   rich_help_panel=MODEL)] = None,
 ) -> None:
@@ -53,7 +62,11 @@ def train_command(
         model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)
     if run is None:
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_training(run, model_cfg, train_cfg, device, resume=resume)
+    if tensorboard and tensorboard_dir is None:
+        from seq2seq.tensorboard import TENSORBOARD_DIR
+
+        tensorboard_dir = run / TENSORBOARD_DIR
+    run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir)
 
 
 def resumed_configs(run: Path | None, config: Path | None, preset: str | None, model_flags: dict[str, Any],
@@ -75,8 +88,10 @@ def resumed_configs(run: Path | None, config: Path | None, preset: str | None, m
     return dataclasses.replace(saved.model, **model_flags), dataclasses.replace(saved.train, **train_flags)
 
 
-def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, resume: bool) -> None:
-    """Train with the library, drawing its events; under torchrun, one process of the group."""
+def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, resume: bool,
+                 tensorboard: Path | None = None) -> None:
+    """Train with the library, drawing its events; under torchrun, one process of the group.
+    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.train.train)."""
     import datasets
     import torch.distributed as dist
 
@@ -88,7 +103,7 @@ def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     torch_device = join_process_group(device)
     display = TrainDisplay()
     try:
-        train(run_dir, model_cfg, train_cfg, torch_device, resume=resume, on_event=display)
+        train(run_dir, model_cfg, train_cfg, torch_device, resume=resume, on_event=display, tensorboard=tensorboard)
     finally:
         display.close()
         if dist.is_initialized():

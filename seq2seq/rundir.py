@@ -7,6 +7,7 @@ runs/NAME/
   model.safetensors    the best weights so far: what `s2s translate` uses
   average.safetensors  the average of the last snapshots (`s2s train --average-last`)
   metrics.jsonl        one JSON record per log, validation or resume event
+  tensorboard/         event files, with `s2s train --tensorboard` (seq2seq.tensorboard)
   .lock                held (flock) by the trainer writing to the run
   checkpoints/         trainer state for exact resume (seq2seq.checkpoint) and
     weights/           weight snapshots for averaging (seq2seq.average)

@@ -48,6 +48,7 @@ from .prepare import fit_to_tokenizers, prepare_data
 from .rundir import (CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, WEIGHTS_FILE, Event, MetricsLog, read_run_config,
                      save_weights)
 from .schedule import learning_rate, planned_updates, redraw_features_if_due
+from .tensorboard import TensorBoardSink, refuse_tensorboard_folder, require_tensorboard, tensorboard_folder
 from .validation import Validation
 
 
@@ -114,6 +115,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.on_event = on_event
         self.metrics = MetricsLog(self.run_dir)
+        self.tensorboard: TensorBoardSink | None = None  # opened by train(), once the resumed step is known
         self.data = prepare_data(self.run_dir, cfg, device, self.emit)
         self.model_cfg = fit_to_tokenizers(model_cfg, self.data.tokenizers)
         if cfg.max_len > self.model_cfg.max_positions:
@@ -143,7 +145,10 @@ class Trainer:
             return
         if event["event"] in ("data", "train", "valid", "valid_cut", "skip", "oom", "resume", "average"):
             # Wall-clock time too: bench/quality.py measures time to quality from it.
-            self.metrics.write({**event, "time": time.time()})
+            record = {**event, "time": time.time()}
+            self.metrics.write(record)
+            if self.tensorboard is not None:  # the same record, so the two never disagree
+                self.tensorboard.write(record)
         self.on_event(event)
 
     @property
@@ -318,12 +323,17 @@ def with_resolved_paths(cfg: TrainConfig) -> TrainConfig:
                                tokenizer=tokenizer)
 
 
+def training_reads(cfg: TrainConfig) -> Reads:
+    """What training reads: the corpora and the --tokenizer folder."""
+    langs = (cfg.src_lang, cfg.tgt_lang)
+    return (Reads().corpus("the training corpus", cfg.train, langs)
+            .corpus("the validation corpus", cfg.valid, langs)
+            .folder("the --tokenizer folder", cfg.tokenizer or None))
+
+
 def refuse_run_over_inputs(run_dir: Path, cfg: TrainConfig) -> None:
     """ConfigError if a file training writes in `run_dir` is one of the files it reads."""
-    langs = (cfg.src_lang, cfg.tgt_lang)
-    reads = (Reads().corpus("the training corpus", cfg.train, langs)
-             .corpus("the validation corpus", cfg.valid, langs)
-             .folder("the --tokenizer folder", cfg.tokenizer or None))
+    reads = training_reads(cfg)
     for name in RUN_FILES:
         refuse_clobbering("--run", run_dir / name, reads)
     for label, path in reads.files:
@@ -351,13 +361,20 @@ def check_resume_config(run_dir: Path, saved: RunConfig, model_cfg: ModelConfig,
 
 
 def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
-          *, resume: bool = False, on_event: Callable[[Event], None] = lambda event: None) -> TrainResult:
+          *, resume: bool = False, on_event: Callable[[Event], None] = lambda event: None,
+          tensorboard: Path | str | None = None) -> TrainResult:
     """Train a model into `run_dir`, or continue the run there with `resume=True`.
 
     On resume, `model_cfg` and `train_cfg` must equal the saved configs except
     for the stopping budget (epochs, max_steps, max_time, patience); see
     `check_resume_config`. A run stopped before its first checkpoint starts
     again from step 0.
+
+    `tensorboard` is a folder to write TensorBoard event files to as well
+    (seq2seq.tensorboard); None writes none, except that a resumed run that
+    has RUN/tensorboard goes on writing there. It is how the run is watched,
+    not what it computes, so it is an argument here and not a TrainConfig
+    field (those are compared on resume).
     """
     started = time.monotonic()
     run_dir = Path(run_dir)
@@ -371,6 +388,10 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     model_cfg.validate()
     train_cfg.validate()
     refuse_run_over_inputs(run_dir, train_cfg)
+    tensorboard = tensorboard_folder(run_dir, tensorboard, resume)
+    if tensorboard is not None:  # before any work: a wrong folder or a missing extra is one error line
+        refuse_tensorboard_folder(tensorboard, run_dir, training_reads(train_cfg))
+        require_tensorboard()
     is_main = is_main_process()
     # Rank 0 alone writes the run directory, so it alone holds the lock.
     with new_folder(run_dir, "--run"), RunLock(run_dir) if is_main else contextlib.nullcontext():
@@ -391,4 +412,9 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
             config = RunConfig(model=trainer.model_cfg, train=train_cfg, tokenizer_sha256={
                 t.path.name: t.sha256 for t in (tokenizers.src, tokenizers.tgt)})
             atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
-        return trainer.run()
+        if tensorboard is not None and trainer.is_main:
+            # Resumed: TensorBoard hides what a killed run logged after the step it resumes from.
+            trainer.tensorboard = TensorBoardSink(tensorboard, purge_step=trainer.step + 1 if resume else None)
+        # Closed however the run ends (a stop, an error, a signal), which flushes the events.
+        with contextlib.closing(trainer.tensorboard) if trainer.tensorboard else contextlib.nullcontext():
+            return trainer.run()

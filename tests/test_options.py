@@ -135,7 +135,7 @@ def received(monkeypatch):
     """What the library is handed, instead of training or translating: {config class: config}."""
     configs = {}
 
-    def run_training(run_dir, model_cfg, train_cfg, device, resume):
+    def run_training(run_dir, model_cfg, train_cfg, device, resume, tensorboard=None):
         configs.update({ModelConfig: model_cfg, TrainConfig: train_cfg})
 
     def from_run(cls, run_dir, device, cfg, weights, engine=None, threads=None):
@@ -279,7 +279,7 @@ def test_bad_betas_are_one_error_line(value, fragments, received, tmp_path):
     assert not received
 
 
-HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu")
+HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu", "tensorboard")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["translate", "--help"],
