@@ -18,6 +18,7 @@ from .errors import user_errors
 from .evaluate import eval_command
 from .export import export_command
 from .info import info_command
+from .plot import plot_command
 from .serve import serve_command
 from .tokenizer import tokenizer_train_command
 from .train import train_command
@@ -50,6 +51,7 @@ app.command("eval")(user_errors(eval_command))
 app.command("export")(user_errors(export_command))
 app.command("serve")(user_errors(serve_command))
 app.command("info")(user_errors(info_command))
+app.command("plot")(user_errors(plot_command))
 
 
 if __name__ == "__main__":

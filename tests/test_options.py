@@ -279,11 +279,11 @@ def test_bad_betas_are_one_error_line(value, fragments, received, tmp_path):
     assert not received
 
 
-HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu", "tensorboard")
+HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu", "matplotlib", "tensorboard")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["translate", "--help"],
-                                  ["eval", "--help"], ["average", "--help"], ["export", "--help"], ["tokenizer", "--help"],
+                                  ["eval", "--help"], ["average", "--help"], ["export", "--help"], ["plot", "--help"], ["tokenizer", "--help"],
                                   ["tokenizer", "train", "--help"]], ids=" ".join)
 def test_help_and_version_load_no_heavy_library(args):
     """`s2s --help` took 2-3 s when the CLI imported torch and datasets up front; it must stay fast."""
