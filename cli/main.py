@@ -13,6 +13,7 @@ import typer
 
 import seq2seq
 
+from .attention import attention_command
 from .average import average_command
 from .errors import user_errors
 from .evaluate import eval_command
@@ -51,6 +52,7 @@ app.command("eval")(user_errors(eval_command))
 app.command("export")(user_errors(export_command))
 app.command("serve")(user_errors(serve_command))
 app.command("info")(user_errors(info_command))
+app.command("attention")(user_errors(attention_command))
 app.command("plot")(user_errors(plot_command))
 
 
