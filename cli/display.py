@@ -97,8 +97,12 @@ class TrainDisplay:
         world = event["world_size"]
         processes = f" x {world} processes" if world > 1 else ""
         self.console.print(
-            f"model: {event['params'] / 1e6:.1f}M parameters on {event['device']}{processes}; "
-            f"{event['updates_per_epoch']:,} updates per epoch; run directory {escape(event['run_dir'])}")
+            f"model: {event['params'] / 1e6:.1f}M parameters on {event['device']}{processes} in "
+            f"{event['precision']}; {event['updates_per_epoch']:,} updates per epoch; run directory "
+            f"{escape(event['run_dir'])}")
+        if event["tensorboard"]:
+            self.console.print(f"TensorBoard events in {escape(event['tensorboard'])} "
+                               f"(tensorboard --logdir {escape(event['tensorboard'])})")
         if not self.console.is_terminal:
             return
         total = event["total_steps"] or None

@@ -96,10 +96,12 @@ def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     import torch.distributed as dist
 
     from seq2seq.distributed import join_process_group
+    from seq2seq.malloc import keep_freed_memory
     from seq2seq.train import train
 
     # s2s draws its own progress; datasets' bars would interleave with it and with error lines.
     datasets.disable_progress_bars()
+    keep_freed_memory()  # on glibc: no page faults for the same tensors every update (seq2seq.malloc)
     torch_device = join_process_group(device)
     display = TrainDisplay()
     try:

@@ -35,17 +35,104 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
     return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
+# Rows of logits worked out at a time by `projected_smoothed_loss`: 2M float32 numbers (8 MB).
+# The whole (tokens x vocabulary) logits of a 2,500-token batch over 8,000 pieces are 80 MB,
+# and so are their gradient and log-probabilities: above glibc's largest mmap threshold
+# (32 MB), each was mmap'd, faulted in page by page and unmapped again at every update. A
+# block this size is reused from the heap, and stays in the CPU's cache between its uses.
+LOSS_BLOCK_ELEMENTS = 1 << 21
+
+
+class _ProjectedSmoothedLoss(torch.autograd.Function):
+    """The tied output projection and label-smoothed cross-entropy, fused, a block of rows at a time.
+
+    Forward works out each block's logits, its loss and, when a gradient is
+    wanted, at once the gradient of the loss with respect to the states and
+    the weight (as Liger-Kernel's fused linear cross-entropy does); backward
+    only scales them. So the (N, V) logits, their log-probabilities and their
+    gradient never exist whole, and no matrix product is done twice.
+    """
+
+    @staticmethod
+    def forward(ctx, states: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # states (N, D) float32, weight (V, D) float32, target (N,)
+        vocab = weight.size(0)
+        rows = max(1, LOSS_BLOCK_ELEMENTS // vocab)
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss, nll = states.new_zeros(()), states.new_zeros(())
+        grad_states = torch.empty_like(states) if want_grad else None  # (N, D)
+        grad_weight = torch.zeros_like(weight) if want_grad else None  # (V, D)
+        for start in range(0, states.size(0), rows):
+            block, block_target = states[start:start + rows], target[start:start + rows]  # (C, D), (C,)
+            logits = block @ weight.t()  # (C, V)
+            lse = torch.logsumexp(logits, dim=1)  # (C,)
+            block_nll = (lse - logits.gather(1, block_target[:, None]).squeeze(1)).sum()
+            # -mean over the vocabulary of log p = lse - mean logit.
+            block_uniform = (lse - logits.mean(dim=1)).sum()
+            nll += block_nll
+            loss += (1.0 - smoothing) * block_nll + smoothing * block_uniform
+            if want_grad:
+                # d loss / d logits = softmax - (1 - eps) onehot(target) - eps / V, in place in the logits.
+                grad = logits.sub_(lse[:, None]).exp_().sub_(smoothing / vocab)  # (C, V)
+                grad[torch.arange(block.size(0), device=grad.device), block_target] -= 1.0 - smoothing
+                torch.mm(grad, weight, out=grad_states[start:start + rows])
+                grad_weight.addmm_(grad.t(), block)
+        ctx.save_for_backward(grad_states, grad_weight)
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _grad_nll: torch.Tensor):
+        grad_states, grad_weight = ctx.saved_tensors
+        return grad_states * grad_loss, grad_weight * grad_loss, None, None
+
+
+# Eager under torch.compile: its block loop over a data-dependent number of rows would break
+# the graph and recompile for every batch shape; the model's layers around it still compile.
+@torch.compiler.disable
+def projected_smoothed_loss(states: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, pad_id: int,
+                            smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`label_smoothed_loss` of the logits `states @ weight.T`, without forming them whole.
+
+    states (B, T, D): decoder states; weight (V, D): the output projection;
+    target (B, T). Padding rows are dropped before the projection, so they cost
+    nothing. Computed in float32, whatever autocast says. Returns the summed
+    smoothed loss and the summed NLL (not differentiable).
+    """
+    keep = target.ne(pad_id)  # (B, T)
+    with torch.autocast(states.device.type, enabled=False):
+        return _ProjectedSmoothedLoss.apply(states[keep].float(), weight.float(), target[keep], smoothing)
+
+
+class TrainingObjective(nn.Module):
+    """The model and its loss as one module: what DistributedDataParallel wraps, so that every use
+    of a weight (the tied output projection too) happens inside its forward."""
+
+    def __init__(self, model: nn.Module, pad_id: int, smoothing: float):
+        super().__init__()
+        self.model, self.pad_id, self.smoothing = model, pad_id, smoothing
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+        """Summed label-smoothed loss of a batch: src (B, S), tgt_in and tgt_out (B, T)."""
+        memory, src_mask = self.model.encode(src)
+        states = self.model.decoder_states(tgt_in, memory, src_mask)  # (B, T, D)
+        return projected_smoothed_loss(states, self.model.tgt_embed.weight, tgt_out, self.pad_id,
+                                       self.smoothing)[0]
+
+
 class UpdateGradients:
     """Forward and backward passes of the training model over the batches of one update.
 
-    `train_model` is the model as it trains (wrapped in DistributedDataParallel
-    under torchrun); `src` and `tgt` hold the training pairs' token ids.
+    `train_model` is the model with its loss as it trains (a TrainingObjective,
+    wrapped in DistributedDataParallel under torchrun); `src` and `tgt` hold the
+    training pairs' token ids.
     """
 
     def __init__(self, train_model: nn.Module, src: TokenStore, tgt: TokenStore, model_cfg: ModelConfig,
                  cfg: TrainConfig, device: torch.device, world_size: int):
         self.train_model, self.src, self.tgt = train_model, src, tgt
-        self.pad_id, self.bos_id, self.smoothing = model_cfg.pad_id, model_cfg.bos_id, cfg.label_smoothing
+        self.pad_id, self.bos_id = model_cfg.pad_id, model_cfg.bos_id
         self.device, self.world_size = device, world_size
         self.autocast = mixed_precision(device)
         self.forward_loss = self.eager_forward_loss
@@ -81,5 +168,4 @@ class UpdateGradients:
     def eager_forward_loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
         """Summed label-smoothed loss of one batch: src (B, S), tgt_in and tgt_out (B, T)."""
         with self.autocast:
-            logits = self.train_model(src, tgt_in)  # (B, T, V)
-        return label_smoothed_loss(logits, tgt_out, self.pad_id, self.smoothing)[0]
+            return self.train_model(src, tgt_in, tgt_out)

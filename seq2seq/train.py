@@ -35,6 +35,7 @@ from .checkpoint import has_trainer_state, load_trainer_state, remove_unfinished
 from .clobber import Reads, is_inside, refuse_clobbering
 from .config import RESUME_BUDGET_FIELDS, ModelConfig, RunConfig, TrainConfig
 from .data import resolve_corpus_spec
+from .device import precision_policy
 from .distributed import (data_parallel, is_main_process, rank_and_world_size, rank_zeros_decision,
                           rank_zeros_signal, wait_for_all_ranks)
 from .errors import ConfigError, RunDirError, TrainingInterrupted
@@ -42,7 +43,7 @@ from .files import RunLock, atomic_write_text, new_folder
 from .flops import training_flops
 from .guards import NonFiniteUpdates, OutOfMemorySplits, check_finite_weights
 from .interrupt import StopSignals
-from .loss import UpdateGradients
+from .loss import TrainingObjective, UpdateGradients
 from .model import Seq2SeqTransformer, build_model, count_parameters
 from .prepare import fit_to_tokenizers, prepare_data
 from .rundir import (CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, WEIGHTS_FILE, Event, MetricsLog, read_run_config,
@@ -127,7 +128,9 @@ class Trainer:
         # it skips an update on a tensor verdict (found_inf), without a host sync.
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
-        self.train_model: nn.Module = data_parallel(self.model, device)
+        # The model with its loss: DDP sees every use of the weights in one forward.
+        self.train_model: nn.Module = data_parallel(
+            TrainingObjective(self.model, self.model_cfg.pad_id, cfg.label_smoothing), device)
         self.batches = EpochBatches(self.data.train_src.lengths, self.data.train_tgt.lengths,
                                     cfg.max_tokens, cfg.seed, self.rank, self.world_size)
         self.step, self.epoch, self.position = 0, 1, 0
@@ -166,7 +169,9 @@ class Trainer:
                    "total_steps": planned_updates(cfg, self.updates_per_epoch),
                    "updates_per_epoch": self.updates_per_epoch,
                    "params": count_parameters(self.model), "device": str(self.device),
-                   "world_size": self.world_size, "max_time": cfg.max_time})
+                   "world_size": self.world_size, "max_time": cfg.max_time,
+                   "precision": precision_policy(self.device).description,
+                   "tensorboard": str(self.tensorboard.folder) if self.tensorboard is not None else None})
         interval = LogInterval(self.device)
         with self.signals:
             if self.validation.pending:  # cut short before the run was stopped

@@ -25,7 +25,7 @@ from .device import mixed_precision
 from .evaluate import score_corpus
 from .files import atomic_write
 from .interrupt import StopSignals
-from .loss import label_smoothed_loss
+from .loss import projected_smoothed_loss
 from .model import Seq2SeqTransformer, build_model
 from .prepare import PreparedData
 from .rundir import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event, load_weights
@@ -130,8 +130,10 @@ class Validation:
             self.check_cut("loss", 0)
             batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id)
             with autocast:
-                logits = model(batch.src, batch.tgt_in)  # (B, T, V)
-            nll_sum += label_smoothed_loss(logits, batch.tgt_out, model.cfg.pad_id, 0.0)[1]
+                memory, src_mask = model.encode(batch.src)
+                states = model.decoder_states(batch.tgt_in, memory, src_mask)  # (B, T, D)
+            nll_sum += projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id,
+                                               0.0)[1]
             tokens += batch.n_tgt_tokens
         nll = nll_sum.item() / max(tokens, 1)
         # The same path as `s2s translate`: empty lines, long lines and detokenising alike.

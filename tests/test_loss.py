@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from seq2seq import loss as loss_module
 from seq2seq.loss import label_smoothed_loss
 
 
@@ -12,3 +14,32 @@ def test_loss_matches_torch_cross_entropy():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(
         *flat, ignore_index=0, label_smoothing=0.1, reduction="sum"))
     torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(*flat, ignore_index=0, reduction="sum"))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("block", [1 << 21, 7 * 11])  # one block, and blocks of 7 rows
+def test_the_fused_projection_loss_equals_the_plain_one_with_its_gradients(monkeypatch, smoothing, block):
+    monkeypatch.setattr(loss_module, "LOSS_BLOCK_ELEMENTS", block)
+    torch.manual_seed(0)
+    states = torch.randn(3, 6, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, 11, (3, 6))
+    target[1, 4:] = 0
+    target[2, 1:] = 0
+    loss, nll = loss_module.label_smoothed_loss(states @ weight.t(), target, pad_id=0, smoothing=smoothing)
+    fused, fused_nll = loss_module.projected_smoothed_loss(states, weight, target, pad_id=0, smoothing=smoothing)
+    torch.testing.assert_close(fused.double(), loss.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_nll.double(), nll.double(), rtol=1e-5, atol=1e-5)
+    expected = torch.autograd.grad(loss * 0.37, (states, weight))
+    got = torch.autograd.grad(fused * 0.37, (states, weight))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_fused_gradient_passes_gradcheck():
+    torch.manual_seed(1)
+    states = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 7, (5,))
+    assert torch.autograd.gradcheck(
+        lambda s, w: loss_module._ProjectedSmoothedLoss.apply(s, w, target, 0.1)[0], (states, weight))

@@ -19,7 +19,8 @@ import seq2seq.loss as loss_module
 from seq2seq.checkpoint import load_trainer_state
 from seq2seq.files import RunLock
 from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, TrainingInterrupted, WriteError
-from seq2seq.model import Seq2SeqTransformer, build_model
+from seq2seq.loss import TrainingObjective
+from seq2seq.model import build_model
 from seq2seq.rundir import WEIGHTS_FILE, read_run_config
 from seq2seq.train import train
 from seq2seq.translator import Translator
@@ -80,15 +81,15 @@ def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch
 
 def make_the_loss_nan(monkeypatch, on_call) -> None:
     """Turn the training loss into NaN on the calls (counted from 1) for which `on_call(n)` holds."""
-    real_loss = loss_module.label_smoothed_loss
+    real_loss = loss_module.projected_smoothed_loss
     calls = []
 
-    def loss(logits, *args):
+    def loss(*args):
         calls.append(1)
-        value, nll = real_loss(logits, *args)
+        value, nll = real_loss(*args)
         return (value * float("nan"), nll) if on_call(len(calls)) else (value, nll)
 
-    monkeypatch.setattr(loss_module, "label_smoothed_loss", loss)
+    monkeypatch.setattr(loss_module, "projected_smoothed_loss", loss)
 
 
 def test_non_finite_updates_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
@@ -131,15 +132,15 @@ def test_too_many_non_finite_updates_in_a_row_stop_training(corpus, tmp_path, mo
 
 
 def run_out_of_memory_when(monkeypatch, too_big) -> None:
-    """Make the model raise CUDA's out-of-memory error for the batches where `too_big(src)` holds."""
-    real_forward = Seq2SeqTransformer.forward
+    """Make a training step raise CUDA's out-of-memory error for the batches where `too_big(src)` holds."""
+    real_forward = TrainingObjective.forward
 
-    def forward(self, src, tgt_in):
+    def forward(self, src, tgt_in, tgt_out):
         if too_big(src):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(self, src, tgt_in)
+        return real_forward(self, src, tgt_in, tgt_out)
 
-    monkeypatch.setattr(Seq2SeqTransformer, "forward", forward)
+    monkeypatch.setattr(TrainingObjective, "forward", forward)
 
 
 def first_update_gradients(monkeypatch) -> list[list[torch.Tensor]]:
