@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigError
-from .files import atomic_write
+from .files import open_output
 
 
 def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
@@ -48,11 +48,14 @@ def figure_format(path: Path | str, option: str) -> str:
     """"png" or "svg", from `path`'s extension; a ConfigError naming `option` for any other."""
     suffix = Path(path).suffix.lower()
     if suffix not in FIGURE_FORMATS:
-        raise ConfigError(f"{option} {path}: write a .png or an .svg file (the extension says which)")
+        raise ConfigError(f"{option} {path}: the picture is written as PNG or SVG, by the extension; "
+                          "name it .png or .svg")
     return FIGURE_FORMATS[suffix]
 
 
 def save_figure(figure, path: Path | str, option: str) -> None:
-    """Write `figure` to `path` as its extension says (PNG or SVG), replacing it atomically."""
+    """Write `figure` to `path` as its extension says (PNG or SVG), as every `-o` is written: a
+    regular file replaced atomically, a FIFO or a device written through (seq2seq.files)."""
     kind = figure_format(path, option)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format=kind, dpi=figure.dpi))
+    with open_output(path) as sink:
+        figure.savefig(sink, format=kind, dpi=figure.dpi)

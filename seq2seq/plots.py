@@ -21,12 +21,12 @@ from typing import Any
 
 from .clobber import Reads, refuse_clobbering
 from .errors import ConfigError, DataError, RunDirError
-from .files import check_output, open_output
+from .extras import figure_format, new_figure, save_figure
+from .files import check_output
 from .rundir import METRICS_FILE
 from .runinfo import read_metrics
 
 X_AXES = ("steps", "time")
-FORMATS = {".png": "png", ".svg": "svg"}  # what savefig writes, by the output's extension
 MIN_PIXELS, MAX_PIXELS = 200, 10000  # below, the panels do not fit their labels; above, memory runs out first
 HOURS_FROM = 2 * 3600  # runs this long or longer are plotted in hours, shorter ones in minutes
 PLOTTED = ("train", "valid")
@@ -111,15 +111,6 @@ def run_labels(runs: list[Path], labels: list[str] | None) -> list[str]:
     return [name if names.count(name) == 1 else str(run) for name, run in zip(names, runs)]
 
 
-def plot_format(output: Path) -> str:
-    """"png" or "svg", from the output's extension; a ConfigError naming -o otherwise."""
-    fmt = FORMATS.get(Path(output).suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"-o {output}: the plot is written as PNG or SVG, by the extension; "
-                          f"name it .png or .svg")
-    return fmt
-
-
 def check_plot_options(x: str, width: int, height: int) -> None:
     if x not in X_AXES:
         raise ConfigError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
@@ -130,8 +121,6 @@ def check_plot_options(x: str, width: int, height: int) -> None:
 
 def draw(curves: list[Curves], x: str, width: int, height: int):
     """The matplotlib Figure of `curves`, `width` x `height` pixels: loss and BLEU side by side."""
-    from .extras import new_figure
-
     figure = new_figure("s2s plot", width, height)
     loss_axes, bleu_axes = figure.subplots(1, 2)
     longest = max((point[1] or 0.0 for c in curves for points in (c.train_loss, c.valid_loss) for point in points),
@@ -180,10 +169,8 @@ def write_plot(runs: list[Path], output: Path, x: str = "steps", labels: list[st
         reads.folder("the run directory", run)
     refuse_clobbering("-o", output, reads)  # first: `-o RUN/metrics.jsonl` is refused as what it is
     check_output(output, "-o")
-    fmt = plot_format(output)
+    figure_format(output, "-o")
     check_plot_options(x, width, height)
     names = run_labels(runs, labels)
     curves = [read_curves(Path(run), label, x) for run, label in zip(runs, names)]
-    figure = draw(curves, x, width, height)
-    with open_output(output) as sink:
-        figure.savefig(sink, format=fmt, dpi=figure.dpi)
+    save_figure(draw(curves, x, width, height), output, "-o")

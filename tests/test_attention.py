@@ -98,7 +98,7 @@ def fails(*args) -> str:
     (["--layer", "3"], "--layer must be a decoder layer from 1 to 2"),
     (["--head", "5"], "--head must be from 1 to 4"),
     (["--head", "0"], "--head must be from 1 to 4"),
-    (["-o", "heat.jpg"], "write a .png or an .svg file"),
+    (["-o", "heat.jpg"], "name it .png or .svg"),
     (["-o", "missing/heat.png"], "does not exist"),
 ])
 def test_bad_options(trained_run, tmp_path, monkeypatch, args, fragment):

@@ -282,9 +282,25 @@ def test_bad_betas_are_one_error_line(value, fragments, received, tmp_path):
 HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu", "matplotlib", "tensorboard")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["translate", "--help"],
-                                  ["eval", "--help"], ["average", "--help"], ["export", "--help"], ["plot", "--help"], ["tokenizer", "--help"],
-                                  ["tokenizer", "train", "--help"]], ids=" ".join)
+def _every_command(command=None, path=()) -> list[list[str]]:
+    """[name, ..., "--help"] for every command and group of the CLI, found by walking it."""
+
+    command = command or typer.main.get_command(app)
+    found = [[*path, "--help"]]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _every_command(sub, (*path, name))
+    return found
+
+
+EVERY_HELP = _every_command()
+
+
+def test_every_command_is_walked():
+    assert ["attention", "--help"] in EVERY_HELP and ["tokenizer", "train", "--help"] in EVERY_HELP
+    assert len(EVERY_HELP) >= 12
+
+
+@pytest.mark.parametrize("args", [["--version"], *EVERY_HELP], ids=" ".join)
 def test_help_and_version_load_no_heavy_library(args):
     """`s2s --help` took 2-3 s when the CLI imported torch and datasets up front; it must stay fast."""
     check = ("import sys\n"
