@@ -284,7 +284,6 @@ HEAVY = ("torch", "datasets", "transformers", "sentencepiece", "sacrebleu", "mat
 
 def _every_command(command=None, path=()) -> list[list[str]]:
     """[name, ..., "--help"] for every command and group of the CLI, found by walking it."""
-
     command = command or typer.main.get_command(app)
     found = [[*path, "--help"]]
     for name, sub in getattr(command, "commands", {}).items():
