@@ -100,6 +100,8 @@ class TrainDisplay:
             f"model: {event['params'] / 1e6:.1f}M parameters on {event['device']}{processes} in "
             f"{event['precision']}; {event['updates_per_epoch']:,} updates per epoch; run directory "
             f"{escape(event['run_dir'])}")
+        if event["init_from"] and not event["step"]:
+            self.console.print(f"starting from the weights of {escape(event['init_from'])}")
         if event["tensorboard"]:
             self.console.print(f"TensorBoard events in {escape(event['tensorboard'])} "
                                f"(tensorboard --logdir {escape(event['tensorboard'])})")

@@ -60,6 +60,11 @@ def train_command(
         model_cfg, train_cfg = resumed_configs(run, config, preset, model_flags, train_flags)
     else:
         model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)
+        if train_cfg.init_from:  # the model is the run's, with what was given over it
+            from seq2seq.init_from import source_run
+
+            model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags,
+                                                         base_model=source_run(train_cfg.init_from).model)
     if run is None:
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
     if tensorboard and tensorboard_dir is None:

@@ -212,6 +212,9 @@ class TrainConfig:
                                    "gradient; each is skipped, not applied.", OPTIMISATION)
     seed: int = setting(1, "Seed for the initial weights, the batch order and dropout.", OPTIMISATION)
     num_proc: int = setting(1, "Processes for tokenizing the corpus (datasets.map).", DATA)
+    init_from: str = setting("", "Start from the weights of this run directory, with its tokenizer and model "
+                             "config, on the data given (fine-tuning, domain adaptation); the optimizer and "
+                             "schedule start afresh. '' starts from random weights.", RUN)
     # With dynamic shapes, one graph serves every batch shape.
     compile: bool = setting(False, "torch.compile the training step: it pays on a GPU, and measured 9% "
                             "slower on the CPU.", RUN)
@@ -464,14 +467,15 @@ def apply_preset(model: ModelConfig, preset: str) -> ModelConfig:
 
 
 def resolve_train_configs(config_file: Path | str | None, preset: str | None,
-                          model_flags: dict[str, Any],
-                          train_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+                          model_flags: dict[str, Any], train_flags: dict[str, Any],
+                          base_model: ModelConfig | None = None) -> tuple[ModelConfig, TrainConfig]:
     """Merge defaults < config file < preset < explicit flags into validated configs.
 
     A config file is JSON shaped like a run's config.json: {"model": {...},
-    "train": {...}}, so a saved run's config can seed a new run.
+    "train": {...}}, so a saved run's config can seed a new run. `base_model`,
+    when given, takes the defaults' place for the model (`--init-from`'s run).
     """
-    model_values: dict[str, Any] = {}
+    model_values: dict[str, Any] = {} if base_model is None else to_dict(base_model)
     train_values: dict[str, Any] = {}
     if config_file is not None:
         data = read_json(config_file)

@@ -42,6 +42,7 @@ from .errors import ConfigError, RunDirError, TrainingInterrupted
 from .files import RunLock, atomic_write_text, new_folder
 from .flops import training_flops
 from .guards import NonFiniteUpdates, OutOfMemorySplits, check_finite_weights
+from .init_from import check_init_model, init_tokenizer, load_init_weights, source_run
 from .interrupt import StopSignals
 from .loss import TrainingObjective, UpdateGradients
 from .model import Seq2SeqTransformer, build_model, count_parameters
@@ -124,6 +125,8 @@ class Trainer:
                               f"({self.model_cfg.max_positions})")
         torch.manual_seed(cfg.seed)
         self.model: Seq2SeqTransformer = build_model(self.model_cfg).to(device)
+        if cfg.init_from:  # a resumed run's checkpoint then replaces them
+            load_init_weights(self.model, cfg.init_from)
         # Fused: one kernel for the whole update (7% faster than foreach on 2 CPU cores), and
         # it skips an update on a tensor verdict (found_inf), without a host sync.
         self.optimizer = torch.optim.AdamW(
@@ -170,7 +173,7 @@ class Trainer:
                    "updates_per_epoch": self.updates_per_epoch,
                    "params": count_parameters(self.model), "device": str(self.device),
                    "world_size": self.world_size, "max_time": cfg.max_time,
-                   "precision": precision_policy(self.device).description,
+                   "precision": precision_policy(self.device).description, "init_from": cfg.init_from,
                    "tensorboard": str(self.tensorboard.folder) if self.tensorboard is not None else None})
         interval = LogInterval(self.device)
         with self.signals:
@@ -324,8 +327,9 @@ def with_resolved_paths(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with its corpus and tokenizer paths absolute: a run resumes from any working
     directory, and a run directory copied elsewhere still finds its data."""
     tokenizer = str(Path(cfg.tokenizer).resolve()) if cfg.tokenizer else ""
+    init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else ""
     return dataclasses.replace(cfg, train=resolve_corpus_spec(cfg.train), valid=resolve_corpus_spec(cfg.valid),
-                               tokenizer=tokenizer)
+                               tokenizer=tokenizer, init_from=init_from)
 
 
 def training_reads(cfg: TrainConfig) -> Reads:
@@ -333,7 +337,8 @@ def training_reads(cfg: TrainConfig) -> Reads:
     langs = (cfg.src_lang, cfg.tgt_lang)
     return (Reads().corpus("the training corpus", cfg.train, langs)
             .corpus("the validation corpus", cfg.valid, langs)
-            .folder("the --tokenizer folder", cfg.tokenizer or None))
+            .folder("the --tokenizer folder", cfg.tokenizer or None)
+            .folder("the --init-from run", cfg.init_from or None))
 
 
 def refuse_run_over_inputs(run_dir: Path, cfg: TrainConfig) -> None:
@@ -384,6 +389,10 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     started = time.monotonic()
     run_dir = Path(run_dir)
     train_cfg = with_resolved_paths(train_cfg)
+    if train_cfg.init_from:  # its tokenizer and model shape, checked before any work
+        source = source_run(train_cfg.init_from)
+        check_init_model(train_cfg.init_from, source.model, model_cfg)
+        train_cfg = init_tokenizer(train_cfg.init_from, source, train_cfg)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
