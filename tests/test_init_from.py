@@ -1,0 +1,144 @@
+"""`s2s train --init-from RUN`: a new run from another run's weights, tokenizer and model shape."""
+
+import json
+from dataclasses import replace
+
+import pyarrow as pa
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from seq2seq.batching import TokenStore, collate
+from seq2seq.errors import ConfigError
+from seq2seq.loss import projected_smoothed_loss
+from seq2seq.rundir import load_run, read_run_config
+from seq2seq.train import train
+
+from helpers import tiny_model_config, tiny_train_config, write_slice
+
+CPU = torch.device("cpu")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny run trained on the first 300 training pairs, and an "in-domain" slice it never saw."""
+    folder = tmp_path_factory.mktemp("init")
+    corpus = write_slice(folder / "corpus", "train", 300, "general")
+    domain = write_slice(folder / "corpus", "test_2016_flickr", 120, "domain")
+    torch.manual_seed(0)
+    train(folder / "source", tiny_model_config(), tiny_train_config(corpus, "", epochs=0, max_steps=40), CPU)
+    return folder / "source", domain
+
+
+def slice_loss(run, prefix) -> float:
+    """NLL per target token of the pairs `prefix`.{en,de} under the run's model."""
+    model, tokenizers, _ = load_run(run, CPU)
+    src = [line.rstrip("\n") for line in open(f"{prefix}.en", encoding="utf-8")]
+    tgt = [line.rstrip("\n") for line in open(f"{prefix}.de", encoding="utf-8")]
+    store = lambda ids: TokenStore(pa.array(ids, type=pa.list_(pa.int32())), CPU)
+    eos = tokenizers.src.eos_id
+    batch = collate(store([ids + [eos] for ids in tokenizers.src.encode(src)]),
+                    store([ids + [eos] for ids in tokenizers.tgt.encode(tgt)]),
+                    torch.arange(len(src)).numpy(), model.cfg.pad_id, model.cfg.bos_id)
+    with torch.no_grad():
+        memory, mask = model.encode(batch.src)
+        states = model.decoder_states(batch.tgt_in, memory, mask)
+        nll = projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id, 0.0)[1]
+    return nll.item() / batch.n_tgt_tokens
+
+
+def test_fine_tuning_on_an_in_domain_slice_lowers_its_loss(source, tmp_path):
+    run, domain = source
+    events = []
+    cfg = tiny_train_config(domain, "", epochs=0, max_steps=30, init_from=str(run), log_every=1)
+    train(tmp_path / "tuned", tiny_model_config(), cfg, CPU, on_event=events.append)
+    assert slice_loss(tmp_path / "tuned", domain) < slice_loss(run, domain) - 0.3
+    # It started from the run's weights: its first update's loss is the run's, far below a fresh model's.
+    fresh = []
+    train(tmp_path / "fresh", tiny_model_config(), replace(cfg, init_from="", tokenizer=str(run)), CPU,
+          on_event=fresh.append)
+    first = lambda records: next(r["loss"] for r in records if r["event"] == "train")
+    assert first(events) < first(fresh) - 1.0
+    # A fresh optimizer and schedule: the first update is at the first warm-up step's learning rate.
+    assert next(r for r in events if r["event"] == "train")["step"] == 1
+    assert first_lr(events) == pytest.approx(cfg.lr / cfg.warmup_steps)
+    tuned, original = read_run_config(tmp_path / "tuned"), read_run_config(run)
+    assert tuned.model == original.model and tuned.tokenizer_sha256 == original.tokenizer_sha256
+    assert tuned.train.init_from == str(run.resolve()) and tuned.train.tokenizer == str(run.resolve())
+
+
+def first_lr(events) -> float:
+    return next(r["lr"] for r in events if r["event"] == "train")
+
+
+def test_the_command_takes_the_runs_model_and_lets_dropout_change(source, tmp_path):
+    run, domain = source
+    result = runner.invoke(app, ["train", "--init-from", str(run), "--run", str(tmp_path / "tuned"), "--train", domain,
+                                 "--valid", "", "--max-steps", "3", "--epochs", "0", "--max-tokens", "600",
+                                 "--max-len", "64", "--dropout", "0.3", "--log-every", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "starting from the weights of" in result.stderr
+    tuned, original = read_run_config(tmp_path / "tuned"), read_run_config(run)
+    assert tuned.model == replace(original.model, dropout=0.3)
+    # And --resume of that run continues it, with the same command.
+    more = runner.invoke(app, ["train", "--init-from", str(run), "--run", str(tmp_path / "tuned"), "--train", domain,
+                               "--valid", "", "--max-steps", "5", "--epochs", "0", "--max-tokens", "600",
+                               "--max-len", "64", "--dropout", "0.3", "--log-every", "1", "--device", "cpu", "--resume"])
+    assert more.exit_code == 0, more.output
+    steps = [json.loads(line).get("step") for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 5
+
+
+def fails(*args) -> str:
+    result = runner.invoke(app, ["train", *map(str, args), "--device", "cpu", "--max-steps", "1"])
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error:") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--d-model", "64"], "d_model (the run has 32, given 64)"),
+    (["--preset", "tiny"], "these differ: d_model"),
+    (["--decoder-layers", "2", "--positions", "rope"], "decoder_layers (the run has 1, given 2); positions"),
+    (["--n-heads", "4"], "n_heads"),
+])
+def test_another_model_shape_is_refused_naming_it(source, tmp_path, flags, fragment):
+    run, domain = source
+    message = fails("--init-from", run, "--run", tmp_path / "tuned", "--train", domain, "--valid", "", *flags)
+    assert fragment in message and "--init-from" in message
+    assert not (tmp_path / "tuned").exists()
+
+
+def test_another_tokenizer_is_refused(source, tmp_path):
+    run, domain = source
+    other = tmp_path / "other"
+    assert runner.invoke(app, ["tokenizer", "train", "--corpus", domain, "-o", str(other), "--vocab-size", "150"]
+                         ).exit_code == 0
+    assert "is not the tokenizer of --init-from" in fails("--init-from", run, "--run", tmp_path / "tuned", "--train",
+                                                          domain, "--valid", "", "--tokenizer", other)
+    assert not (tmp_path / "tuned").exists()
+
+
+def test_what_is_not_a_run_is_refused(source, tmp_path, exported_run):
+    run, domain = source
+    for folder in (tmp_path, tmp_path / "missing", exported_run):
+        assert "run directory" in fails("--init-from", folder, "--run", tmp_path / "tuned", "--train", domain,
+                                        "--valid", "")
+
+
+@pytest.mark.parametrize("inside", ["", "sub"])
+def test_the_new_run_never_lands_in_the_run_it_starts_from(source, tmp_path, inside):
+    run, domain = source
+    before = sorted(p.name for p in run.rglob("*"))
+    fails("--init-from", run, "--run", run / inside, "--train", domain, "--valid", "")
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_the_library_refuses_as_the_command_does(source, tmp_path):
+    run, domain = source
+    with pytest.raises(ConfigError, match="ffn_dim"):
+        train(tmp_path / "x", replace(tiny_model_config(), ffn_dim=128),
+              tiny_train_config(domain, "", init_from=str(run)), CPU)
