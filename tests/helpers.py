@@ -92,3 +92,11 @@ class LogitsAsStates:
 
     def output_logits(self, states: torch.Tensor) -> torch.Tensor:
         return states
+
+
+def one_error_line(result) -> str:
+    """The message of a CliRunner result that failed as every s2s failure must: exit 1, one `error:` line."""
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error:") and "\n" not in message, message
+    return message

@@ -13,7 +13,7 @@ from cli.main import app
 from seq2seq.config import DecodeConfig
 from seq2seq.translator import Translator
 
-from helpers import make_untrained_run
+from helpers import make_untrained_run, one_error_line
 
 runner = CliRunner()
 SENTENCE = "A man in a blue shirt is riding a bike."
@@ -86,11 +86,7 @@ def test_stdout_is_the_translation_then_the_heatmap(trained_run):
 
 
 def fails(*args) -> str:
-    result = attention(*args)
-    assert result.exit_code == 1, result.output
-    message = result.stderr.strip()
-    assert message.startswith("error:") and "\n" not in message, message
-    return message
+    return one_error_line(attention(*args))
 
 
 @pytest.mark.parametrize("args, fragment", [

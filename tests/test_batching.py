@@ -87,7 +87,7 @@ def reference_token_batches(src_lens, tgt_lens, max_tokens, rng):
     return batches
 
 
-def referencelength_batches(lengths, max_tokens):
+def reference_length_batches(lengths, max_tokens):
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches = []
     for i in order:
@@ -110,4 +110,4 @@ def test_training_and_decoding_batches_are_what_they_were(seed):
                                                                                             make_rng())
         assert [b.tolist() for b in new] == [b.tolist() for b in old]
     lengths = src.tolist()
-    assert length_batches(lengths, max_tokens) == referencelength_batches(lengths, max_tokens)
+    assert length_batches(lengths, max_tokens) == reference_length_batches(lengths, max_tokens)

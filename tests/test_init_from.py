@@ -15,7 +15,7 @@ from seq2seq.loss import projected_smoothed_loss
 from seq2seq.rundir import load_run, read_run_config
 from seq2seq.train import train
 
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from helpers import one_error_line, tiny_model_config, tiny_train_config, write_slice
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -92,11 +92,7 @@ def test_the_command_takes_the_runs_model_and_lets_dropout_change(source, tmp_pa
 
 
 def fails(*args) -> str:
-    result = runner.invoke(app, ["train", *map(str, args), "--device", "cpu", "--max-steps", "1"])
-    assert result.exit_code == 1, result.output
-    message = result.stderr.strip()
-    assert message.startswith("error:") and "\n" not in message, message
-    return message
+    return one_error_line(runner.invoke(app, ["train", *map(str, args), "--device", "cpu", "--max-steps", "1"]))
 
 
 @pytest.mark.parametrize("flags, fragment", [

@@ -18,8 +18,9 @@ import typer.main
 from typer.testing import CliRunner
 
 import cli.train
+import seq2seq.init_from
 from cli.main import app
-from seq2seq.config import DecodeConfig, ModelConfig, TrainConfig, settable_fields
+from seq2seq.config import DecodeConfig, ModelConfig, RunConfig, TrainConfig, settable_fields
 from seq2seq.translator import Translator
 
 runner = CliRunner()
@@ -90,6 +91,7 @@ NON_DEFAULT = {
         "max_bad_updates": (["--max-bad-updates", "2"], {"max_bad_updates": 2}),
         "seed": (["--seed", "2"], {"seed": 2}),
         "num_proc": (["--num-proc", "2"], {"num_proc": 2}),
+        "init_from": (["--init-from", "runs/base"], {"init_from": "runs/base"}),
         "compile": (["--compile"], {"compile": True}),
     },
     DecodeConfig: {
@@ -143,6 +145,8 @@ def received(monkeypatch):
         raise Captured
 
     monkeypatch.setattr(cli.train, "run_training", run_training)
+    # --init-from's run gives the model config; a default one changes nothing the tests compare.
+    monkeypatch.setattr(seq2seq.init_from, "source_run", lambda path: RunConfig())
     monkeypatch.setattr(Translator, "from_run", classmethod(from_run))
     return configs
 
