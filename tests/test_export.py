@@ -123,7 +123,7 @@ def check_same_computation(run: Path, folder: Path, sources: list[str], referenc
     log-probabilities of the references, to 1e-4 per token."""
     model, tokenizers, config = load_run(run, CPU)
     info = json.loads((folder / EXPORT_FILE).read_text())
-    assert info["decode"]["length_penalty"] == "gnmt"
+    assert info["decode"]["length_penalty"] == DecodeConfig().length_penalty
     src_vocab, tgt_vocab = pieces_of(tokenizers.src), pieces_of(tokenizers.tgt)
     tgt_index = {piece: i for i, piece in enumerate(tgt_vocab)}
     eos = src_vocab.index(info["source_suffix"][0])

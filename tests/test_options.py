@@ -96,8 +96,8 @@ NON_DEFAULT = {
     },
     DecodeConfig: {
         "beam": (["--beam", "3"], {"beam": 3}),
-        "length_penalty": (["--length-penalty", "average"], {"length_penalty": "average"}),
-        "alpha": (["--alpha", "1.0"], {"alpha": 1.0}),
+        "length_penalty": (["--length-penalty", "gnmt"], {"length_penalty": "gnmt"}),
+        "alpha": (["--alpha", "0.6"], {"alpha": 0.6}),
         "max_len_a": (["--max-len-a", "2.5"], {"max_len_a": 2.5}),
         "max_len_b": (["--max-len-b", "0"], {"max_len_b": 0}),
         "min_len": (["--min-len", "0"], {"min_len": 0}),
