@@ -273,9 +273,10 @@ def test_a_second_interrupt_exits_at_once_and_harms_nothing(corpus, tmp_path):
 
 
 def test_kill_minus_nine_at_random_moments_loses_nothing(corpus, tmp_path):
-    report = run_kill_test(tmp_path, corpus, kills=5, max_steps=200, checkpoint_every=4, seed=1, max_delay=0.5)
+    # Three kills here; bench/kill_test.py does fifty.
+    report = run_kill_test(tmp_path, corpus, kills=3, max_steps=200, checkpoint_every=4, seed=1, max_delay=0.5)
     print(report.summary())
-    assert report.kills == 5
+    assert report.kills == 3
     assert report.identical, report.summary()
     assert max(report.steps_lost, default=0) <= 4 + 1
 
