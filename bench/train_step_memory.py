@@ -46,7 +46,7 @@ def child(loss_kind: str, allocator: str, warmup: int, updates: int, vocab: int,
     torch.manual_seed(0)
     cfg = apply_preset(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab), "tiny")
     model = build_model(cfg).train()
-    objective = TrainingObjective(model, cfg.pad_id, 0.1)
+    objective = TrainingObjective(model, 0.1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     generator = torch.Generator().manual_seed(1)
 

@@ -109,16 +109,14 @@ class TrainingObjective(nn.Module):
     """The model and its loss as one module: what DistributedDataParallel wraps, so that every use
     of a weight (the tied output projection too) happens inside its forward."""
 
-    def __init__(self, model: nn.Module, pad_id: int, smoothing: float):
+    def __init__(self, model: nn.Module, smoothing: float):
         super().__init__()
-        self.model, self.pad_id, self.smoothing = model, pad_id, smoothing
+        self.model, self.smoothing = model, smoothing
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
         """Summed label-smoothed loss of a batch: src (B, S), tgt_in and tgt_out (B, T)."""
-        memory, src_mask = self.model.encode(src)
-        states = self.model.decoder_states(tgt_in, memory, src_mask)  # (B, T, D)
-        return projected_smoothed_loss(states, self.model.tgt_embed.weight, tgt_out, self.pad_id,
-                                       self.smoothing)[0]
+        return projected_smoothed_loss(self.model.teacher_forced_states(src, tgt_in), self.model.tgt_embed.weight,
+                                       tgt_out, self.model.cfg.pad_id, self.smoothing)[0]
 
 
 class UpdateGradients:

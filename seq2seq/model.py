@@ -259,16 +259,20 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError("Performer (FAVOR+) cross-attention never forms attention weights")
         attention.recorded = []
         try:
-            memory, src_mask = self.encode(src)
-            self.decoder_states(tgt_in, memory, src_mask)
+            self.teacher_forced_states(src, tgt_in)
             return attention.recorded[0]
         finally:
             attention.recorded = None
 
+    def teacher_forced_states(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """The decoder's final states (B, T, D) for source (B, S) and shifted target (B, T): what the
+        loss projects onto the vocabulary (`seq2seq.loss`)."""
+        memory, src_mask = self.encode(src)
+        return self.decoder_states(tgt_in, memory, src_mask)
+
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""
-        memory, src_mask = self.encode(src)
-        return self.decode(tgt_in, memory, src_mask)
+        return self.output_logits(self.teacher_forced_states(src, tgt_in))
 
 
 def build_model(cfg: ModelConfig) -> Seq2SeqTransformer:

@@ -133,7 +133,7 @@ class Trainer:
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
         # The model with its loss: DDP sees every use of the weights in one forward.
         self.train_model: nn.Module = data_parallel(
-            TrainingObjective(self.model, self.model_cfg.pad_id, cfg.label_smoothing), device)
+            TrainingObjective(self.model, cfg.label_smoothing), device)
         self.batches = EpochBatches(self.data.train_src.lengths, self.data.train_tgt.lengths,
                                     cfg.max_tokens, cfg.seed, self.rank, self.world_size)
         self.step, self.epoch, self.position = 0, 1, 0

@@ -12,6 +12,7 @@ line's first piece carries it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,15 +124,14 @@ class Translator:
         """`layer` (from 1), or by default the penultimate decoder layer (`default_alignment_layer`),
         checked: a ConfigError naming `option` if it has no attention weights to align with."""
         if layer is None:
-            layer = default_alignment_layer(self.engine.describe()["model"]["decoder_layers"])
+            layer = default_alignment_layer(self.decoder_layers)
         self.engine.check_attention_layer(layer, option)
         return layer
 
     def attention_map(self, line: str, layer: int | None = None) -> AttentionMap:
         """The translation of `line` (one that fits the model) and the cross-attention of decoder
         layer `layer` (from 1; by default the last) behind it. Not counted in `stats`."""
-        layers = self.engine.describe()["model"]["decoder_layers"]
-        layer = layers if layer is None else layer
+        layer = self.decoder_layers if layer is None else layer
         self.engine.check_attention_layer(layer, "--layer")
         ids = self.tokenizers.src.encode([line])[0] if line.strip() else []
         if not ids:
@@ -148,6 +148,11 @@ class Translator:
         return AttentionMap(source_pieces=self.tokenizers.src.id_pieces(ids) + ["</s>"], output_pieces=output_pieces,
                             weights=weights, translation=clean_output(self.tokenizers.tgt.decode([best.tokens])[0]),
                             layer=layer)
+
+    @functools.cached_property
+    def decoder_layers(self) -> int:
+        """How many decoder layers the engine's model has (from its description, read once)."""
+        return self.engine.describe()["model"]["decoder_layers"]
 
     @property
     def max_source_tokens(self) -> int:

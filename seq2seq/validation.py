@@ -130,8 +130,7 @@ class Validation:
             self.check_cut("loss", 0)
             batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id)
             with autocast:
-                memory, src_mask = model.encode(batch.src)
-                states = model.decoder_states(batch.tgt_in, memory, src_mask)  # (B, T, D)
+                states = model.teacher_forced_states(batch.src, batch.tgt_in)  # (B, T, D)
             nll_sum += projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id,
                                                0.0)[1]
             tokens += batch.n_tgt_tokens

@@ -43,9 +43,8 @@ def slice_loss(run, prefix) -> float:
                     store([ids + [eos] for ids in tokenizers.tgt.encode(tgt)]),
                     torch.arange(len(src)).numpy(), model.cfg.pad_id, model.cfg.bos_id)
     with torch.no_grad():
-        memory, mask = model.encode(batch.src)
-        states = model.decoder_states(batch.tgt_in, memory, mask)
-        nll = projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id, 0.0)[1]
+        nll = projected_smoothed_loss(model.teacher_forced_states(batch.src, batch.tgt_in), model.tgt_embed.weight,
+                                      batch.tgt_out, model.cfg.pad_id, 0.0)[1]
     return nll.item() / batch.n_tgt_tokens
 
 
