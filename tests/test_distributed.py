@@ -25,7 +25,9 @@ def test_two_processes_train_one_run(tmp_path):
          "--valid-every", "12", "--device", "cpu"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    # A rank that fails first says why in an error line; the end of stderr is the others' tracebacks.
+    reasons = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 0, "\n".join(reasons) + "\n" + done.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["event"] == "train"]
     # Rank 0 alone writes: one record per log step, not two.
