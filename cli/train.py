@@ -100,7 +100,7 @@ def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     import datasets
     import torch.distributed as dist
 
-    from seq2seq.distributed import join_process_group
+    from seq2seq.distributed import join_process_group, rank_zeros_object
     from seq2seq.malloc import keep_freed_memory
     from seq2seq.train import train
 
@@ -108,6 +108,9 @@ def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     datasets.disable_progress_bars()
     keep_freed_memory()  # on glibc: no page faults for the same tensors every update (seq2seq.malloc)
     torch_device = join_process_group(device)
+    # A default run directory is named after each process's clock, and ranks that straddle a
+    # second would disagree: every rank takes rank 0's (and the TensorBoard folder inside it).
+    run_dir, tensorboard = rank_zeros_object((run_dir, tensorboard))
     display = TrainDisplay()
     try:
         train(run_dir, model_cfg, train_cfg, torch_device, resume=resume, on_event=display, tensorboard=tensorboard)

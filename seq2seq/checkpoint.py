@@ -82,6 +82,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
+    """This process's random number generator states: the CPU one and each GPU's."""
     tensors = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -89,19 +90,33 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+def _rank_prefix(rank: int) -> str:
+    # Rank 0's names carry no prefix, so single-process checkpoints read as they always did.
+    return f"rank{rank}." if rank else ""
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], rank: int = 0) -> bool:
+    """Restore the RNG states that rank `rank` saved; False if the checkpoint holds none for it
+    (it was saved by fewer processes), and the caller must seed that rank itself."""
+    prefix = _rank_prefix(rank)
+    if f"{prefix}rng.cpu" not in tensors:
+        return False
+    torch.set_rng_state(tensors[f"{prefix}rng.cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith(f"{prefix}rng.cuda.")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    return True
 
 
 def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       progress: dict[str, Any], keep: int = 1) -> Path:
+                       progress: dict[str, Any], keep: int = 1,
+                       rank_rng: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write a complete, resumable trainer state and point `last.json` at it.
 
     `progress` is JSON: step, epoch, position in the epoch, early-stopping
-    state. Older states beyond the newest `keep` are removed afterwards.
+    state. `rank_rng` holds every rank's `rng_tensors()`, in rank order
+    (this process's alone if not given): each rank's dropout resumes where
+    it left off. Older states beyond the newest `keep` are removed afterwards.
     """
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     ckpt_root.mkdir(exist_ok=True)
@@ -109,9 +124,11 @@ def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.O
     folder = ckpt_root / name
     folder.mkdir(exist_ok=True)
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
+    rng = {f"{_rank_prefix(rank)}{name}": state
+           for rank, states in enumerate(rank_rng or [rng_tensors()]) for name, state in states.items()}
     save_weights(model, folder / WEIGHTS_FILE)
     atomic_write(folder / TRAINER_TENSORS,
-                 lambda tmp: save_file({**optim_tensors, **rng_tensors()}, str(tmp)))
+                 lambda tmp: save_file({**optim_tensors, **rng}, str(tmp)))
     atomic_write_text(folder / TRAINER_JSON, json.dumps({**progress, "optimizer": optim_meta}) + "\n")
     atomic_write_text(ckpt_root / LAST_POINTER, json.dumps({"dir": name}) + "\n")
     states = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
@@ -125,9 +142,10 @@ def has_trainer_state(run_dir: Path) -> bool:
     return (Path(run_dir) / CHECKPOINTS_DIR / LAST_POINTER).is_file()
 
 
-def load_trainer_state(run_dir: Path, model: nn.Module,
-                       optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from the last trainer state; return its progress record."""
+def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       rank: int = 0) -> dict[str, Any]:
+    """Restore model, optimizer and rank `rank`'s RNG from the last trainer state; return its
+    progress record, with "rng_restored": False if the state holds no RNG for that rank."""
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     pointer = ckpt_root / LAST_POINTER
     if not pointer.is_file():
@@ -141,5 +159,4 @@ def load_trainer_state(run_dir: Path, model: nn.Module,
     load_weights(model, folder / WEIGHTS_FILE)
     # load_state_dict moves each state tensor to its parameter's device itself.
     optimizer.load_state_dict(_unflatten_optimizer(tensors, progress.pop("optimizer")))
-    restore_rng(tensors)
-    return progress
+    return {**progress, "rng_restored": restore_rng(tensors, rank)}

@@ -8,6 +8,7 @@ of 1, and every function here is a no-op that answers as that process would.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,26 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     if rank_and_world_size()[1] == 1:
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def rank_zeros_object(value: Any) -> Any:
+    """Rank 0's `value` (any picklable object), on every rank: for choices each rank would
+    otherwise make for itself, such as a default run directory named after the clock."""
+    if rank_and_world_size()[1] == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_ranks_objects(value: Any) -> list[Any]:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    world_size = rank_and_world_size()[1]
+    if world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def _rank_zeros_value(value: int, device: torch.device) -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seq2seq.checkpoint import (LAST_POINTER, has_trainer_state, load_trainer_state, remove_unfinished_writes,
-                                save_trainer_state)
+                                rng_tensors, save_trainer_state)
 from seq2seq.config import ModelConfig
 from seq2seq.errors import RunDirError
 from seq2seq.model import build_model
@@ -28,12 +28,30 @@ def test_trainer_state_round_trips_weights_optimizer_rng_and_progress(tmp_path):
     save_trainer_state(tmp_path, model, optimizer, {"step": 1, "epoch": 1, "position": 5})
     expected_draw = torch.rand(3)
     other, other_optimizer = trained_a_little(1)
-    assert load_trainer_state(tmp_path, other, other_optimizer) == {"step": 1, "epoch": 1, "position": 5}
+    assert load_trainer_state(tmp_path, other, other_optimizer) == {"step": 1, "epoch": 1, "position": 5,
+                                                                 "rng_restored": True}
     assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where the saved run was
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
     saved, loaded = optimizer.state_dict()["state"], other_optimizer.state_dict()["state"]
     assert all(torch.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
+
+
+def test_each_rank_resumes_its_own_random_stream(tmp_path):
+    """Under torchrun rank 0 writes the state of every rank; each rank reads back its own, and a
+    rank the saving run did not have is told so (the trainer seeds it)."""
+    model, optimizer = trained_a_little(0)
+    streams, next_draws = [], []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        streams.append(rng_tensors())
+        next_draws.append(torch.rand(3))
+    save_trainer_state(tmp_path, model, optimizer, {"step": 1}, rank_rng=streams)
+    for rank in (1, 0):
+        torch.manual_seed(7)
+        assert load_trainer_state(tmp_path, model, optimizer, rank)["rng_restored"] is True
+        assert torch.equal(torch.rand(3), next_draws[rank])
+    assert load_trainer_state(tmp_path, model, optimizer, rank=2)["rng_restored"] is False
 
 
 def test_only_the_newest_states_are_kept_and_last_json_points_at_the_newest(tmp_path):

@@ -41,7 +41,7 @@ def test_two_processes_train_one_run(tmp_path):
 RANKS_AGREE = """
 import torch.distributed as dist
 from seq2seq.distributed import (is_main_process, join_process_group, rank_and_world_size, rank_zeros_decision,
-                                 rank_zeros_signal, wait_for_all_ranks)
+                                 rank_zeros_object, rank_zeros_signal, wait_for_all_ranks)
 
 device = join_process_group("cpu")
 rank, world_size = rank_and_world_size()
@@ -50,6 +50,8 @@ assert (device.type, world_size, is_main_process()) == ("cpu", 2, rank == 0)
 assert rank_zeros_decision(rank == 0, device) is True
 assert rank_zeros_signal(15 if rank == 0 else None, device) == 15
 assert rank_zeros_signal(None if rank == 0 else 2, device) == 0
+# A default run directory named after each rank's clock: every rank takes rank 0's.
+assert rank_zeros_object((f"runs/en-de-2026120{rank}", None)) == ("runs/en-de-20261200", None)
 wait_for_all_ranks()
 print(f"rank {rank} agreed")
 dist.destroy_process_group()
