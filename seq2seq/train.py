@@ -278,12 +278,13 @@ class Trainer:
         reserve = self.validation.seconds if self.validation.has_data else 0.0
         return time.monotonic() >= self.deadline - reserve
 
-    def seed_dropout(self) -> None:
+    def seed_dropout(self, step: int = 0) -> None:
         """Every rank built the same initial weights from the run's seed; from here on each draws
         its own dropout masks, or the ranks' batches would all be masked alike. Rank 0 goes on
-        with the run's stream, so one process trains as it always did."""
+        with the run's stream, so one process trains as it always did. `step`: a resumed rank
+        that has no saved stream starts a fresh one there."""
         if self.rank:
-            torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank)
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank + 7_919 * step)
 
     def save(self) -> None:
         """Save the trainer state; called on every rank, since rank 0 writes every rank's RNG."""
@@ -300,7 +301,7 @@ class Trainer:
     def resume(self) -> None:
         progress = load_trainer_state(self.run_dir, self.model, self.optimizer, self.rank)
         if not progress["rng_restored"]:  # saved by fewer processes: this rank has no state of its own
-            torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank + 7_919 * self.step)
+            self.seed_dropout(progress["step"])
         self.step, self.epoch, self.position = progress["step"], progress["epoch"], progress["position"]
         self.validation.early_stopping.restore(progress["early_stopping"])
         self.non_finite.restore(progress["counters"])
