@@ -14,8 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.config import (DATA, MODEL, OPTIMISATION, PRESETS, RUN, VALIDATION, ModelConfig,
-                            TrainConfig, resolve_train_configs)
+from seq2seq.config import (DATA, DISTRIBUTED, MODEL, OPTIMISATION, PRESETS, RUN, VALIDATION,
+                            DistributedConfig, ModelConfig, TrainConfig, resolve_train_configs)
 from seq2seq.errors import ConfigError
 
 from .display import TrainDisplay
@@ -26,13 +26,15 @@ from .options import ConfigOptions, config_options
 MODEL_OPTIONS = ConfigOptions(ModelConfig, aliases={"n_heads": ["--heads"]})
 TRAIN_OPTIONS = ConfigOptions(TrainConfig, aliases={"src_lang": ["--src"], "tgt_lang": ["--tgt"],
                                                     "valid_bleu_sentences": ["--valid-bleu-max"]})
+DISTRIBUTED_OPTIONS = ConfigOptions(DistributedConfig)
 
 
-@config_options(panels=(RUN, DATA, MODEL, OPTIMISATION, VALIDATION),
-                model_flags=MODEL_OPTIONS, train_flags=TRAIN_OPTIONS)
+@config_options(panels=(RUN, DATA, MODEL, OPTIMISATION, VALIDATION, DISTRIBUTED),
+                model_flags=MODEL_OPTIONS, train_flags=TRAIN_OPTIONS, distributed_flags=DISTRIBUTED_OPTIONS)
 def train_command(
     model_flags: dict[str, Any],
     train_flags: dict[str, Any],
+    distributed_flags: dict[str, Any],
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", rich_help_panel=RUN,
         help="JSON config {\"model\": {...}, \"train\": {...}}; a run's config.json works too.")] = None,
@@ -56,6 +58,8 @@ def train_command(
                                                   rich_help_panel=MODEL)] = None,
 ) -> None:
     """Train a Transformer. With no options: English to German on the bundled Multi30k, into runs/."""
+    distributed = DistributedConfig(**distributed_flags)
+    distributed.validate()
     if resume:
         model_cfg, train_cfg = resumed_configs(run, config, preset, model_flags, train_flags)
     else:
@@ -71,7 +75,8 @@ def train_command(
         from seq2seq.tensorboard import TENSORBOARD_DIR
 
         tensorboard_dir = run / TENSORBOARD_DIR
-    run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir)
+    run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir,
+                 distributed=distributed)
 
 
 def resumed_configs(run: Path | None, config: Path | None, preset: str | None, model_flags: dict[str, Any],
@@ -94,20 +99,20 @@ def resumed_configs(run: Path | None, config: Path | None, preset: str | None, m
 
 
 def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, resume: bool,
-                 tensorboard: Path | None = None) -> None:
+                 tensorboard: Path | None = None, distributed: DistributedConfig | None = None) -> None:
     """Train with the library, drawing its events; under torchrun, one process of the group.
-    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.train.train)."""
+    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.train.train);
+    `distributed`: the timeouts of the process groups."""
     import datasets
-    import torch.distributed as dist
 
-    from seq2seq.distributed import join_process_group, rank_zeros_object
+    from seq2seq.distributed import join_process_group, leave_process_group, rank_zeros_object
     from seq2seq.malloc import keep_freed_memory
     from seq2seq.train import train
 
     # s2s draws its own progress; datasets' bars would interleave with it and with error lines.
     datasets.disable_progress_bars()
     keep_freed_memory()  # on glibc: no page faults for the same tensors every update (seq2seq.malloc)
-    torch_device = join_process_group(device)
+    torch_device = join_process_group(device, distributed)
     # A default run directory is named after each process's clock, and ranks that straddle a
     # second would disagree: every rank takes rank 0's (and the TensorBoard folder inside it).
     run_dir, tensorboard = rank_zeros_object((run_dir, tensorboard))
@@ -116,5 +121,4 @@ def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         train(run_dir, model_cfg, train_cfg, torch_device, resume=resume, on_event=display, tensorboard=tensorboard)
     finally:
         display.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()

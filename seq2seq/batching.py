@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import Tensor
+
+from .token_store import TokenStore
 
 
 @dataclass
@@ -24,50 +25,6 @@ class Batch:
     tgt_in: Tensor  # (B, T) BOS followed by the target without its EOS
     tgt_out: Tensor  # (B, T) the target including EOS: what tgt_in should predict
     n_tgt_tokens: int  # non-pad positions of tgt_out
-
-
-def host_to_device(array: np.ndarray, device: torch.device) -> Tensor:
-    """A host array on `device`. To a GPU it goes through pinned memory, so the copy is
-    queued without the host waiting for the work already queued."""
-    tensor = torch.from_numpy(array)
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
-class TokenStore:
-    """Token ids of one side of a corpus, kept on the training device as one flat array.
-
-    The ids go to `device` once, as int32 (half the memory of int64); each
-    batch is then gathered and padded there, so training sends only a batch's
-    row numbers to the accelerator. Lengths stay on the host as well, for
-    cutting batches.
-    """
-
-    def __init__(self, column: pa.ChunkedArray | pa.Array, device: torch.device = torch.device("cpu")):
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        # Offsets are relative to the array's own slice of the values buffer.
-        offsets = np.asarray(column.offsets, dtype=np.int64)
-        offsets = offsets - offsets[0]
-        self.lengths = np.diff(offsets)  # (N,) on the host
-        self.device = device
-        values = np.array(column.flatten(), dtype=np.int32)  # a writable copy: Arrow buffers are read-only
-        self.values = torch.from_numpy(values).to(device)  # (total ids,)
-        self.starts = torch.from_numpy(offsets[:-1].copy()).to(device)  # (N,) where each row begins
-        self.row_lengths = torch.from_numpy(self.lengths.copy()).to(device)  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def padded(self, index: np.ndarray, pad_id: int) -> Tensor:
-        """Rows `index`, right-padded into a long tensor (B, L) on the store's device."""
-        width = int(self.lengths[index].max())  # from the host copy: no device sync
-        rows = host_to_device(np.asarray(index, dtype=np.int64), self.device)  # (B,)
-        position = torch.arange(width, device=self.device)  # (L,)
-        inside = position < self.row_lengths[rows, None]  # (B, L)
-        flat = (self.starts[rows, None] + position).clamp(max=max(len(self.values) - 1, 0))  # (B, L) into values
-        return self.values[flat].long().masked_fill(~inside, pad_id)
 
 
 def collate(src: TokenStore, tgt: TokenStore, index: np.ndarray, pad_id: int, bos_id: int) -> Batch:
@@ -140,11 +97,18 @@ class EpochBatches:
         self.rank, self.world_size = rank, world_size
         self._per_epoch: int | None = None
 
-    def epoch(self, epoch: int) -> list[np.ndarray]:
+    def shards(self, epoch: int) -> list[list[np.ndarray]]:
+        """Every rank's batches of `epoch`, in rank order: rank r has batches r, r + world_size, ...
+        of the shuffled epoch. So the k-th update of all ranks together trains on the same pairs
+        as a single process that accumulates world_size batches per update."""
         rng = np.random.default_rng([self.seed, epoch])
         batches = token_batches(self.src_lens, self.tgt_lens, self.max_tokens, rng)
         per_rank = len(batches) // self.world_size
-        return batches[self.rank::self.world_size][:per_rank]
+        return [batches[rank::self.world_size][:per_rank] for rank in range(self.world_size)]
+
+    def epoch(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of `epoch`."""
+        return self.shards(epoch)[self.rank]
 
     def set_max_tokens(self, max_tokens: int) -> None:
         """A new token budget, for epochs cut from now on."""

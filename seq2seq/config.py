@@ -50,6 +50,7 @@ def require_finite(cfg: Any, name_of: Callable[[str], str]) -> None:
 # Headings under which `s2s train`, `translate` and `eval` list the settings (a field's group).
 DATA, MODEL, OPTIMISATION, VALIDATION, RUN = "Data", "Model", "Optimisation", "Validation", "Run"
 SEARCH, SAMPLING, SERVING = "Search", "Sampling", "Serving"
+DISTRIBUTED = "Distributed (torchrun)"
 
 
 def setting(default: Any, help: str, group: str, derived_from: str | None = None) -> Any:
@@ -212,6 +213,10 @@ class TrainConfig:
                                    "gradient; each is skipped, not applied.", OPTIMISATION)
     seed: int = setting(1, "Seed for the initial weights, the batch order and dropout.", OPTIMISATION)
     num_proc: int = setting(1, "Processes for tokenizing the corpus (datasets.map).", DATA)
+    token_store: Literal["auto", "device", "mapped"] = setting(
+        "auto", "Where the training ids are kept: device (copied whole to the training device), mapped "
+        "(left in the memory-mapped Arrow cache, each batch gathered on the host: for corpora larger than "
+        "RAM), or auto (device up to 128 MiB of ids).", DATA)
     init_from: str = setting("", "Start from the weights of this run directory, with its tokenizer and model "
                              "config, on the data given (fine-tuning, domain adaptation); the optimizer and "
                              "schedule start afresh. '' starts from random weights.", RUN)
@@ -249,6 +254,26 @@ class TrainConfig:
         if self.max_tokens < self.max_len:
             raise ConfigError(f"train.max_tokens ({self.max_tokens}) must be at least "
                               f"train.max_len ({self.max_len}) so that every kept pair fits a batch")
+
+
+@dataclass
+class DistributedConfig:
+    """How the processes of a torchrun job wait for each other. How a run is executed, not what it
+    computes: it is not saved with the run, and a resumed run may change it."""
+
+    dist_timeout: float = setting(
+        600.0, "Seconds a collective of the training loop (the gradient all-reduce, the agreement to stop) "
+        "waits for the other processes before the run fails: how soon a process that hangs is found out.",
+        DISTRIBUTED)
+    prepare_timeout: float = setting(
+        6 * 3600.0, "Seconds the other processes wait while rank 0 trains the tokenizer, encodes the corpus "
+        "or validates: long enough for the largest corpus.", DISTRIBUTED)
+
+    def validate(self) -> None:
+        require_finite(self, lambda name: f"--{name.replace('_', '-')}")
+        for name in ("dist_timeout", "prepare_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
 # The TrainConfig fields a resumed run may change: its stopping budget. The

@@ -146,7 +146,8 @@ def _format_of(dataset: datasets.Dataset) -> dict:
 
 
 def token_lengths(encoded: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Source and target lengths in tokens (EOS included) of every pair, as int64 arrays."""
+    """Source and target lengths in tokens (EOS included) of every pair, as int32 arrays (4 bytes
+    a pair and side: the host memory a corpus takes grows with this alone)."""
     src, tgt = [], []
     # Arrow list lengths, batch by batch: no Python loop over rows, and a
     # filtered dataset (an index mapping) only materialises one batch at a time.
@@ -154,5 +155,5 @@ def token_lengths(encoded: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
         src.append(pc.list_value_length(batch["src_ids"]).to_numpy(zero_copy_only=False))
         tgt.append(pc.list_value_length(batch["tgt_ids"]).to_numpy(zero_copy_only=False))
     if not src:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(src).astype(np.int64), np.concatenate(tgt).astype(np.int64)
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32)
+    return np.concatenate(src).astype(np.int32), np.concatenate(tgt).astype(np.int32)

@@ -42,6 +42,14 @@ class TrainingDiverged(S2SError):
     """Loss or gradients stayed non-finite for too many updates in a row."""
 
 
+class LostProcess(S2SError):
+    """Another process of a torchrun job died, hung or became unreachable during a collective."""
+
+
+class RanksDisagree(S2SError):
+    """The processes of a torchrun job hold different weights: their updates were not the same."""
+
+
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM during training; a resumable state was saved first."""
 

@@ -112,13 +112,14 @@ class OutOfMemorySplits:
         self.next_max_tokens = max_tokens
 
     def accumulate(self, gradients: UpdateGradients, optimizer: torch.optim.Optimizer, parts: list[np.ndarray],
-                   current_max_tokens: int, step: int, emit: Callable[[Event], None],
+                   update_tokens: int, current_max_tokens: int, step: int, emit: Callable[[Event], None],
                    ) -> tuple[list[np.ndarray], torch.Tensor, int] | None:
-        """`gradients.accumulate(parts)`, with the batches split again each time they run out of
-        memory: (the batches that ran, their summed loss, their target tokens), or None if nothing fitted."""
+        """`gradients.accumulate(parts, update_tokens)`, with the batches split again each time they run
+        out of memory: (the batches that ran, their summed loss, their target tokens), or None if
+        nothing fitted."""
         while True:
             try:
-                return parts, *gradients.accumulate(parts)
+                return parts, *gradients.accumulate(parts, update_tokens)
             except torch.OutOfMemoryError:
                 if self.world_size > 1:  # ranks would fall out of step; let torchrun see it
                     raise

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import Batch, TokenStore, collate
+from .batching import Batch, collate
 from .config import ModelConfig, TrainConfig
 from .device import mixed_precision
+from .token_store import TokenStore
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
@@ -146,20 +147,28 @@ class UpdateGradients:
         """Training pairs `index` as one padded batch on the device."""
         return collate(self.src, self.tgt, index, self.pad_id, self.bos_id)
 
-    def accumulate(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, int]:
+    def accumulate(self, parts: list[np.ndarray], update_tokens: int | None = None) -> tuple[torch.Tensor, int]:
         """Forward and backward over each batch (the pair indices in `parts`); returns the summed
-        loss, on the device, and the target tokens."""
+        loss, on the device, and this process's target tokens.
+
+        `update_tokens`: the target tokens of the update on every rank together, which
+        normalise the loss under DDP; with one process, the tokens of `parts`.
+        """
         batches = [self.collate_batch(index) for index in parts]
         # Normalise by the tokens of the whole update, so accumulation equals one big batch
-        # (and so does a batch split in two after running out of memory).
+        # (and so does a batch split in two after running out of memory). Under DDP, which
+        # averages the ranks' gradients, each rank's loss is scaled by world_size / (the
+        # tokens of all ranks): the mean is then the summed loss of all ranks over all their
+        # tokens, as one process accumulating the same batches would have it.
         tokens = sum(b.n_tgt_tokens for b in batches)
+        normaliser = tokens if self.world_size == 1 or update_tokens is None else update_tokens / self.world_size
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             # Under DDP, all-reduce gradients only on the last micro-batch.
             sync = (i == len(batches) - 1 or self.world_size == 1)
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 loss = self.forward_loss(batch.src, batch.tgt_in, batch.tgt_out)
-                (loss / tokens).backward()
+                (loss / normaliser).backward()
             loss_sum += loss.detach()
         return loss_sum, tokens
 

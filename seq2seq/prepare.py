@@ -1,8 +1,10 @@
 """What a run trains on: its tokenizers, and the training and validation splits encoded, filtered
-and placed on the training device.
+and placed in a token store (seq2seq.token_store).
 
-Rank 0 alone writes the run's tokenizer; every rank then reads the same files
-and encodes the same splits (the `datasets` cache makes that cheap).
+Under torchrun the ranks prepare in turns (seq2seq.distributed.in_turns):
+rank 0 writes the run's tokenizer and fills `datasets`' cache with the
+encoded corpus while the others wait; then they read the same files, from
+the cache, rather than write them all at once.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from typing import Callable
 import datasets
 import torch
 
-from .batching import TokenStore
 from .config import ModelConfig, TrainConfig
 from .data import load_corpus
 from .encode import encode_corpus, filter_pairs
-from .distributed import is_main_process, wait_for_all_ranks
+from .distributed import in_turns, is_main_process
 from .files import atomic_write
 from .rundir import CONFIG_FILE, Event
+from .token_store import TokenStore, token_store
 from .tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
 
 
@@ -39,23 +41,32 @@ class PreparedData:
 
 def prepare_data(run_dir: Path, cfg: TrainConfig, device: torch.device,
                  emit: Callable[[Event], None]) -> PreparedData:
-    """Tokenizers and token ids of the training and validation corpora, ids on `device`."""
+    """Tokenizers and token ids of the training and validation corpora, in token stores that
+    give batches on `device`. Under torchrun, every rank calls it, and they take turns."""
+    return in_turns(lambda: _prepare_data(run_dir, cfg, device, emit))
+
+
+def _prepare_data(run_dir: Path, cfg: TrainConfig, device: torch.device,
+                  emit: Callable[[Event], None]) -> PreparedData:
     train_corpus = load_corpus(cfg.train, cfg.src_lang, cfg.tgt_lang)
     tokenizers = prepare_tokenizers(run_dir, cfg, train_corpus, emit)
     train_ids = encode_split("train", cfg.train, train_corpus, tokenizers, cfg, emit)
-    # Token ids live on the training device; batches are gathered there.
-    data = PreparedData(tokenizers, TokenStore(train_ids.data.column("src_ids"), device),
-                        TokenStore(train_ids.data.column("tgt_ids"), device), None, None, [], [])
+    data = PreparedData(tokenizers, *_stores(train_ids, cfg, device), None, None, [], [])
     if cfg.valid:
         valid_corpus = load_corpus(cfg.valid, cfg.src_lang, cfg.tgt_lang)
         valid_ids = encode_split("valid", cfg.valid, valid_corpus, tokenizers, cfg, emit)
-        data.valid_src = TokenStore(valid_ids.data.column("src_ids"), device)
-        data.valid_tgt = TokenStore(valid_ids.data.column("tgt_ids"), device)
+        data.valid_src, data.valid_tgt = _stores(valid_ids, cfg, device)
         # BLEU is scored on the raw text of every pair, filtered or not.
         limit = cfg.valid_bleu_sentences or len(valid_corpus)
         data.valid_src_lines = valid_corpus["src"][:limit]
         data.valid_ref_lines = valid_corpus["tgt"][:limit]
     return data
+
+
+def _stores(encoded: datasets.Dataset, cfg: TrainConfig, device: torch.device) -> tuple[TokenStore, TokenStore]:
+    """Source and target stores of an encoded split (its Arrow table: memory-mapped from the cache)."""
+    return tuple(token_store(encoded.data.column(name), device, cfg.token_store)  # type: ignore[return-value]
+                 for name in ("src_ids", "tgt_ids"))
 
 
 def encode_split(split: str, spec: str, corpus: datasets.Dataset, tokenizers: TokenizerPair, cfg: TrainConfig,
@@ -73,7 +84,7 @@ def prepare_tokenizers(run_dir: Path, cfg: TrainConfig, train_corpus: datasets.D
                        emit: Callable[[Event], None]) -> TokenizerPair:
     """The run's own tokenizer: copied from --tokenizer, or trained here on a sample.
 
-    Rank 0 writes it; the other ranks wait, then read the same files.
+    Rank 0 writes it; the other ranks, which come later (prepare_data), read the same files.
     """
     resuming = (run_dir / CONFIG_FILE).is_file()
     if is_main_process() and not resuming:
@@ -84,7 +95,6 @@ def prepare_tokenizers(run_dir: Path, cfg: TrainConfig, train_corpus: datasets.D
         else:
             emit({"event": "tokenizer", "vocab_size": cfg.vocab_size})
             train_tokenizer(train_corpus, run_dir, vocab_size=cfg.vocab_size, seed=cfg.seed)
-    wait_for_all_ranks()
     return load_tokenizers(run_dir)
 
 

@@ -37,8 +37,9 @@ from .clobber import Reads, is_inside, refuse_clobbering
 from .config import RESUME_BUDGET_FIELDS, ModelConfig, RunConfig, TrainConfig
 from .data import resolve_corpus_spec
 from .device import precision_policy
-from .distributed import (all_ranks_objects, data_parallel, is_main_process, rank_and_world_size, rank_zeros_decision,
-                          rank_zeros_signal, wait_for_all_ranks)
+from .distributed import (StopAgreement, all_ranks_objects, check_same_weights, data_parallel, is_main_process,
+                          rank_and_world_size, rank_zeros_decision, rank_zeros_signal, sum_over_ranks,
+                          lost_processes_as_errors, wait_for_all_ranks, weights_digest)
 from .errors import ConfigError, RunDirError, TrainingInterrupted
 from .files import RunLock, atomic_write_text, new_folder
 from .flops import training_flops
@@ -92,13 +93,14 @@ class LogInterval:
         self.tokens += outcome.tokens
         self.flops += outcome.flops
 
-    def close(self, now: float, lr: float, world_size: int) -> dict[str, float]:
-        """The interval's loss per target token, the learning rate, the rates over every rank, and
-        the seconds since the run began; the next interval starts at `now`."""
-        loss, tokens = torch.stack([self.loss_sum, self.loss_tokens]).tolist()
+    def close(self, now: float, lr: float) -> dict[str, float]:
+        """The interval's loss per target token and its rates, over every rank; the learning rate,
+        and the seconds since the run began. The next interval starts at `now`. Every rank calls it."""
+        own = torch.stack([self.loss_sum, self.loss_tokens]).tolist() + [self.tokens, self.flops]
+        loss, loss_tokens, tokens, flops = sum_over_ranks(own)
         seconds = now - self.started
-        record = {"loss": loss / max(tokens, 1), "lr": lr, "tgt_tokens_per_s": self.tokens * world_size / seconds,
-                  "model_tflops_per_s": self.flops * world_size / seconds / 1e12, "elapsed": now - self.run_started}
+        record = {"loss": loss / max(loss_tokens, 1), "lr": lr, "tgt_tokens_per_s": tokens / seconds,
+                  "model_tflops_per_s": flops / seconds / 1e12, "elapsed": now - self.run_started}
         self.loss_sum.zero_()
         self.loss_tokens.zero_()
         self.started, self.tokens, self.flops = now, 0, 0
@@ -141,6 +143,8 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 1, 0
         self.validated_step = -1
         self.signals = StopSignals()
+        self.stop_agreement = StopAgreement()
+        self.rank_digests: tuple[str, ...] = ()  # every rank's weights_digest at the last save (with several)
         self.validation = Validation(self.data, cfg, self.signals, self.deadline)
         self.non_finite = NonFiniteUpdates(device, cfg.max_bad_updates)
         self.oom = OutOfMemorySplits(self.data.train_src.lengths, self.data.train_tgt.lengths,
@@ -151,7 +155,7 @@ class Trainer:
     def emit(self, event: Event) -> None:
         if not self.is_main:
             return
-        if event["event"] in ("data", "train", "valid", "valid_cut", "skip", "oom", "resume", "average"):
+        if event["event"] in ("data", "train", "valid", "valid_cut", "skip", "oom", "resume", "average", "stop"):
             # Wall-clock time too: bench/quality.py measures time to quality from it.
             record = {**event, "time": time.time()}
             self.metrics.write(record)
@@ -184,10 +188,11 @@ class Trainer:
             if cfg.max_steps and self.step >= cfg.max_steps:  # resumed after its last update
                 return self.finish("max_steps")
             while not cfg.epochs or self.epoch <= cfg.epochs:
-                batches = self.batches.epoch(self.epoch)
+                shards = self.batches.shards(self.epoch)
+                batches = shards[self.rank]
                 while self.position < len(batches):
                     group = batches[self.position:self.position + cfg.accum_steps]
-                    outcome = self.update(group)
+                    outcome = self.update(group, self.update_tokens(shards))
                     self.position += len(group)
                     if outcome.ran:
                         interval.add(outcome)
@@ -195,35 +200,47 @@ class Trainer:
                         now = time.monotonic()
                         # The host syncs with the device here and at checkpoints only.
                         self.check_non_finite()
-                        self.emit({"event": "train", "step": self.step, "epoch": self.epochs_done,
-                                   **interval.close(now, self.optimizer.param_groups[0]["lr"], self.world_size)})
+                        record = interval.close(now, self.optimizer.param_groups[0]["lr"])
+                        self.emit({"event": "train", "step": self.step, "epoch": self.epochs_done, **record})
                     if outcome.ran and cfg.valid_every and self.step % cfg.valid_every == 0:
                         self.validate_and_save()
-                        if rank_zeros_decision(self.validation.early_stopping.should_stop, self.device):
+                        if rank_zeros_decision(self.validation.early_stopping.should_stop):
                             return self.finish("early_stopping")
                     if cfg.max_steps and self.step >= cfg.max_steps:
                         return self.finish("max_steps")
-                    self.stop_if_signalled()
-                    if cfg.max_time and rank_zeros_decision(self.out_of_time(), self.device):
+                    # Agreed without a host sync: every rank acts on it at the same update.
+                    signum, out_of_time = self.stop_agreement.exchange(
+                        self.signals.received, bool(cfg.max_time) and self.out_of_time())
+                    if signum:
+                        self.interrupt(signum)
+                    if out_of_time:
                         return self.finish("max_time")
                 self.epoch, self.position = self.epoch + 1, 0
                 if self.oom.next_max_tokens < self.batches.max_tokens:
                     self.batches.set_max_tokens(self.oom.next_max_tokens)
                 if not cfg.valid_every:
                     self.validate_and_save()
-                    if rank_zeros_decision(self.validation.early_stopping.should_stop, self.device):
+                    if rank_zeros_decision(self.validation.early_stopping.should_stop):
                         return self.finish("early_stopping")
                 self.stop_if_signalled()
             return self.finish("epochs")
 
-    def update(self, group: list[np.ndarray]) -> UpdateOutcome:
-        """One optimizer update over `group`, the pair indices of its accumulated batches."""
+    def update_tokens(self, shards: list[list[np.ndarray]]) -> int:
+        """Target tokens of the update at `self.position` on every rank together (`shards`: every
+        rank's batches of the epoch). Each rank knows them without asking: the order is a function
+        of (seed, epoch)."""
+        groups = [batches[self.position:self.position + self.cfg.accum_steps] for batches in shards]
+        return int(sum(self.data.train_tgt.lengths[index].sum() for group in groups for index in group))
+
+    def update(self, group: list[np.ndarray], update_tokens: int) -> UpdateOutcome:
+        """One optimizer update over `group`, the pair indices of this rank's accumulated batches;
+        `update_tokens`: the target tokens of the update on every rank together."""
         self.train_model.train()
         lr = learning_rate(self.cfg, self.step + 1, planned_updates(self.cfg, self.updates_per_epoch))
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
-        accumulated = self.oom.accumulate(self.gradients, self.optimizer, list(group), self.batches.max_tokens,
-                                          self.step, self.emit)
+        accumulated = self.oom.accumulate(self.gradients, self.optimizer, list(group), update_tokens,
+                                          self.batches.max_tokens, self.step, self.emit)
         if accumulated is None:  # not even one sentence fitted
             nothing = torch.zeros((), device=self.device)
             return UpdateOutcome(0, 0, ran=False, loss=nothing, loss_tokens=nothing)
@@ -287,11 +304,17 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank + 7_919 * step)
 
     def save(self) -> None:
-        """Save the trainer state; called on every rank, since rank 0 writes every rank's RNG."""
-        rank_rng = all_ranks_objects(rng_tensors())
+        """Save the trainer state; called on every rank, since rank 0 writes every rank's RNG. Every
+        rank's weights must be the same as rank 0's (RanksDisagree), or the state would be wrong."""
+        # The digests cost a pass over the weights: only worth it with ranks that could differ.
+        digest = weights_digest(self.model) if self.world_size > 1 else None
+        rank_rng, digests = zip(*all_ranks_objects((rng_tensors(), digest)))
+        if self.world_size > 1:
+            check_same_weights(list(digests), self.step)
+            self.rank_digests = digests
         if not self.is_main:
             return
-        save_trainer_state(self.run_dir, self.model, self.optimizer, rank_rng=rank_rng, progress={
+        save_trainer_state(self.run_dir, self.model, self.optimizer, rank_rng=list(rank_rng), progress={
             "step": self.step, "epoch": self.epoch, "position": self.position,
             "early_stopping": self.validation.early_stopping.state(),
             "counters": {**self.oom.counters(), **self.non_finite.state()},
@@ -314,14 +337,20 @@ class Trainer:
         self.emit({"event": "resume", "step": self.step, "epoch": self.epochs_done})
 
     def stop_if_signalled(self) -> None:
-        """After a SIGINT or SIGTERM: save a resumable state, then leave the loop."""
-        signum = rank_zeros_signal(self.signals.received, self.device)
+        """After a SIGINT or SIGTERM that rank 0 received: save a resumable state, then leave the loop."""
+        signum = rank_zeros_signal(self.signals.received)
         if signum:
-            self.check_non_finite()  # the weights are the same on every rank, so all raise or none
-            self.save()
-            raise TrainingInterrupted(self.run_dir, self.step, signum)
+            self.interrupt(signum)
+
+    def interrupt(self, signum: int) -> None:
+        """Save a resumable state and leave the loop; every rank calls it at the same update."""
+        self.stop_agreement.drain()
+        self.check_non_finite()  # the weights are the same on every rank, so all raise or none
+        self.save()
+        raise TrainingInterrupted(self.run_dir, self.step, signum)
 
     def finish(self, reason: str) -> TrainResult:
+        self.stop_agreement.drain()
         if self.validated_step != self.step:
             self.validate_and_save()
         if self.cfg.average_last and self.is_main:
@@ -334,7 +363,7 @@ class Trainer:
             save_weights(self.model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
         result = TrainResult(self.run_dir, self.step, self.epochs_done, self.validation.early_stopping.best, reason)
         self.emit({"event": "stop", "reason": reason, "step": self.step, "best": self.validation.early_stopping.best,
-                   "unvalidated_model": unvalidated})
+                   "unvalidated_model": unvalidated, "rank_weights_sha256": list(self.rank_digests)})
         return result
 
 
@@ -431,7 +460,8 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
             remove_unfinished_writes(run_dir)
             if resume:  # the new budget, so that config.json says what the run was last asked to do
                 atomic_write_text(run_dir / CONFIG_FILE, dataclasses.replace(saved, train=train_cfg).to_json())
-        trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event, started)
+        with lost_processes_as_errors("data preparation"):
+            trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event, started)
         if resume:
             # A run stopped before its first checkpoint has none: it starts again at step 0.
             if has_trainer_state(run_dir):
@@ -445,5 +475,6 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
             # Resumed: TensorBoard hides what a killed run logged after the step it resumes from.
             trainer.tensorboard = TensorBoardSink(tensorboard, purge_step=trainer.step + 1 if resume else None)
         # Closed however the run ends (a stop, an error, a signal), which flushes the events.
-        with contextlib.closing(trainer.tensorboard) if trainer.tensorboard else contextlib.nullcontext():
+        with (contextlib.closing(trainer.tensorboard) if trainer.tensorboard else contextlib.nullcontext(),
+              lost_processes_as_errors(f"training; the last complete checkpoint in {run_dir} is intact")):
             return trainer.run()

@@ -17,7 +17,7 @@ from seq2seq.config import DecodeConfig, ModelConfig, TrainConfig
 from seq2seq.errors import ConfigError
 from seq2seq.model import build_model
 from seq2seq.tokenizer import load_tokenizers
-from seq2seq.translator import Translator
+from seq2seq.translator import Translator, split_sentences
 
 from helpers import make_untrained_run, one_error_line
 
@@ -158,6 +158,7 @@ def test_a_split_line_numbers_its_words_through_its_pieces(trained_run):
     # The line's sentences as the splitter cuts them, each keeping its full stop: the last
     # already ends with one.
     sentences = [s if s.endswith(".") else s + "." for s in SOURCES[4].split(". ")]
+    assert split_sentences(SOURCES[4]) == sentences
     whole = translator.translate_best([SOURCES[4]], alignment_layer=1)[0]
     alone = translator.translate(sentences)
     assert translator.stats.split == 1 and whole.text == " ".join(alone)

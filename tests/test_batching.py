@@ -3,8 +3,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from seq2seq.batching import EpochBatches, TokenStore, collate, token_batches
+from seq2seq.batching import EpochBatches, collate, token_batches
 from seq2seq.decode import length_batches
+from seq2seq.token_store import DeviceTokenStore, MappedTokenStore, token_store
+
+# Every behaviour of a token store holds for both: each test runs on each.
+STORES = pytest.mark.parametrize("store_class", [DeviceTokenStore, MappedTokenStore])
 
 
 def test_batches_respect_the_token_budget_and_cover_every_pair_once():
@@ -36,9 +40,10 @@ def test_ranks_get_disjoint_equal_shards():
     assert not seen[0] & seen[1]
 
 
-def test_collate_shifts_targets_for_teacher_forcing():
-    src = TokenStore(pa.array([[5, 6, 3], [7, 3]], type=pa.list_(pa.int32())))
-    tgt = TokenStore(pa.array([[7, 3], [5, 6, 3]], type=pa.list_(pa.int32())))
+@STORES
+def test_collate_shifts_targets_for_teacher_forcing(store_class):
+    src = store_class(pa.array([[5, 6, 3], [7, 3]], type=pa.list_(pa.int32())))
+    tgt = store_class(pa.array([[7, 3], [5, 6, 3]], type=pa.list_(pa.int32())))
     batch = collate(src, tgt, np.array([0, 1]), pad_id=0, bos_id=2)
     assert batch.src.tolist() == [[5, 6, 3], [7, 3, 0]]
     assert batch.tgt_out.tolist() == [[7, 3, 0], [5, 6, 3]]
@@ -47,17 +52,34 @@ def test_collate_shifts_targets_for_teacher_forcing():
     assert batch.src.dtype == batch.tgt_in.dtype == torch.long
 
 
-def test_token_store_handles_sliced_chunked_columns():
-    column = pa.chunked_array([pa.array([[1], [2, 2]]), pa.array([[3, 3, 3]])]).slice(1)
-    store = TokenStore(column)
+@STORES
+def test_token_store_handles_sliced_chunked_columns(store_class):
+    column = pa.chunked_array([pa.array([[1], [2, 2]], type=pa.list_(pa.int32())),
+                               pa.array([[3, 3, 3]], type=pa.list_(pa.int32()))]).slice(1)
+    store = store_class(column)
     assert store.lengths.tolist() == [2, 3]
     assert store.padded(np.array([1, 0]), pad_id=0).tolist() == [[3, 3, 3], [2, 2, 0]]
 
 
-def test_gathered_batches_equal_padding_each_row_by_hand():
+def many_chunks(rows: list[list[int]], rng: np.random.Generator) -> pa.ChunkedArray:
+    """`rows` as a chunked column cut at random places, each chunk a slice of a larger array,
+    as the record batches of a `datasets` cache file are."""
+    cuts = sorted(rng.choice(np.arange(1, len(rows)), size=6, replace=False).tolist())
+    chunks = []
+    for start, end in zip([0] + cuts, cuts + [len(rows)]):
+        padded = [[99]] + rows[start:end] + [[98, 98]]  # rows outside the slice must never be read
+        chunks.append(pa.array(padded, type=pa.list_(pa.int32())).slice(1, end - start))
+    return pa.chunked_array(chunks)
+
+
+@STORES
+@pytest.mark.parametrize("chunked", [False, True])
+def test_gathered_batches_equal_padding_each_row_by_hand(store_class, chunked):
     rng = np.random.default_rng(0)
     rows = [rng.integers(4, 50, size=rng.integers(1, 12)).tolist() for _ in range(40)]
-    store = TokenStore(pa.array(rows, type=pa.list_(pa.int32())))
+    column = many_chunks(rows, rng) if chunked else pa.array(rows, type=pa.list_(pa.int32()))
+    store = store_class(column)
+    assert len(store) == 40 and store.lengths.tolist() == [len(row) for row in rows]
     index = rng.permutation(40)[:17]
     width = max(len(rows[i]) for i in index)
     expected = [rows[i] + [0] * (width - len(rows[i])) for i in index]
@@ -111,3 +133,51 @@ def test_training_and_decoding_batches_are_what_they_were(seed):
         assert [b.tolist() for b in new] == [b.tolist() for b in old]
     lengths = src.tolist()
     assert length_batches(lengths, max_tokens) == reference_length_batches(lengths, max_tokens)
+
+
+def test_the_mapped_store_reads_the_memory_map_without_copying_it(tmp_path):
+    """Ids from an Arrow file opened as a memory map stay in it: the store's arrays are views of
+    the map, and the process allocates no copy of the ids."""
+    rows = [[i % 50 + 4] * (i % 7 + 1) for i in range(5000)]
+    path = tmp_path / "ids.arrow"
+    table = pa.table({"ids": pa.array(rows, type=pa.list_(pa.int32()))})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=1000):
+            writer.write_batch(batch)
+    allocated = pa.total_allocated_bytes()
+    column = pa.ipc.open_stream(pa.memory_map(str(path))).read_all().column("ids")
+    store = MappedTokenStore(column)
+    assert pa.total_allocated_bytes() == allocated  # nothing read into Arrow's own memory
+    assert len(store.values) == 5 and not any(values.flags.owndata for values in store.values)
+    index = np.array([4999, 0, 2500])
+    width = max(len(rows[i]) for i in index)
+    assert store.padded(index, pad_id=0).tolist() == [rows[i] + [0] * (width - len(rows[i])) for i in index]
+
+
+@pytest.mark.parametrize("placement, expected", [("device", DeviceTokenStore), ("mapped", MappedTokenStore)])
+def test_token_store_places_ids_as_asked(placement, expected):
+    column = pa.array([[5, 3], [6, 6, 3]], type=pa.list_(pa.int32()))
+    assert isinstance(token_store(column, torch.device("cpu"), placement), expected)
+
+
+def test_auto_placement_copies_small_corpora_and_maps_large_ones(monkeypatch):
+    import seq2seq.token_store
+
+    column = pa.array([[5, 3], [6, 6, 3]], type=pa.list_(pa.int32()))  # 5 ids, 20 bytes
+    assert isinstance(token_store(column, torch.device("cpu")), DeviceTokenStore)
+    monkeypatch.setattr(seq2seq.token_store, "DEVICE_STORE_MAX_BYTES", 19)
+    assert isinstance(token_store(column, torch.device("cpu")), MappedTokenStore)
+
+
+def test_every_rank_knows_every_ranks_batches():
+    """Rank r's batches are the r-th of the shards every rank computes: so each knows the tokens
+    of an update on all ranks, and together they train on what one process accumulating
+    world_size batches per update would."""
+    lens = np.arange(1, 301) % 29 + 1
+    single = EpochBatches(lens, lens, 128, seed=1).epoch(3)
+    shards = EpochBatches(lens, lens, 128, seed=1, rank=0, world_size=2).shards(3)
+    for rank in range(2):
+        assert all((a == b).all() for a, b in zip(
+            shards[rank], EpochBatches(lens, lens, 128, seed=1, rank=rank, world_size=2).epoch(3)))
+    for k in range(len(shards[0])):
+        assert (shards[0][k] == single[2 * k]).all() and (shards[1][k] == single[2 * k + 1]).all()

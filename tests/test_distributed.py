@@ -1,41 +1,113 @@
-"""The torchrun path: two CPU processes on the gloo backend join one group and train one run directory."""
+"""The torchrun path on CPUs (gloo): processes and "machines" on localhost join one group and train one run."""
 
+import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from helpers import ROOT, write_slice
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
-def test_two_processes_train_one_run(tmp_path):
-    train = write_slice(tmp_path / "data", "train", 300, "train")
-    valid = write_slice(tmp_path / "data", "val", 40, "val")
-    run = tmp_path / "run"
-    done = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "cli.main", "train",
-         "--run-dir", str(run), "--train", train, "--valid", valid, "--vocab-size", "200",
-         "--d-model", "32", "--heads", "2", "--ffn-dim", "64", "--encoder-layers", "1",
-         "--decoder-layers", "1", "--max-tokens", "600", "--max-len", "64", "--max-steps", "24",
-         "--epochs", "0", "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "4",
-         "--valid-every", "12", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    # A rank that fails first says why in an error line; the end of stderr is the others' tracebacks.
-    reasons = [line for line in done.stderr.splitlines() if "error:" in line]
-    assert done.returncode == 0, "\n".join(reasons) + "\n" + done.stderr[-3000:]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train_records = [r for r in records if r["event"] == "train"]
+# A tiny model on 300 pairs: an update takes milliseconds, so the processes' start-up is most of a test.
+TRAIN_ARGS = ["--vocab-size", "200", "--d-model", "32", "--heads", "2", "--ffn-dim", "64", "--encoder-layers", "1",
+              "--decoder-layers", "1", "--max-tokens", "600", "--max-len", "64", "--epochs", "0", "--lr", "3e-3",
+              "--warmup-steps", "5", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node(rank: int, port: int, run: Path, args: list[str], nodes: int = 2) -> subprocess.Popen:
+    """One torchrun "machine" of `nodes`, with one process, meeting the others through c10d
+    rendezvous on 127.0.0.1:`port`; in a session of its own, so that it can be killed whole."""
+    return subprocess.Popen(
+        [TORCHRUN, "--nnodes", str(nodes), "--node-rank", str(rank), "--nproc-per-node", "1",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "s2s-test",
+         "--max-restarts", "0", "-m", "cli.main", "train", "--run-dir", str(run), *TRAIN_ARGS, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV, start_new_session=True)
+
+
+def records(run: Path, event: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def test_two_nodes_train_as_one_process_with_their_global_batch(tmp_path):
+    """Two torchrun nodes of one process each, through c10d rendezvous on localhost, train one run:
+    every rank ends with the same weights, and the losses are those of one process that
+    accumulates the same two batches per update (dropout off, so the ranks' streams do not matter)."""
+    data = tmp_path / "data"
+    args = ["--train", write_slice(data, "train", 300, "train"), "--valid", write_slice(data, "val", 40, "val"),
+            "--max-steps", "16", "--log-every", "2", "--valid-every", "8", "--dropout", "0"]
+    port, two_nodes = free_port(), tmp_path / "two-nodes"
+    nodes = [node(rank, port, two_nodes, args) for rank in (0, 1)]
+    outputs = [n.communicate(timeout=300) for n in nodes]
+    for n, (_, stderr) in zip(nodes, outputs):
+        # A rank that fails first says why in an error line; the end of stderr is the others' tracebacks.
+        reasons = [line for line in stderr.splitlines() if "error:" in line]
+        assert n.returncode == 0, "\n".join(reasons) + "\n" + stderr[-3000:]
+    one = tmp_path / "one-process"
+    done = subprocess.run([sys.executable, "-m", "cli.main", "train", "--run-dir", str(one), *TRAIN_ARGS, *args,
+                           "--accum-steps", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+
     # Rank 0 alone writes: one record per log step, not two.
-    assert [r["step"] for r in train_records] == [4, 8, 12, 16, 20, 24]
-    assert train_records[-1]["loss"] < train_records[0]["loss"]
-    assert [r["step"] for r in records if r["event"] == "valid"] == [12, 24]
-    assert (run / "model.safetensors").is_file()
-    assert "x 2 processes" in done.stderr
+    two_curve, one_curve = records(two_nodes, "train"), records(one, "train")
+    assert [r["step"] for r in two_curve] == [r["step"] for r in one_curve] == list(range(2, 17, 2))
+    assert [r["loss"] for r in two_curve] == pytest.approx([r["loss"] for r in one_curve], rel=1e-4)
+    assert two_curve[-1]["loss"] < two_curve[0]["loss"]
+    validations = records(two_nodes, "valid")
+    assert [r["step"] for r in validations] == [8, 16]
+    assert [r["valid_loss"] for r in validations] == pytest.approx(
+        [r["valid_loss"] for r in records(one, "valid")], rel=1e-4)
+    # Every rank's weights, hashed at the last checkpoint: the same.
+    digests = records(two_nodes, "stop")[0]["rank_weights_sha256"]
+    assert len(digests) == 2 and len(set(digests)) == 1
+    assert (two_nodes / "model.safetensors").is_file()
+    assert "x 2 processes" in outputs[0][1]
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_node_fails_the_other_instead_of_hanging(tmp_path, killed):
+    """Node `killed` dies (SIGKILL, torchrun agent and all) mid-training; the other exits non-zero,
+    well before any collective timeout, with an error line rather than a hang. Node 0 hosts the
+    rendezvous store: its death takes that away too."""
+    data = tmp_path / "data"
+    run = tmp_path / "run"
+    args = ["--train", write_slice(data, "train", 300, "train"), "--valid", "", "--max-time", "240",
+            "--log-every", "1", "--dist-timeout", "120"]
+    port = free_port()
+    nodes = [node(rank, port, run, args) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.jsonl").is_file() and records(run, "train")):
+            assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), "training never started"
+            time.sleep(0.2)
+        os.killpg(nodes[killed].pid, signal.SIGKILL)
+        survivor = nodes[1 - killed]
+        # Far below the 120 s collective timeout: the lost connection is noticed at once.
+        _, stderr = survivor.communicate(timeout=90)
+    finally:
+        for n in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(n.pid, signal.SIGKILL)
+    assert survivor.returncode != 0
+    # s2s's own line; torchrun's agent then reports the failed worker in its own words.
+    assert "error: rank" in stderr and "another process of the torchrun job failed" in stderr, stderr[-3000:]
 
 
 RANKS_AGREE = """
@@ -47,9 +119,9 @@ device = join_process_group("cpu")
 rank, world_size = rank_and_world_size()
 assert (device.type, world_size, is_main_process()) == ("cpu", 2, rank == 0)
 # Each rank proposes something else; every rank acts on rank 0's.
-assert rank_zeros_decision(rank == 0, device) is True
-assert rank_zeros_signal(15 if rank == 0 else None, device) == 15
-assert rank_zeros_signal(None if rank == 0 else 2, device) == 0
+assert rank_zeros_decision(rank == 0) is True
+assert rank_zeros_signal(15 if rank == 0 else None) == 15
+assert rank_zeros_signal(None if rank == 0 else 2) == 0
 # A default run directory named after each rank's clock: every rank takes rank 0's.
 assert rank_zeros_object((f"runs/en-de-2026120{rank}", None)) == ("runs/en-de-20261200", None)
 wait_for_all_ranks()

@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.batching import TokenStore, collate
+from seq2seq.batching import collate
+from seq2seq.token_store import DeviceTokenStore
 from seq2seq.errors import ConfigError
 from seq2seq.loss import projected_smoothed_loss
 from seq2seq.rundir import load_run, read_run_config
@@ -37,7 +38,7 @@ def slice_loss(run, prefix) -> float:
     model, tokenizers, _ = load_run(run, CPU)
     src = [line.rstrip("\n") for line in open(f"{prefix}.en", encoding="utf-8")]
     tgt = [line.rstrip("\n") for line in open(f"{prefix}.de", encoding="utf-8")]
-    store = lambda ids: TokenStore(pa.array(ids, type=pa.list_(pa.int32())), CPU)
+    store = lambda ids: DeviceTokenStore(pa.array(ids, type=pa.list_(pa.int32())), CPU)
     eos = tokenizers.src.eos_id
     batch = collate(store([ids + [eos] for ids in tokenizers.src.encode(src)]),
                     store([ids + [eos] for ids in tokenizers.tgt.encode(tgt)]),

@@ -137,7 +137,7 @@ def received(monkeypatch):
     """What the library is handed, instead of training or translating: {config class: config}."""
     configs = {}
 
-    def run_training(run_dir, model_cfg, train_cfg, device, resume, tensorboard=None):
+    def run_training(run_dir, model_cfg, train_cfg, device, resume, tensorboard=None, distributed=None):
         configs.update({ModelConfig: model_cfg, TrainConfig: train_cfg})
 
     def from_run(cls, run_dir, device, cfg, weights, engine=None, threads=None):

@@ -123,7 +123,7 @@ def received(monkeypatch):
     """The folder `s2s train` hands the library for its event files, instead of training."""
     handed = {}
 
-    def run_training(run_dir, model_cfg, train_cfg, device, resume, tensorboard=None):
+    def run_training(run_dir, model_cfg, train_cfg, device, resume, tensorboard=None, distributed=None):
         handed.update(run=run_dir, tensorboard=tensorboard, max_steps=train_cfg.max_steps)
 
     monkeypatch.setattr(cli.train, "run_training", run_training)
