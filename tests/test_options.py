@@ -1,6 +1,6 @@
 """The command line's options are the config dataclasses' fields (cli/options.py).
 
-Every settable field of ModelConfig, TrainConfig and DecodeConfig is one flag on
+Every settable field of ModelConfig, TrainConfig, DistributedConfig and DecodeConfig is one flag on
 the commands that take that config; given on the command line, it reaches the
 library as that field; its help shows the field's help and default. Derived
 fields have no flag. Old flag names keep working. And `--help` answers without
@@ -20,18 +20,19 @@ from typer.testing import CliRunner
 import cli.train
 import seq2seq.init_from
 from cli.main import app
-from seq2seq.config import DecodeConfig, ModelConfig, RunConfig, TrainConfig, settable_fields
+from seq2seq.config import DecodeConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig, settable_fields
 from seq2seq.translator import Translator
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 
 # The commands each config's fields are flags of.
-COMMANDS = {ModelConfig: ("train",), TrainConfig: ("train",), DecodeConfig: ("translate", "eval")}
+COMMANDS = {ModelConfig: ("train",), TrainConfig: ("train",), DistributedConfig: ("train",),
+            DecodeConfig: ("translate", "eval")}
 
 # Set from the tokenizer when training starts, so they have no flag.
 DERIVED = {ModelConfig: {"src_vocab_size", "tgt_vocab_size", "pad_id", "unk_id", "bos_id", "eos_id"},
-           TrainConfig: set(), DecodeConfig: set()}
+           TrainConfig: set(), DistributedConfig: set(), DecodeConfig: set()}
 
 # For every settable field: command-line arguments that set it to a value other than its
 # default, valid with every other field at its default, and the fields the config then
@@ -93,6 +94,11 @@ NON_DEFAULT = {
         "num_proc": (["--num-proc", "2"], {"num_proc": 2}),
         "init_from": (["--init-from", "runs/base"], {"init_from": "runs/base"}),
         "compile": (["--compile"], {"compile": True}),
+        "token_store": (["--token-store", "mapped"], {"token_store": "mapped"}),
+    },
+    DistributedConfig: {
+        "dist_timeout": (["--dist-timeout", "60"], {"dist_timeout": 60.0}),
+        "prepare_timeout": (["--prepare-timeout", "7200"], {"prepare_timeout": 7200.0}),
     },
     DecodeConfig: {
         "beam": (["--beam", "3"], {"beam": 3}),
@@ -123,8 +129,9 @@ ALIASES = [
     ("eval", ["--batch-tokens", "500", "--sample"], DecodeConfig, {"max_tokens": 500, "sampling": True}),
 ]
 
+CONFIGS = (ModelConfig, TrainConfig, DistributedConfig, DecodeConfig)
 ALL_FIELDS = [pytest.param(cls, f, id=f"{cls.__name__}.{f.name}")
-              for cls in (ModelConfig, TrainConfig, DecodeConfig) for f in dataclasses.fields(cls)]
+              for cls in CONFIGS for f in dataclasses.fields(cls)]
 SETTABLE_FIELDS = [p for p in ALL_FIELDS if p.values[1].name not in DERIVED[p.values[0]]]
 
 
@@ -138,7 +145,7 @@ def received(monkeypatch):
     configs = {}
 
     def run_training(run_dir, model_cfg, train_cfg, device, resume, tensorboard=None, distributed=None):
-        configs.update({ModelConfig: model_cfg, TrainConfig: train_cfg})
+        configs.update({ModelConfig: model_cfg, TrainConfig: train_cfg, DistributedConfig: distributed})
 
     def from_run(cls, run_dir, device, cfg, weights, engine=None, threads=None):
         configs.update({DecodeConfig: cfg, "weights": weights})
@@ -173,7 +180,7 @@ def option(command: str, name: str):
 
 
 def test_every_field_is_settable_or_derived():
-    for cls in (ModelConfig, TrainConfig, DecodeConfig):
+    for cls in CONFIGS:
         assert {f.name for f in settable_fields(cls)} == set(NON_DEFAULT[cls]), cls.__name__
         assert {f.name for f in dataclasses.fields(cls)} - set(NON_DEFAULT[cls]) == DERIVED[cls], cls.__name__
 
@@ -232,8 +239,8 @@ def test_each_flag_shows_its_fields_help_and_default(cls, field):
 def test_help_lists_the_flags_by_group():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    panels = re.findall(r"╭─ (\w+) ─", result.output)
-    assert panels == ["Options", "Run", "Data", "Model", "Optimisation", "Validation"]
+    panels = re.findall(r"╭─ (\w[\w ()]*?) ─", result.output)
+    assert panels == ["Options", "Run", "Data", "Model", "Optimisation", "Validation", "Distributed (torchrun)"]
     assert "--n-heads,--heads" in result.output and "[default: 0.9,0.98]" in result.output
     translate = runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "200"}).output
     assert re.findall(r"╭─ (\w+) ─", translate) == ["Options", "Search", "Sampling"]

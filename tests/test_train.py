@@ -36,7 +36,10 @@ def test_training_writes_a_complete_run_and_the_loss_falls(corpus, tmp_path):
     assert len(valids) == 3 and all("valid_bleu" in v for v in valids)
     assert result.stop_reason == "epochs" and result.best is not None
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {r["event"] for r in records} == {"data", "train", "valid"}  # data: the pairs of each split
+    assert {r["event"] for r in records} == {"data", "train", "valid", "stop"}  # data: the pairs of each split
+    stop = records[-1]  # why and where the run ended; ranks' weight hashes only under torchrun
+    assert (stop["event"], stop["reason"], stop["step"], stop["rank_weights_sha256"]) == (
+        "stop", "epochs", result.step, [])
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["src_vocab_size"] == 200
     assert "tokenizer.model" in config["tokenizer_sha256"]
