@@ -68,7 +68,8 @@ def test_the_trainer_puts_every_tensor_on_the_device(tmp_path, name):
     corpus = write_slice(tmp_path / "data", "train", 100, "train")
     trainer = Trainer(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", max_steps=1), device,
                       on_event=lambda event: None)
-    trainer.update(trainer.batches.epoch(1)[:1])
+    shards = trainer.batches.shards(1)  # every rank's batches of epoch 1: here, one rank's
+    trainer.update(shards[0][:1], trainer.update_tokens(shards))
     tensors = {**{f"model.{k}": v for k, v in trainer.model.state_dict().items()},
                **{f"optimizer.{i}.{k}": v for i, state in trainer.optimizer.state_dict()["state"].items()
                   for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() > 0},
