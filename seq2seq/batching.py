@@ -49,15 +49,19 @@ def cut_batches(order: np.ndarray, widths: np.ndarray, max_tokens: int) -> list[
     """
     widths = widths[order]
     batches: list[np.ndarray] = []
-    start, width = 0, 0
-    for i in range(len(order)):
-        new_width = max(width, int(widths[i]))
-        if i > start and new_width * (i - start + 1) > max_tokens:
-            batches.append(order[start:i])
-            start, new_width = i, int(widths[i])
-        width = new_width
-    if len(order):
-        batches.append(order[start:])
+    start = 0
+    # One step per batch, not per row (10M pairs are 10M Python iterations, 100k batches are
+    # not): a batch that starts at `start` is at most max_tokens // widths[start] rows, so the
+    # cut lies in the window after it. There, the padded size of the first j + 1 rows is the
+    # running maximum width times j + 1, which never decreases with j: the batch ends before
+    # the first row at which it exceeds the budget, and has at least one row.
+    while start < len(order):
+        window = widths[start:start + max_tokens // max(int(widths[start]), 1) + 1]
+        padded = np.maximum.accumulate(window) * np.arange(1, len(window) + 1)  # (window,)
+        over = np.flatnonzero(padded > max_tokens)
+        rows = max(int(over[0]), 1) if len(over) else len(window)
+        batches.append(order[start:start + rows])
+        start += rows
     return batches
 
 

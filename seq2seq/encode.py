@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 
+from .data import ARROW_BATCH_ROWS
 from .errors import DataError, TokenizerError
 from .tokenizer import EOS_ID, Tokenizer, TokenizerPair
 
@@ -57,6 +58,9 @@ def encode_corpus(corpus: datasets.Dataset, tokenizers: TokenizerPair, *, num_pr
     return corpus.map(_encode_batch, batched=True, num_proc=num_proc if num_proc > 1 else None,
                       remove_columns=corpus.column_names, features=_ID_FEATURES,
                       fn_kwargs=fn_kwargs, cache_file_name=cache_file_name,
+                      # Each map call's rows become one record batch: what a worker holds is bounded,
+                      # and the cache file has few batch headers to fault in when loaded.
+                      batch_size=ARROW_BATCH_ROWS, writer_batch_size=ARROW_BATCH_ROWS,
                       new_fingerprint=new_fingerprint, desc="Tokenizing")
 
 

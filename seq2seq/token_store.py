@@ -85,16 +85,18 @@ class DeviceTokenStore:
     placement = "device"
 
     def __init__(self, column: pa.ChunkedArray | pa.Array, device: torch.device = torch.device("cpu")):
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        # Offsets are relative to the array's own slice of the values buffer.
-        offsets = np.asarray(column.offsets, dtype=np.int64)
-        offsets = offsets - offsets[0]
-        self.lengths = np.diff(offsets).astype(np.int32)  # (N,) on the host
+        chunks = _chunks(column)
+        # Each chunk's ids as a zero-copy view of its slice of the values buffer (a sliced
+        # chunk's offsets index the unsliced buffer), joined in one copy: a large corpus on the
+        # CPU then takes its size in RAM once, not three times while it loads.
+        rows = [np.diff(chunk.offsets.to_numpy()) for chunk in chunks]  # C x (rows,)
+        views = [chunk.values.to_numpy()[chunk.offsets[0].as_py():chunk.offsets[-1].as_py()] for chunk in chunks]
+        self.lengths = np.concatenate(rows).astype(np.int32) if chunks else np.zeros(0, dtype=np.int32)  # (N,)
         self.device = device
-        values = np.array(column.flatten(), dtype=np.int32)  # a writable copy: Arrow buffers are read-only
+        values = np.concatenate(views).astype(np.int32, copy=False) if chunks else np.zeros(0, dtype=np.int32)
         self.values = torch.from_numpy(values).to(device)  # (total ids,)
-        self.starts = torch.from_numpy(offsets[:-1].copy()).to(device)  # (N,) where each row begins
+        starts = np.concatenate([[0], np.cumsum(self.lengths[:-1], dtype=np.int64)]) if chunks else np.zeros(0)
+        self.starts = torch.from_numpy(starts.astype(np.int64)).to(device)  # (N,) where each row begins
         self.row_lengths = torch.from_numpy(self.lengths.astype(np.int64)).to(device)  # (N,)
 
     def __len__(self) -> int:

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from seq2seq.batching import EpochBatches, collate, token_batches
+from seq2seq.batching import EpochBatches, collate, cut_batches, token_batches
 from seq2seq.decode import length_batches
 from seq2seq.token_store import DeviceTokenStore, MappedTokenStore, token_store
 
@@ -107,6 +107,32 @@ def reference_token_batches(src_lens, tgt_lens, max_tokens, rng):
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def reference_cut_batches(order, widths, max_tokens):
+    """cut_batches as it was: one step per row."""
+    widths = widths[order]
+    batches, start, width = [], 0, 0
+    for i in range(len(order)):
+        new_width = max(width, int(widths[i]))
+        if i > start and new_width * (i - start + 1) > max_tokens:
+            batches.append(order[start:i])
+            start, new_width = i, int(widths[i])
+        width = new_width
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cutting_in_any_order_is_what_it_was(seed):
+    """Rows in any order, not only sorted: the running widest row sets each batch's size."""
+    rng = np.random.default_rng(seed)
+    widths = rng.integers(1, 80, int(rng.integers(0, 400)))
+    order = rng.permutation(len(widths))
+    for max_tokens in (1, 50, 79, 300, 5000):
+        new, old = cut_batches(order, widths, max_tokens), reference_cut_batches(order, widths, max_tokens)
+        assert [b.tolist() for b in new] == [b.tolist() for b in old]
 
 
 def reference_length_batches(lengths, max_tokens):
