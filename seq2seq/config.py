@@ -216,7 +216,7 @@ class TrainConfig:
     token_store: Literal["auto", "device", "mapped"] = setting(
         "auto", "Where the training ids are kept: device (copied whole to the training device), mapped "
         "(left in the memory-mapped Arrow cache, each batch gathered on the host: for corpora larger than "
-        "RAM), or auto (device up to 128 MiB of ids).", DATA)
+        "RAM), or auto (on a GPU, device up to 128 MiB of ids; on the CPU, mapped).", DATA)
     init_from: str = setting("", "Start from the weights of this run directory, with its tokenizer and model "
                              "config, on the data given (fine-tuning, domain adaptation); the optimizer and "
                              "schedule start afresh. '' starts from random weights.", RUN)

@@ -9,11 +9,13 @@ Two places, with one interface (`lengths`, `len()`, `padded(index, pad_id)`):
 - `MappedTokenStore`: the ids left in the Arrow cache file that `datasets`
   memory-maps; each batch is gathered from the map on the host, padded, and
   sent through pinned memory. Only the pages of the rows a batch reads are
-  touched, so the host RAM a corpus takes does not grow with its size, beyond
-  its lengths (4 bytes a pair and side).
+  touched, and released again (seq2seq.mapped_pages), so the host RAM a corpus
+  takes does not grow with its size, beyond its lengths (4 bytes a pair and
+  side).
 
-`token_store` picks one: the device up to `DEVICE_STORE_MAX_BYTES` of ids, the
-memory map above that. Both give identical batches.
+`token_store` picks one: on an accelerator the device up to
+`DEVICE_STORE_MAX_BYTES` of ids, the memory map above that; on the CPU the
+memory map. Both give identical batches.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor
+
+from .mapped_pages import MappedPages
 
 # Ids up to this size (about 1.5M Multi30k-length pairs a side) are copied to the device whole.
 DEVICE_STORE_MAX_BYTES = 128 << 20
@@ -62,11 +66,23 @@ def id_bytes(column: pa.ChunkedArray | pa.Array) -> int:
     return 4 * sum(int(chunk.offsets[-1].as_py()) - int(chunk.offsets[0].as_py()) for chunk in _chunks(column))
 
 
+def resolve_placement(column: pa.ChunkedArray | pa.Array, device: torch.device,
+                      placement: Placement = "auto") -> Placement:
+    """Where `placement` keeps `column` on `device`: "auto" is the device for up to
+    DEVICE_STORE_MAX_BYTES of ids on an accelerator, else the memory map. On the CPU "device"
+    would be a second copy, in the process's own memory, of ids the page cache already holds
+    for the map, and gathering a batch costs far less than its update either way."""
+    if placement != "auto":
+        return placement
+    if device.type == "cpu":
+        return "mapped"
+    return "device" if id_bytes(column) <= DEVICE_STORE_MAX_BYTES else "mapped"
+
+
 def token_store(column: pa.ChunkedArray | pa.Array, device: torch.device,
                 placement: Placement = "auto") -> TokenStore:
-    """The store `placement` names for `column`; "auto" is the device up to DEVICE_STORE_MAX_BYTES."""
-    if placement == "auto":
-        placement = "device" if id_bytes(column) <= DEVICE_STORE_MAX_BYTES else "mapped"
+    """The store `placement` names for `column` (see `resolve_placement`)."""
+    placement = resolve_placement(column, device, placement)
     if placement == "device":
         return DeviceTokenStore(column, device)
     if placement == "mapped":
@@ -132,6 +148,8 @@ class MappedTokenStore:
         self.lengths = (np.concatenate([np.diff(offsets) for offsets in self.offsets]).astype(np.int32)
                         if chunks else np.zeros(0, dtype=np.int32))  # (N,)
         self.device = device
+        self.pages = MappedPages([buffer for chunk in chunks for buffer in chunk.buffers()])
+        self.pages.release()  # what loading and measuring the corpus touched
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -146,4 +164,5 @@ class MappedTokenStore:
         for row, (chunk, i) in enumerate(zip(chunk_of.tolist(), row_in_chunk.tolist())):
             offsets = self.offsets[chunk]
             batch[row, :lengths[row]] = self.values[chunk][offsets[i]:offsets[i + 1]]
+        self.pages.release()  # the batch is copied out: resident memory does not grow with the corpus
         return host_to_device(batch, self.device)

@@ -1,3 +1,7 @@
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -5,7 +9,7 @@ import torch
 
 from seq2seq.batching import EpochBatches, collate, cut_batches, token_batches
 from seq2seq.decode import length_batches
-from seq2seq.token_store import DeviceTokenStore, MappedTokenStore, token_store
+from seq2seq.token_store import DeviceTokenStore, MappedTokenStore, resolve_placement, token_store
 
 # Every behaviour of a token store holds for both: each test runs on each.
 STORES = pytest.mark.parametrize("store_class", [DeviceTokenStore, MappedTokenStore])
@@ -186,13 +190,18 @@ def test_token_store_places_ids_as_asked(placement, expected):
     assert isinstance(token_store(column, torch.device("cpu"), placement), expected)
 
 
-def test_auto_placement_copies_small_corpora_and_maps_large_ones(monkeypatch):
+def test_auto_placement_copies_small_corpora_to_an_accelerator_and_maps_the_rest(monkeypatch):
     import seq2seq.token_store
 
     column = pa.array([[5, 3], [6, 6, 3]], type=pa.list_(pa.int32()))  # 5 ids, 20 bytes
-    assert isinstance(token_store(column, torch.device("cpu")), DeviceTokenStore)
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert resolve_placement(column, gpu) == "device"
+    assert resolve_placement(column, cpu) == "mapped"  # a copy in RAM of what the page cache holds
+    assert isinstance(token_store(column, cpu), MappedTokenStore)
+    for asked in ("device", "mapped"):
+        assert resolve_placement(column, cpu, asked) == resolve_placement(column, gpu, asked) == asked
     monkeypatch.setattr(seq2seq.token_store, "DEVICE_STORE_MAX_BYTES", 19)
-    assert isinstance(token_store(column, torch.device("cpu")), MappedTokenStore)
+    assert resolve_placement(column, gpu) == "mapped"
 
 
 def test_every_rank_knows_every_ranks_batches():
@@ -207,3 +216,33 @@ def test_every_rank_knows_every_ranks_batches():
             shards[rank], EpochBatches(lens, lens, 128, seed=1, rank=rank, world_size=2).epoch(3)))
     for k in range(len(shards[0])):
         assert (shards[0][k] == single[2 * k]).all() and (shards[1][k] == single[2 * k + 1]).all()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_the_mapped_store_lets_go_of_the_pages_it_reads_and_still_reads_them_right(tmp_path):
+    """Pages read through the map are released after each batch (MADV_DONTNEED): the process's
+    file-backed memory does not grow batch after batch, and rows read again come back intact."""
+    rows = [[i % 97 + 4] * (i % 13 + 1) for i in range(200_000)]  # about 5 MB of ids
+    path = tmp_path / "ids.arrow"
+    table = pa.table({"ids": pa.array(rows, type=pa.list_(pa.int32()))})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=10_000):
+            writer.write_batch(batch)
+    store = MappedTokenStore(pa.ipc.open_stream(pa.memory_map(str(path))).read_all().column("ids"))
+    assert len(store.pages.ranges) == 1  # one file, one mapping, one range
+    rss_file = lambda: int(re.search(r"RssFile:\s+(\d+)", Path("/proc/self/status").read_text())[1]) * 1024
+    before = rss_file()
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # every row, twice over, the second time after its pages were released
+        for index in np.array_split(rng.permutation(len(rows)), 100):
+            batch = store.padded(index, pad_id=0)
+            assert all(batch[k, :len(rows[i])].tolist() == rows[i] for k, i in enumerate(index[:5].tolist()))
+    assert rss_file() - before < 1 << 20  # all 5 MB were read, three times
+
+
+def test_memory_that_is_not_a_file_mapping_is_never_advised():
+    """MADV_DONTNEED would zero anonymous memory: ids held in Arrow's own memory are left alone."""
+    rows = [[5, 3], [6, 6, 3]]
+    store = MappedTokenStore(pa.array(rows, type=pa.list_(pa.int32())))
+    assert store.pages.ranges == []
+    assert store.padded(np.array([1, 0]), pad_id=0).tolist() == [[6, 6, 3], [5, 3, 0]]

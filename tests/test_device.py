@@ -73,8 +73,11 @@ def test_the_trainer_puts_every_tensor_on_the_device(tmp_path, name):
     tensors = {**{f"model.{k}": v for k, v in trainer.model.state_dict().items()},
                **{f"optimizer.{i}.{k}": v for i, state in trainer.optimizer.state_dict()["state"].items()
                   for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() > 0},
-               "train_src.values": trainer.data.train_src.values, "train_tgt.values": trainer.data.train_tgt.values,
                "non_finite.skipped": trainer.non_finite.skipped}
+    for side in ("train_src", "train_tgt"):  # a device store's ids (a mapped store's stay in the map)
+        store = getattr(trainer.data, side)
+        if store.placement == "device":
+            tensors[f"{side}.values"] = store.values
     batch = trainer.gradients.collate_batch(trainer.batches.epoch(1)[0])
     tensors.update(src=batch.src, tgt_in=batch.tgt_in, tgt_out=batch.tgt_out)
     misplaced = [key for key, value in tensors.items() if not same_device(value, device)]
