@@ -103,6 +103,30 @@ def test_two_nodes_train_as_one_process_with_their_global_batch(tmp_path):
     assert "x 2 processes" in outputs[0][1]
 
 
+def test_two_processes_resume_as_if_never_stopped(tmp_path):
+    """The resume promise under torchrun, with dropout on: two processes stopped at step 4 and
+    resumed to step 8 log the losses, and end with the weights, of two processes that never
+    stopped. Each rank must get its own random stream back, not rank 0's."""
+    data = tmp_path / "data"
+    args = ["--train", write_slice(data, "train", 300, "train"), "--valid", "", "--log-every", "2",
+            "--valid-every", "4", "--dropout", "0.3"]
+
+    def two_processes(run: Path, *more: str) -> None:
+        done = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "cli.main", "train",
+                               "--run-dir", str(run), *TRAIN_ARGS, *args, *more],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    two_processes(straight, "--max-steps", "8")
+    two_processes(resumed, "--max-steps", "4")
+    two_processes(resumed, "--max-steps", "8", "--resume")
+    curve = {r["step"]: r["loss"] for r in records(straight, "train")}
+    assert {r["step"]: r["loss"] for r in records(resumed, "train")} == pytest.approx(curve, rel=1e-6)
+    digests = [records(run, "stop")[-1]["rank_weights_sha256"] for run in (straight, resumed)]
+    assert digests[0] == digests[1] and len(set(digests[0])) == 1
+
+
 @pytest.mark.parametrize("killed", [0, 1])
 def test_a_killed_node_fails_the_other_instead_of_hanging(tmp_path, killed):
     """Node `killed` dies (SIGKILL, torchrun agent and all) mid-training; the other exits non-zero,
