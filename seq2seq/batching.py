@@ -100,15 +100,21 @@ class EpochBatches:
         self.max_tokens, self.seed = max_tokens, seed
         self.rank, self.world_size = rank, world_size
         self._per_epoch: int | None = None
+        # The last epoch cut, by (epoch, max_tokens): counting batches and training then cut it
+        # once, which on 10M pairs is seconds.
+        self._last: tuple[tuple[int, int], list[list[np.ndarray]]] | None = None
 
     def shards(self, epoch: int) -> list[list[np.ndarray]]:
         """Every rank's batches of `epoch`, in rank order: rank r has batches r, r + world_size, ...
         of the shuffled epoch. So the k-th update of all ranks together trains on the same pairs
         as a single process that accumulates world_size batches per update."""
-        rng = np.random.default_rng([self.seed, epoch])
-        batches = token_batches(self.src_lens, self.tgt_lens, self.max_tokens, rng)
-        per_rank = len(batches) // self.world_size
-        return [batches[rank::self.world_size][:per_rank] for rank in range(self.world_size)]
+        key = (epoch, self.max_tokens)
+        if self._last is None or self._last[0] != key:
+            rng = np.random.default_rng([self.seed, epoch])
+            batches = token_batches(self.src_lens, self.tgt_lens, self.max_tokens, rng)
+            per_rank = len(batches) // self.world_size
+            self._last = key, [batches[rank::self.world_size][:per_rank] for rank in range(self.world_size)]
+        return self._last[1]
 
     def epoch(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches of `epoch`."""
@@ -125,5 +131,5 @@ class EpochBatches:
         lengths, so the cut points fall at the same widths.
         """
         if self._per_epoch is None:
-            self._per_epoch = len(self.epoch(0))
+            self._per_epoch = len(self.epoch(1))  # the first epoch: the one a new run trains on next
         return self._per_epoch

@@ -290,10 +290,13 @@ class Trainer:
         self.stop_if_signalled()  # a signal that cut the validation short ends the run here
 
     def out_of_time(self) -> bool:
-        """True once training must stop for a final validation, as long as the last one, to end by
-        the --max-time deadline."""
-        reserve = self.validation.seconds if self.validation.has_data else 0.0
-        return time.monotonic() >= self.deadline - reserve
+        """True once training must stop for its final validations, each as long as the last one,
+        to end by the --max-time deadline: the last weights', and with --average-last the
+        average's (unvalidated, it could not be kept)."""
+        if not self.validation.has_data:
+            return time.monotonic() >= self.deadline
+        validations = 2 if self.cfg.average_last >= 2 else 1
+        return time.monotonic() >= self.deadline - validations * self.validation.seconds
 
     def seed_dropout(self, step: int = 0) -> None:
         """Every rank built the same initial weights from the run's seed; from here on each draws

@@ -1,5 +1,6 @@
 import json
 import math
+import time
 from dataclasses import replace
 
 import pytest
@@ -198,3 +199,21 @@ def test_a_performer_run_translates_with_the_features_it_saved(corpus, shared_to
     out = translator.translate(lines)
     assert len(out) == 3 and out[1] == ""
     assert out == Translator.from_run(tmp_path / "run", CPU, DecodeConfig(beam=3, max_len_b=8)).translate(lines)
+
+
+@pytest.mark.parametrize("average_last, validations_reserved", [(0, 1), (1, 1), (2, 2), (5, 2)])
+def test_the_time_budget_leaves_room_for_each_final_validation(average_last, validations_reserved):
+    """--max-time stops training early enough for the last weights' validation and, with
+    --average-last, the average's: an average left unvalidated at the deadline is never kept."""
+    from types import SimpleNamespace
+
+    from seq2seq.train import Trainer
+
+    now = time.monotonic()
+    for has_data, reserved in ((True, validations_reserved * 30.0), (False, 0.0)):
+        trainer = SimpleNamespace(cfg=SimpleNamespace(average_last=average_last),
+                                  validation=SimpleNamespace(has_data=has_data, seconds=30.0))
+        trainer.deadline = now + reserved + 5  # 5 s before training must stop
+        assert not Trainer.out_of_time(trainer)
+        trainer.deadline = now + reserved - 5  # 5 s after
+        assert Trainer.out_of_time(trainer)
