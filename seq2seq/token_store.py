@@ -61,6 +61,13 @@ def _chunks(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
     return [chunk for chunk in chunks if len(chunk)]
 
 
+def _row_lengths(chunks: list[pa.Array]) -> np.ndarray:
+    """(N,) int32: the ids in each row of `chunks`, in order."""
+    if not chunks:
+        return np.zeros(0, dtype=np.int32)
+    return np.concatenate([np.diff(chunk.offsets.to_numpy()) for chunk in chunks]).astype(np.int32)
+
+
 def id_bytes(column: pa.ChunkedArray | pa.Array) -> int:
     """Bytes of the token ids in `column` (a list<int32> column), without reading them."""
     return 4 * sum(int(chunk.offsets[-1].as_py()) - int(chunk.offsets[0].as_py()) for chunk in _chunks(column))
@@ -105,9 +112,8 @@ class DeviceTokenStore:
         # Each chunk's ids as a zero-copy view of its slice of the values buffer (a sliced
         # chunk's offsets index the unsliced buffer), joined in one copy: a large corpus on the
         # CPU then takes its size in RAM once, not three times while it loads.
-        rows = [np.diff(chunk.offsets.to_numpy()) for chunk in chunks]  # C x (rows,)
         views = [chunk.values.to_numpy()[chunk.offsets[0].as_py():chunk.offsets[-1].as_py()] for chunk in chunks]
-        self.lengths = np.concatenate(rows).astype(np.int32) if chunks else np.zeros(0, dtype=np.int32)  # (N,)
+        self.lengths = _row_lengths(chunks)  # (N,) on the host
         self.device = device
         values = np.concatenate(views).astype(np.int32, copy=False) if chunks else np.zeros(0, dtype=np.int32)
         self.values = torch.from_numpy(values).to(device)  # (total ids,)
@@ -145,8 +151,7 @@ class MappedTokenStore:
         self.offsets = [chunk.offsets.to_numpy() for chunk in chunks]  # C x (rows + 1,)
         self.values = [chunk.values.to_numpy() for chunk in chunks]  # C x (ids,)
         self.first_rows = np.cumsum([0] + [len(chunk) for chunk in chunks[:-1]], dtype=np.int64)  # (C,)
-        self.lengths = (np.concatenate([np.diff(offsets) for offsets in self.offsets]).astype(np.int32)
-                        if chunks else np.zeros(0, dtype=np.int32))  # (N,)
+        self.lengths = _row_lengths(chunks)  # (N,)
         self.device = device
         self.pages = MappedPages([buffer for chunk in chunks for buffer in chunk.buffers()])
         self.pages.release()  # what loading and measuring the corpus touched
