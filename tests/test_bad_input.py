@@ -18,7 +18,6 @@ import time
 import typing
 from pathlib import Path
 
-import click
 import pytest
 import torch
 import typer.main
@@ -463,7 +462,9 @@ def _takes_a_float(param) -> bool:
     descriptor = getattr(param, "type_descriptor", None)  # typer >= 0.20 keeps its own click
     if descriptor is not None:
         return descriptor.annotation is float or float in typing.get_args(descriptor.annotation)
-    return isinstance(param.type, click.types.FloatParamType)
+    # By class name: some typer versions vendor click, whose FloatParamType (and FloatRange,
+    # its subclass) is not click.types.FloatParamType.
+    return any(cls.__name__ == "FloatParamType" for cls in type(param.type).__mro__)
 
 
 def _float_options() -> list[tuple[str, str]]:

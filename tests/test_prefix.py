@@ -111,9 +111,18 @@ def test_both_engines_agree_with_prefixes(trained_run, exported_run, sources, be
 def test_a_prefix_that_is_the_free_translation_changes_nothing(model_folder, sources):
     """Forcing the tokens the search would choose anyway gives the same output, scored on what follows."""
     translator = Translator.from_run(model_folder, CPU, DecodeConfig(beam=1))
-    free = translator.translate_nbest(sources[:6], 1)
+    # Only lines the search ends itself: an output cut at the length limit may be spelled in
+    # other pieces than the prefix's text encodes to, and then reaches the limit elsewhere.
+    ended = []
+    for line in sources:
+        before = translator.stats.length_limited
+        translator.translate([line])
+        if translator.stats.length_limited == before:
+            ended.append(line)
+    assert len(ended) >= 3
+    free = translator.translate_nbest(ended, 1)
     halves = [" ".join(h[0].text.split()[:3]) for h in free]
-    forced = translator.translate_nbest(sources[:6], 1, halves)
+    forced = translator.translate_nbest(ended, 1, halves)
     assert [h[0].text for h in forced] == [h[0].text for h in free]
     # A forced token adds 0, so what is left is the log-probability of the rest: higher.
     assert all(f[0].logprob >= h[0].logprob - 1e-4 for f, h in zip(forced, free))
