@@ -14,10 +14,12 @@
 #       annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.55.0
 #   mkdir -p .peer && cp ../shared/peers/hf_marian.py .peer/
 # Then one call carries .whl and .peer and runs, for example:
-#   bash bench/gpu_session.sh tests speed quality batched scaling
+#   bash bench/gpu_session.sh profile tests speed
 # with $OUT set by the tool: RESULTS.md and the logs come back under it.
 #
 # Stages:
+#   profile  bench/gpu_profile.py, with lazy and with eager CUDA module loading: where a first and a
+#            second pass over the same updates and sentences spend their time (run this first)
 #   speed    training throughput and MFU (small, base) beside the peer, one epoch of all 29k pairs
 #   tests    the whole test suite with CUDA present (16 workers), so "auto" means the GPU
 #   quality  the default recipe en->de under a time cap, with time to each test-BLEU milestone
@@ -68,8 +70,17 @@ stage() {  # stage NAME CAP: run stage_NAME under `timeout`, and log how it ende
     echo "$name: exit $? after $((SECONDS - began))s (cap ${seconds}s)" | tee -a "$OUT/stages.log"
 }
 
+stage_profile() {
+    python3 bench/gpu_profile.py --device cuda --out /tmp/profile-lazy
+    CUDA_MODULE_LOADING=EAGER python3 bench/gpu_profile.py --device cuda --out /tmp/profile-eager
+    for kind in lazy eager; do
+        cp "/tmp/profile-$kind/summary.json" "$OUT/profile_${kind}_summary.json"
+        cat /tmp/profile-$kind/train_profile.txt /tmp/profile-$kind/decode_profile.txt >"$OUT/profile_${kind}_tables.txt"
+    done
+}
+
 stage_speed() {
-    python3 bench/train_speed.py --shapes small base --limit 0 --max-tokens 16384 --device cuda
+    python3 bench/train_speed.py --shapes small base --limit 0 --max-tokens 16384 --epochs 3 --device cuda
 }
 
 stage_tests() {
@@ -114,12 +125,12 @@ setup >"$OUT/setup.log" 2>&1
 status=$?
 cat "$OUT/setup.log"
 ((status == 0)) || exit 1
-caps=(tests:120 speed:170 quality:200 batched:60 decode:200 pairs:400 scaling:60)
+caps=(profile:150 tests:160 speed:170 quality:200 batched:60 decode:200 pairs:400 scaling:60)
 for name in "$@"; do
     cap=""
     for entry in "${caps[@]}"; do [[ ${entry%%:*} == "$name" ]] && cap=${entry#*:}; done
     if [[ -z $cap ]]; then
-        echo "unknown stage $name (speed, tests, quality, batched, decode, pairs or scaling)" >&2
+        echo "unknown stage $name (profile, speed, tests, quality, batched, decode, pairs or scaling)" >&2
         exit 2
     fi
     stage "$name" "$cap"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -25,13 +26,27 @@ def read_lines(path: Path) -> list[str]:
         return f.read().splitlines()
 
 
-def run_timed(args: list[str]) -> tuple[float, str]:
-    """Run a command; its wall time in seconds and its stdout. Exits with its stderr if it fails."""
+def run_measured(args: list[str]) -> tuple[float, str, dict[str, float]]:
+    """Run a command; its wall time in seconds, its stdout, and what it cost the kernel: user and
+    system CPU seconds and minor and major page faults, of it and its children (getrusage).
+    Exits with its stderr if it fails. Commands run one at a time, so the children's usage
+    after it, less before, is its own."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     done = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.monotonic() - start
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {shlex.join(args)}\n{done.stderr}")
-    return time.monotonic() - start, done.stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = {"user_s": after.ru_utime - before.ru_utime, "system_s": after.ru_stime - before.ru_stime,
+             "minor_faults": after.ru_minflt - before.ru_minflt, "major_faults": after.ru_majflt - before.ru_majflt}
+    return seconds, done.stdout, usage
+
+
+def run_timed(args: list[str]) -> tuple[float, str]:
+    """Run a command; its wall time in seconds and its stdout. Exits with its stderr if it fails."""
+    seconds, stdout, _ = run_measured(args)
+    return seconds, stdout
 
 
 def shown(args: list[str]) -> str:
@@ -46,8 +61,14 @@ def machine() -> str:
 
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+        # Hosts under one model name differ: "AMD EPYC" here was AVX2-only on 2026-12-02 and had
+        # AVX-512 with bf16 on 12-04, and matrix products ran several times faster.
+        flags = set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
+        vector = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                          ("amx_bf16", "AMX")) if flag in flags]
+        cpu += f" ({', '.join(vector) if vector else 'AVX2' if 'avx2' in flags else 'no AVX2'})"
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

@@ -1,14 +1,16 @@
 """Training throughput: s2s against transformers' Seq2SeqTrainer, same shape, same data, one run.
 
-For each model shape, trains one epoch over the same slice of Multi30k
+For each model shape, trains one epoch (`--epochs`) over the same slice of Multi30k
 English-German with the same shared unigram vocabulary, first with
 `s2s train`, then with the peer (`../shared/peers/hf_marian.py`, a Marian
 model from scratch), and reports target tokens per second of training for
 both and their ratio, with model TFLOP/s and, on a known GPU, model FLOPs
-utilisation (MFU). Appends a table to bench/RESULTS.md.
+utilisation (MFU), and each process's system time and page faults. With
+`--precisions auto bf16`, s2s trains once in each precision (bf16 pays on
+CPUs with AVX512-BF16 or AMX). Appends a table to bench/RESULTS.md.
 
-    python bench/train_speed.py --shapes small --limit 4000 --vocab 4000   # the 2-core CPU comparison
-    python bench/train_speed.py --shapes small base --limit 0 --max-tokens 16384 --device cuda -- --compile
+    python bench/train_speed.py --shapes small --limit 4000 --vocab 4000 --precisions auto bf16   # 2-core CPU
+    python bench/train_speed.py --shapes small base --limit 0 --max-tokens 16384 --epochs 3 --device cuda
 
 The peer needs `pip install -e .[bench]` (transformers and accelerate).
 """
@@ -24,7 +26,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-from results import DATA, PEER, S2S, append_entry, machine, run_timed
+from results import DATA, PEER, S2S, append_entry, machine, run_measured
 
 # Shapes as the peer names them: (layers per side, d_model, heads, FFN, peer batch in sentences).
 SHAPES = {
@@ -49,23 +51,25 @@ def write_slice(folder: Path, limit: int) -> str:
     return str(folder / "train")
 
 
-def run(args: list[str]) -> str:
-    """Run a command, shown on stderr first; its stdout."""
+def run(args: list[str]) -> tuple[str, dict[str, float]]:
+    """Run a command, shown on stderr first; its stdout and its usage (results.run_measured)."""
     print("$ " + shlex.join(args), file=sys.stderr)
-    return run_timed(args)[1]
+    seconds, stdout, usage = run_measured(args)
+    return stdout, {"wall_s": seconds, **usage}
 
 
-def s2s_rates(work: Path, prefix: str, shape: str, max_tokens: int, device: str, dropout: float,
-              extra: list[str]) -> tuple[float, float, list[str]]:
-    """Target tokens/s and model TFLOP/s over one epoch of `s2s train` (validation off)."""
+def s2s_rates(work: Path, prefix: str, shape: str, max_tokens: int, device: str, dropout: float, epochs: int,
+              precision: str, extra: list[str]) -> tuple[float, float, dict[str, float], list[str]]:
+    """Target tokens/s and model TFLOP/s over `epochs` epochs of `s2s train` (validation off), and
+    the process's usage."""
     layers, dim, heads, ffn, _ = SHAPES[shape]
-    run_dir = work / f"s2s-{shape}"
+    run_dir = work / f"s2s-{shape}-{precision}"
     args = [S2S, "train", "--run", str(run_dir), "--train", prefix, "--valid", "", "--tokenizer",
             str(work / "tok"), "--encoder-layers", str(layers), "--decoder-layers", str(layers),
             "--d-model", str(dim), "--heads", str(heads), "--ffn-dim", str(ffn), "--dropout", str(dropout),
-            "--max-tokens", str(max_tokens), "--epochs", "1", "--lr", "1e-3", "--log-every", "10",
-            "--keep-snapshots", "0", "--device", device, *extra]
-    run(args)
+            "--max-tokens", str(max_tokens), "--epochs", str(epochs), "--lr", "1e-3", "--log-every", "10",
+            "--keep-snapshots", "0", "--device", device, "--precision", precision, *extra]
+    _, usage = run(args)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["event"] == "train"]
     # Each logged interval's tokens and FLOPs, from its rates and duration, over the epoch's whole time.
@@ -74,20 +78,21 @@ def s2s_rates(work: Path, prefix: str, shape: str, max_tokens: int, device: str,
         tokens += r["tgt_tokens_per_s"] * (r["elapsed"] - previous)
         tflops += r["model_tflops_per_s"] * (r["elapsed"] - previous)
         previous = r["elapsed"]
-    return tokens / previous, tflops / previous, args
+    return tokens / previous, tflops / previous, usage, args
 
 
-def peer_tokens_per_second(work: Path, limit: int, shape: str, dropout: float,
-                           vocab: int) -> tuple[float, list[str]]:
+def peer_tokens_per_second(work: Path, limit: int, shape: str, dropout: float, vocab: int,
+                           epochs: int) -> tuple[float, dict[str, float], list[str]]:
     layers, dim, heads, ffn, batch = SHAPES[shape]
     args = [sys.executable, str(PEER), "--data", str(DATA), "--out", str(work / f"peer-{shape}"),
             "--layers", str(layers), "--dim", str(dim), "--heads", str(heads), "--ffn", str(ffn),
-            "--dropout", str(dropout), "--epochs", "1", "--batch", str(batch), "--lr", "1e-3",
+            "--dropout", str(dropout), "--epochs", str(epochs), "--batch", str(batch), "--lr", "1e-3",
             "--test-dir", str(work / "data"), "--test", "tiny", "--repeats", "1", "--vocab", str(vocab)]
     if limit:
         args += ["--limit", str(limit)]
-    result = json.loads(run(args).strip().splitlines()[-1])
-    return result["train_tgt_tok_per_s"], args
+    stdout, usage = run(args)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return result["train_tgt_tok_per_s"], usage, args
 
 
 # Dense bf16 tensor-core peaks from the vendor's data sheets, in TFLOP/s, by device name.
@@ -105,6 +110,12 @@ def peak_tflops() -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
+def usage_cells(usage: dict[str, float]) -> str:
+    """Wall, user and system seconds and page faults of one process, as table cells."""
+    return (f"{usage['wall_s']:.0f} | {usage['user_s']:.0f} | {usage['system_s']:.1f} "
+            f"| {usage['minor_faults'] / 1e6:.2f}M | {usage['major_faults']:,.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["small"], choices=list(SHAPES))
@@ -113,6 +124,10 @@ def main() -> None:
                         help="s2s batch size in padded tokens (about the peer's 128 sentences here)")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--vocab", type=int, default=8000, help="shared vocabulary size, both toolkits")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs for both; on a GPU, more than one, so that warm-up is a small part")
+    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "float32", "bf16"],
+                        help="train s2s once in each (`s2s train --precision`); the peer trains once, as it does")
     parser.add_argument("--device", default="auto")
     parser.add_argument("s2s_flags", nargs="*", help="extra flags for `s2s train` (after --), e.g. --compile")
     a = parser.parse_args()
@@ -126,27 +141,36 @@ def main() -> None:
         prefix = write_slice(work / "data", a.limit)
         run([S2S, "tokenizer", "train", "--corpus", prefix, "-o", str(work / "tok"), "--vocab-size", str(a.vocab)])
         for shape in a.shapes:
-            tokens, tflops, our_args = s2s_rates(work, prefix, shape, a.max_tokens, a.device, a.dropout,
-                                                 a.s2s_flags)
-            peer, peer_args = peer_tokens_per_second(work, a.limit, shape, a.dropout, a.vocab)
-            rows.append((shape, tokens, tflops, peer, our_args, peer_args))
+            ours = {precision: s2s_rates(work, prefix, shape, a.max_tokens, a.device, a.dropout, a.epochs,
+                                         precision, a.s2s_flags)
+                    for precision in a.precisions}
+            peer, peer_usage, _ = peer_tokens_per_second(work, a.limit, shape, a.dropout, a.vocab, a.epochs)
+            rows.append((shape, ours, peer, peer_usage))
     peak = peak_tflops()
     lines = [f"\n## {date.today().isoformat()}: training throughput, s2s vs transformers (one run)\n",
              f"- Machine: {machine()}",
              f"- Command: `python bench/train_speed.py {shlex.join(sys.argv[1:])}`",
              f"- Data: first {a.limit or 29000:,} pairs of Multi30k en-de, shared {a.vocab:,}-piece unigram "
-             "vocabulary, one epoch; "
+             f"vocabulary, {a.epochs} epoch(s); "
              f"s2s batches of {a.max_tokens} padded tokens, the peer's of 128 (small) or 256 (base) sentences",
              "- Model TFLOP/s count matrix products of real tokens, backward at twice the forward "
              "(seq2seq/flops.py). The peer's figure is its tokens/s times s2s's FLOPs per target token: "
              "same shape, same data."
              + (f" MFU is against {peak:g} TFLOP/s, the GPU's dense bf16 peak." if peak else ""),
-             "", "| shape | s2s target tok/s | s2s model TFLOP/s | s2s MFU | transformers target tok/s "
-             "| transformers model TFLOP/s | ratio |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for shape, tokens, tflops, peer, _, _ in rows:
-        mfu = f"{tflops / peak:.1%}" if peak else "-"
-        lines.append(f"| {shape} | {tokens:,.0f} | {tflops:.3f} | {mfu} | {peer:,.0f} "
-                     f"| {peer * tflops / tokens:.3f} | {tokens / peer:.2f}x |")
+             "- Wall, user and system seconds and page faults are each whole process's (getrusage): start-up, "
+             "data preparation and, for the peer, its decoding of 16 test sentences included.",
+             "", "| shape | toolkit | precision | target tok/s | model TFLOP/s | MFU | ratio to transformers "
+             "| wall s | user s | system s | minor faults | major faults |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for shape, ours, peer, peer_usage in rows:
+        flops_per_token = 0.0
+        for precision, (tokens, tflops, usage, _) in ours.items():
+            flops_per_token = tflops / tokens
+            mfu = f"{tflops / peak:.1%}" if peak else "-"
+            lines.append(f"| {shape} | s2s | {precision} | {tokens:,.0f} | {tflops:.3f} | {mfu} | "
+                         f"**{tokens / peer:.2f}x** | {usage_cells(usage)} |")
+        lines.append(f"| {shape} | transformers | float32 | {peer:,.0f} | {peer * flops_per_token:.3f} | - | 1.00x "
+                     f"| {usage_cells(peer_usage)} |")
     append_entry(lines)
 
 

@@ -220,6 +220,10 @@ class TrainConfig:
     init_from: str = setting("", "Start from the weights of this run directory, with its tokenizer and model "
                              "config, on the data given (fine-tuning, domain adaptation); the optimizer and "
                              "schedule start afresh. '' starts from random weights.", RUN)
+    precision: Literal["auto", "float32", "bf16"] = setting(
+        "auto", "auto (bf16 autocast on GPUs from Ampere on, float32 elsewhere), float32, or bf16 (also on "
+        "CPUs with AVX512-BF16 or AMX, where matrix products run about 4x faster; refused where it would "
+        "be emulated).", RUN)
     # With dynamic shapes, one graph serves every batch shape.
     compile: bool = setting(False, "torch.compile the training step: it pays on a GPU, and measured 9% "
                             "slower on the CPU.", RUN)

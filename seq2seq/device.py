@@ -43,9 +43,22 @@ class Precision:
     description: str  # what training says it runs in
 
 
-def precision_policy(device: torch.device) -> Precision:
-    """The precision s2s trains and translates in on `device`.
+PRECISION_CHOICES = ("auto", "float32", "bf16")
 
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), as oneDNN sees it.
+    Without them, bf16 is emulated and many times slower than float32."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN's query
+        return False
+
+
+def precision_policy(device: torch.device, requested: str = "auto") -> Precision:
+    """The precision s2s trains and translates in on `device` (`requested`: one of PRECISION_CHOICES).
+
+    auto:
     - CUDA from Ampere on (compute capability 8.0+): bf16 autocast, which has
       float32's range and needs no loss scaling; the parts autocast leaves in
       float32 use TF32 tensor cores.
@@ -53,20 +66,37 @@ def precision_policy(device: torch.device) -> Precision:
       autocast would need a GradScaler, which s2s does not run yet, so these
       train in plain float32: exact, and slower.
     - The CPU and MPS: float32.
+
+    bf16 asks for bf16 autocast where the hardware has it: Ampere+ GPUs, and
+    CPUs with AVX512-BF16 or AMX (`cpu_has_bf16`), where its matrix products
+    run about 4x faster than float32's. Elsewhere it is refused, not emulated.
+    float32 turns autocast and TF32 off.
     """
-    if device.type != "cuda":
+    if requested not in PRECISION_CHOICES:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+    if requested == "float32":
+        return Precision(None, False, "float32, as asked")
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return Precision(torch.bfloat16, True, "bf16 autocast, float32 matmuls on TF32")
+        if requested == "bf16":
+            raise ConfigError(f"--precision bf16: this GPU (compute capability {major}.{minor}) has no bf16; "
+                              "use float32 or auto")
+        return Precision(None, False, f"float32 (this GPU, compute capability {major}.{minor}, has no bf16; "
+                                      "fp16 would need loss scaling)")
+    if requested == "auto":
         return Precision(None, False, "float32")
-    major, minor = torch.cuda.get_device_capability(device)
-    if major >= 8:
-        return Precision(torch.bfloat16, True, "bf16 autocast, float32 matmuls on TF32")
-    return Precision(None, False, f"float32 (this GPU, compute capability {major}.{minor}, has no bf16; "
-                                  "fp16 would need loss scaling)")
+    if device.type == "cpu" and cpu_has_bf16():
+        return Precision(torch.bfloat16, False, "bf16 autocast on the CPU (AVX512-BF16 or AMX)")
+    why = "has no bf16 instructions (AVX512-BF16 or AMX)" if device.type == "cpu" else "is not supported"
+    raise ConfigError(f"--precision bf16: {device.type} {why}; use float32 or auto")
 
 
-def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of `precision_policy(device)` (a null context for float32); turns TF32 on
-    for the float32 matmuls where the policy says so."""
-    policy = precision_policy(device)
+def mixed_precision(device: torch.device, requested: str = "auto") -> contextlib.AbstractContextManager:
+    """The autocast context of `precision_policy(device, requested)` (a null context for float32);
+    turns TF32 on for the float32 matmuls where the policy says so."""
+    policy = precision_policy(device, requested)
     if policy.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -56,17 +56,21 @@ class _ProjectedSmoothedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, states: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-        # states (N, D) float32, weight (V, D) float32, target (N,)
+                smoothing: float, matmul_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # states (N, D) float32, weight (V, D) float32, target (N,). The three matrix products run
+        # in matmul_dtype (float32, or bf16 under bf16 autocast); everything else in float32.
         vocab = weight.size(0)
         rows = max(1, LOSS_BLOCK_ELEMENTS // vocab)
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        low = matmul_dtype != torch.float32
+        mm_states, mm_weight = (states.to(matmul_dtype), weight.to(matmul_dtype)) if low else (states, weight)
         loss, nll = states.new_zeros(()), states.new_zeros(())
         grad_states = torch.empty_like(states) if want_grad else None  # (N, D)
         grad_weight = torch.zeros_like(weight) if want_grad else None  # (V, D)
         for start in range(0, states.size(0), rows):
-            block, block_target = states[start:start + rows], target[start:start + rows]  # (C, D), (C,)
-            logits = block @ weight.t()  # (C, V)
+            block, block_target = mm_states[start:start + rows], target[start:start + rows]  # (C, D), (C,)
+            logits = block @ mm_weight.t()  # (C, V)
+            logits = logits.float() if low else logits
             lse = torch.logsumexp(logits, dim=1)  # (C,)
             block_nll = (lse - logits.gather(1, block_target[:, None]).squeeze(1)).sum()
             # -mean over the vocabulary of log p = lse - mean logit.
@@ -77,8 +81,13 @@ class _ProjectedSmoothedLoss(torch.autograd.Function):
                 # d loss / d logits = softmax - (1 - eps) onehot(target) - eps / V, in place in the logits.
                 grad = logits.sub_(lse[:, None]).exp_().sub_(smoothing / vocab)  # (C, V)
                 grad[torch.arange(block.size(0), device=grad.device), block_target] -= 1.0 - smoothing
-                torch.mm(grad, weight, out=grad_states[start:start + rows])
-                grad_weight.addmm_(grad.t(), block)
+                if low:
+                    grad = grad.to(matmul_dtype)
+                    grad_states[start:start + rows] = grad @ mm_weight
+                    grad_weight += grad.t() @ block
+                else:
+                    torch.mm(grad, weight, out=grad_states[start:start + rows])
+                    grad_weight.addmm_(grad.t(), block)
         ctx.save_for_backward(grad_states, grad_weight)
         ctx.mark_non_differentiable(nll)
         return loss, nll
@@ -86,7 +95,7 @@ class _ProjectedSmoothedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_nll: torch.Tensor):
         grad_states, grad_weight = ctx.saved_tensors
-        return grad_states * grad_loss, grad_weight * grad_loss, None, None
+        return grad_states * grad_loss, grad_weight * grad_loss, None, None, None
 
 
 # Eager under torch.compile: its block loop over a data-dependent number of rows would break
@@ -98,12 +107,17 @@ def projected_smoothed_loss(states: torch.Tensor, weight: torch.Tensor, target: 
 
     states (B, T, D): decoder states; weight (V, D): the output projection;
     target (B, T). Padding rows are dropped before the projection, so they cost
-    nothing. Computed in float32, whatever autocast says. Returns the summed
-    smoothed loss and the summed NLL (not differentiable).
+    nothing. Under bf16 autocast its matrix products run in bf16 (on a CPU
+    with bf16 instructions, 4x faster); the log-sum-exp, the loss and the
+    gradient of the logits are float32 whatever autocast says. Returns the
+    summed smoothed loss and the summed NLL (not differentiable).
     """
+    device_type = states.device.type
+    matmul_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
     keep = target.ne(pad_id)  # (B, T)
-    with torch.autocast(states.device.type, enabled=False):
-        return _ProjectedSmoothedLoss.apply(states[keep].float(), weight.float(), target[keep], smoothing)
+    with torch.autocast(device_type, enabled=False):
+        return _ProjectedSmoothedLoss.apply(states[keep].float(), weight.float(), target[keep], smoothing,
+                                            matmul_dtype)
 
 
 class TrainingObjective(nn.Module):
@@ -133,7 +147,7 @@ class UpdateGradients:
         self.train_model, self.src, self.tgt = train_model, src, tgt
         self.pad_id, self.bos_id = model_cfg.pad_id, model_cfg.bos_id
         self.device, self.world_size = device, world_size
-        self.autocast = mixed_precision(device)
+        self.autocast = mixed_precision(device, cfg.precision)
         self.forward_loss = self.eager_forward_loss
         if cfg.compile:
             # dynamic=True makes batch size and lengths symbolic from the first compile, so

@@ -122,7 +122,7 @@ class Validation:
         model.eval()
         cfg, data = self.cfg, self.data
         device = next(model.parameters()).device
-        autocast = mixed_precision(device)
+        autocast = mixed_precision(device, cfg.precision)
         nll_sum = torch.zeros((), device=device)
         tokens = 0
         lengths = (data.valid_src.lengths, data.valid_tgt.lengths)

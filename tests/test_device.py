@@ -5,6 +5,8 @@ the choice itself is checked on any machine by making CUDA and MPS look
 present or absent.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -146,3 +148,81 @@ def test_decoding_logits_are_float32_even_under_bf16_autocast(monkeypatch, searc
     with torch.autocast("cpu", dtype=torch.bfloat16):
         nbest_ids(model, [[5, 6, 7, 3], [8, 3]], decode)
     assert seen and set(seen) == {(torch.float32, torch.float32)}
+
+
+# ---------------------------------------------------------------------------
+# --precision: what each device is asked to compute in, and what it refuses.
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_the_cpu_trains_in_bf16_only_when_asked_and_only_with_bf16_instructions(monkeypatch, has_bf16):
+    from seq2seq import device as device_module
+    from seq2seq.device import precision_policy
+
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: has_bf16)
+    cpu = torch.device("cpu")
+    assert precision_policy(cpu, "auto").autocast_dtype is None
+    assert precision_policy(cpu, "float32").autocast_dtype is None
+    if has_bf16:
+        assert precision_policy(cpu, "bf16").autocast_dtype is torch.bfloat16
+    else:  # emulated bf16 is many times slower than float32: refused, saying why
+        with pytest.raises(ConfigError, match="--precision bf16: cpu has no bf16 instructions"):
+            precision_policy(cpu, "bf16")
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (7, 5)])
+def test_a_gpu_takes_float32_when_asked_and_bf16_only_from_ampere_on(monkeypatch, capability):
+    from seq2seq.device import precision_policy
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda")
+    assert (precision_policy(gpu, "float32").autocast_dtype, precision_policy(gpu, "float32").tf32) == (None, False)
+    if capability >= (8, 0):
+        assert precision_policy(gpu, "bf16").autocast_dtype is torch.bfloat16
+    else:
+        with pytest.raises(ConfigError, match="compute capability 7.5"):
+            precision_policy(gpu, "bf16")
+
+
+def test_mps_and_unknown_precisions_are_refused():
+    from seq2seq.device import precision_policy
+
+    with pytest.raises(ConfigError, match="mps is not supported"):
+        precision_policy(torch.device("mps"), "bf16")
+    with pytest.raises(ConfigError, match="must be one of auto, float32, bf16"):
+        precision_policy(torch.device("cpu"), "fp16")
+
+
+def test_training_refuses_an_unavailable_precision_before_preparing_data(monkeypatch, tmp_path):
+    from seq2seq import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
+    cfg = tiny_train_config(str(tmp_path / "never-read"), "", precision="bf16")
+    with pytest.raises(ConfigError, match="--precision bf16"):
+        Trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_training_on_the_cpu_runs_its_layers_and_loss_in_bf16(monkeypatch, tmp_path):
+    """Forced on (emulated where the CPU lacks bf16 instructions: slow, but tiny here)."""
+    from seq2seq import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    corpus = write_slice(tmp_path / "data", "train", 100, "train")
+    events = []
+    cfg = tiny_train_config(corpus, "", max_steps=3, log_every=1, precision="bf16")
+    trainer = Trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=events.append)
+    matmul_dtypes = set()
+    real_mm = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        result = real_mm(a, b)
+        matmul_dtypes.add(result.dtype)
+        return result
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)  # the loss's products use @
+    trainer.run()
+    start = next(e for e in events if e["event"] == "start")
+    assert start["precision"].startswith("bf16 autocast on the CPU")
+    assert matmul_dtypes == {torch.bfloat16}
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert losses and all(math.isfinite(x) for x in losses)

@@ -42,4 +42,22 @@ def test_the_fused_gradient_passes_gradcheck():
     weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 7, (5,))
     assert torch.autograd.gradcheck(
-        lambda s, w: loss_module._ProjectedSmoothedLoss.apply(s, w, target, 0.1)[0], (states, weight))
+        lambda s, w: loss_module._ProjectedSmoothedLoss.apply(s, w, target, 0.1, torch.float32)[0], (states, weight))
+
+
+def test_under_bf16_autocast_the_fused_loss_multiplies_in_bf16_and_stays_close():
+    """Its three matrix products in bf16, its log-sum-exp and loss in float32: close to float32's."""
+    torch.manual_seed(0)
+    states = torch.randn(4, 9, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    target = torch.randint(1, 50, (4, 9))
+    target[3, 5:] = 0
+    exact = loss_module.projected_smoothed_loss(states, weight, target, pad_id=0, smoothing=0.1)[0]
+    exact_grads = torch.autograd.grad(exact, (states, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss_module.projected_smoothed_loss(states, weight, target, pad_id=0, smoothing=0.1)[0]
+    assert low.dtype == torch.float32 and low.item() != exact.item()  # bf16 products round differently
+    torch.testing.assert_close(low, exact, rtol=1e-2, atol=0)
+    for got, want in zip(torch.autograd.grad(low, (states, weight)), exact_grads):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=0.05 * want.abs().max().item())

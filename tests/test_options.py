@@ -94,6 +94,7 @@ NON_DEFAULT = {
         "num_proc": (["--num-proc", "2"], {"num_proc": 2}),
         "init_from": (["--init-from", "runs/base"], {"init_from": "runs/base"}),
         "compile": (["--compile"], {"compile": True}),
+        "precision": (["--precision", "float32"], {"precision": "float32"}),
         "token_store": (["--token-store", "mapped"], {"token_store": "mapped"}),
     },
     DistributedConfig: {

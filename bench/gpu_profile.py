@@ -1,0 +1,123 @@
+"""Where a training update and a decoding pass spend their time: a first pass against a second pass
+over the same batches, and a profile of the second.
+
+The first GPU session (2026-12-04, bench/RESULTS.md) saw training 7-9x slower in its first epoch than
+later, and decoding slower on an H200 than on 2 CPU cores. This runs the same updates twice, then
+translates the same sentences twice, each timed with a device synchronise. If the second pass is
+fast, the cost is paid once per new shape (kernel loading, first allocations of a size); if both are
+slow, it is in the step itself, and the profile of a third pass says where (top operators by self
+CPU and by self device time, with the number of host-device synchronisations).
+
+    python bench/gpu_profile.py --device cuda --out /tmp/gpu-profile
+    CUDA_MODULE_LOADING=EAGER python bench/gpu_profile.py --device cuda --out /tmp/gpu-profile-eager
+
+Writes summary.json and the profile tables into --out, and prints the summary.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seq2seq.config import PRESETS, DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
+from seq2seq.device import resolve_device  # noqa: E402
+from seq2seq.train import Trainer  # noqa: E402
+from seq2seq.translator import Translator  # noqa: E402
+
+from results import ROOT, read_lines  # noqa: E402
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, work) -> float:
+    """Seconds of `work()`, from a synchronised device to a synchronised device."""
+    synchronise(device)
+    began = time.perf_counter()
+    work()
+    synchronise(device)
+    return time.perf_counter() - began
+
+
+def profile_tables(device: torch.device, work, out: Path, name: str) -> dict[str, int]:
+    """Profile `work()`; write its top operators by self CPU and self device time to `out`, and
+    return the counts of host-device synchronisations and of device allocations seen."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        work()
+        synchronise(device)
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if device.type == "cuda":
+        tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=30))
+    (out / f"{name}.txt").write_text("\n\n".join(tables))
+    counts = {event.key: event.count for event in averages}
+    return {"syncs": sum(counts.get(k, 0) for k in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                    "aten::_local_scalar_dense")),
+            "cudaMalloc": counts.get("cudaMalloc", 0), "kernel_launches": counts.get("cudaLaunchKernel", 0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--preset", default="small", choices=list(PRESETS))
+    parser.add_argument("--updates", type=int, default=40, help="updates per timed pass")
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--sentences", type=int, default=500, help="validation sentences per decoding pass")
+    a = parser.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(a.device)
+    summary: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "CUDA_MODULE_LOADING": os.environ.get("CUDA_MODULE_LOADING", "")}
+    summary["context_s"] = timed(device, lambda: torch.ones(1, device=device).sum().item())
+
+    data = ROOT / "data" / "multi30k"
+    began = time.perf_counter()
+    trainer = Trainer(out / "run", ModelConfig(**PRESETS[a.preset]),
+                      TrainConfig(train=str(data / "train"), valid="", max_tokens=a.max_tokens, seed=1),
+                      device, on_event=lambda event: None)
+    summary["prepare_s"] = time.perf_counter() - began
+    batches = trainer.batches.shards(1)[0][:a.updates]
+    lengths = trainer.data.train_tgt.lengths
+    tokens = sum(int(lengths[index].sum()) for index in batches)
+
+    def one_pass():
+        for index in batches:
+            trainer.update([index], int(lengths[index].sum()))
+
+    for name in ("train_first", "train_second"):
+        seconds = timed(device, one_pass)
+        summary[f"{name}_s"] = seconds
+        summary[f"{name}_tok_per_s"] = tokens / seconds
+    summary["train_profile"] = profile_tables(device, one_pass, out, "train_profile")
+
+    sources = read_lines(data / "val.en.gz")[:a.sentences]
+    translator = Translator.for_model(trainer.model.eval(), trainer.data.tokenizers, DecodeConfig(beam=1))
+    for name in ("decode_first", "decode_second"):
+        seconds = timed(device, lambda: translator.translate(sources))
+        summary[f"{name}_s"] = seconds
+        summary[f"{name}_sentences_per_s"] = len(sources) / seconds
+    summary["decode_profile"] = profile_tables(device, lambda: translator.translate(sources), out, "decode_profile")
+    if device.type == "cuda":
+        stats = torch.cuda.memory_stats(device)
+        summary["allocator"] = {k: stats.get(k) for k in ("num_device_alloc", "num_device_free",
+                                                          "segment.all.allocated", "num_alloc_retries")}
+    summary["updates"], summary["tgt_tokens_per_pass"] = len(batches), tokens
+    summary["batch_shapes"] = len({(len(index), int(np.max(lengths[index]))) for index in batches})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
