@@ -103,12 +103,14 @@ def main() -> None:
     summary["train_profile"] = profile_tables(device, one_pass, out, "train_profile")
 
     sources = read_lines(data / "val.en.gz")[:a.sentences]
-    translator = Translator.for_model(trainer.model.eval(), trainer.data.tokenizers, DecodeConfig(beam=1))
-    for name in ("decode_first", "decode_second"):
-        seconds = timed(device, lambda: translator.translate(sources))
-        summary[f"{name}_s"] = seconds
-        summary[f"{name}_sentences_per_s"] = len(sources) / seconds
-    summary["decode_profile"] = profile_tables(device, lambda: translator.translate(sources), out, "decode_profile")
+    for beam in (1, 5):
+        translator = Translator.for_model(trainer.model.eval(), trainer.data.tokenizers, DecodeConfig(beam=beam))
+        for name in ("first", "second"):
+            seconds = timed(device, lambda: translator.translate(sources))
+            summary[f"decode_beam{beam}_{name}_s"] = seconds
+            summary[f"decode_beam{beam}_{name}_sentences_per_s"] = len(sources) / seconds
+        summary[f"decode_beam{beam}_profile"] = profile_tables(device, lambda: translator.translate(sources), out,
+                                                               f"decode_beam{beam}_profile")
     if device.type == "cuda":
         stats = torch.cuda.memory_stats(device)
         summary["allocator"] = {k: stats.get(k) for k in ("num_device_alloc", "num_device_free",

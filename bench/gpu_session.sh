@@ -75,7 +75,7 @@ stage_profile() {
     CUDA_MODULE_LOADING=EAGER python3 bench/gpu_profile.py --device cuda --out /tmp/profile-eager
     for kind in lazy eager; do
         cp "/tmp/profile-$kind/summary.json" "$OUT/profile_${kind}_summary.json"
-        cat /tmp/profile-$kind/train_profile.txt /tmp/profile-$kind/decode_profile.txt >"$OUT/profile_${kind}_tables.txt"
+        cat /tmp/profile-$kind/*_profile.txt >"$OUT/profile_${kind}_tables.txt"
     done
 }
 
