@@ -603,8 +603,11 @@ def _float_fields() -> list[tuple[str, str]]:
     """(section, field) for every float of ModelConfig and TrainConfig, tuples of floats included."""
     from seq2seq.config import ModelConfig, TrainConfig
 
+    def holds_floats(hint) -> bool:  # float, or a tuple of them; not Literal["float32", ...]
+        return hint is float or float in typing.get_args(hint)
+
     return [(section, f.name) for section, cls in (("model", ModelConfig), ("train", TrainConfig))
-            for f in dataclasses.fields(cls) if "float" in str(f.type)]
+            for f in dataclasses.fields(cls) if holds_floats(typing.get_type_hints(cls)[f.name])]
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
