@@ -95,11 +95,13 @@ class Translator:
         self.stats = TranslateStats()
 
     @classmethod
-    def for_model(cls, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig) -> "Translator":
-        """A Translator running s2s's own search (the torch engine) on `model`."""
+    def for_model(cls, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig,
+                  precision: str = "auto") -> "Translator":
+        """A Translator running s2s's own search (the torch engine) on `model`, in `precision`
+        (seq2seq.device.precision_policy)."""
         from .engines.torch_engine import TorchEngine
 
-        return cls(TorchEngine(model, tokenizers, cfg))
+        return cls(TorchEngine(model, tokenizers, cfg, precision=precision))
 
     @classmethod
     def from_run(cls, path: Path | str, device: torch.device | str, cfg: DecodeConfig, weights: str | None = None,

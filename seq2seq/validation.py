@@ -136,7 +136,7 @@ class Validation:
             tokens += batch.n_tgt_tokens
         nll = nll_sum.item() / max(tokens, 1)
         # The same path as `s2s translate`: empty lines, long lines and detokenising alike.
-        translator = Translator.for_model(model, data.tokenizers, DecodeConfig(beam=cfg.valid_beam))
+        translator = Translator.for_model(model, data.tokenizers, DecodeConfig(beam=cfg.valid_beam), cfg.precision)
         hyps: list[str] = []
         # A chunk at a time, so that a signal or --max-time is answered within seconds.
         for start in range(0, len(data.valid_src_lines), VALIDATION_CHUNK):

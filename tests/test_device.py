@@ -226,3 +226,24 @@ def test_bf16_training_on_the_cpu_runs_its_layers_and_loss_in_bf16(monkeypatch, 
     assert matmul_dtypes == {torch.bfloat16}
     losses = [e["loss"] for e in events if e["event"] == "train"]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_validation_decodes_in_the_precision_training_runs_in(monkeypatch, tmp_path, precision):
+    from seq2seq import device as device_module
+    from seq2seq.engines.torch_engine import TorchEngine
+
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    seen = []
+    real_init = TorchEngine.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(getattr(self.autocast, "fast_dtype", None))  # None: no autocast, float32
+
+    monkeypatch.setattr(TorchEngine, "__init__", spy)
+    corpus = write_slice(tmp_path / "data", "train", 60, "train")
+    valid = write_slice(tmp_path / "data", "val", 10, "val")
+    cfg = tiny_train_config(corpus, valid, max_steps=1, precision=precision)
+    Trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None).run()
+    assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else None}

@@ -23,12 +23,14 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig,
-                 about: dict | None = None):
+                 about: dict | None = None, precision: str = "auto"):
+        """`precision`: as `s2s train --precision` (seq2seq.device.precision_policy); validation
+        decodes in the precision it trains in."""
         check_decode_config(cfg, model.cfg.tgt_vocab_size)
         self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
         self.about = about or {}  # what `describe` says of the model beyond its own config
         device = next(model.parameters()).device
-        self.autocast = mixed_precision(device)
+        self.autocast = mixed_precision(device, precision)
         # One generator for the engine's life: successive batches draw fresh
         # samples, and the whole run is repeatable from cfg.seed.
         self.generator = seeded_generator(cfg.seed, device) if cfg.sampling else None
