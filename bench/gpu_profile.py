@@ -10,6 +10,8 @@ CPU and by self device time, with the number of host-device synchronisations).
 
     python bench/gpu_profile.py --device cuda --out /tmp/gpu-profile
     CUDA_MODULE_LOADING=EAGER python bench/gpu_profile.py --device cuda --out /tmp/gpu-profile-eager
+    python bench/gpu_profile.py --device cuda --out /tmp/gpu-profile-big --loss-block-elements 33554432 \
+        --decode-block-rows 100000
 
 Writes summary.json and the profile tables into --out, and prints the summary.
 """
@@ -26,6 +28,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seq2seq import loss as loss_module  # noqa: E402
+from seq2seq import next_token as next_token_module  # noqa: E402
 from seq2seq.config import PRESETS, DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from seq2seq.device import resolve_device  # noqa: E402
 from seq2seq.train import Trainer  # noqa: E402
@@ -74,12 +78,23 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=40, help="updates per timed pass")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--sentences", type=int, default=500, help="validation sentences per decoding pass")
+    # Both blocks were sized for a CPU's cache; on a GPU, small blocks mean many small kernels.
+    parser.add_argument("--loss-block-elements", type=int, default=None,
+                        help="override seq2seq.loss.LOSS_BLOCK_ELEMENTS (logits worked out at a time in training)")
+    parser.add_argument("--decode-block-rows", type=int, default=None,
+                        help="override seq2seq.next_token.BLOCK_ROWS (rows projected at a time in decoding)")
     a = parser.parse_args()
+    if a.loss_block_elements:
+        loss_module.LOSS_BLOCK_ELEMENTS = a.loss_block_elements
+    if a.decode_block_rows:
+        next_token_module.BLOCK_ROWS = a.decode_block_rows
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(a.device)
     summary: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                     "torch": torch.__version__, "CUDA_MODULE_LOADING": os.environ.get("CUDA_MODULE_LOADING", "")}
+                     "torch": torch.__version__, "CUDA_MODULE_LOADING": os.environ.get("CUDA_MODULE_LOADING", ""),
+                     "loss_block_elements": loss_module.LOSS_BLOCK_ELEMENTS,
+                     "decode_block_rows": next_token_module.BLOCK_ROWS}
     summary["context_s"] = timed(device, lambda: torch.ones(1, device=device).sum().item())
 
     data = ROOT / "data" / "multi30k"
