@@ -72,10 +72,10 @@ stage() {  # stage NAME CAP: run stage_NAME under `timeout`, and log how it ende
 }
 
 stage_profile() {
-    python3 bench/gpu_profile.py --device cuda --out /tmp/profile-lazy
-    CUDA_MODULE_LOADING=EAGER python3 bench/gpu_profile.py --device cuda --out /tmp/profile-eager
+    python3 bench/gpu_profile.py --device cuda --sentences 200 --out /tmp/profile-lazy
+    CUDA_MODULE_LOADING=EAGER python3 bench/gpu_profile.py --device cuda --sentences 200 --out /tmp/profile-eager
     # The loss and decoding blocks were sized for a CPU's cache: the whole batch at once instead.
-    python3 bench/gpu_profile.py --device cuda --out /tmp/profile-big --loss-block-elements 33554432 \
+    python3 bench/gpu_profile.py --device cuda --sentences 200 --out /tmp/profile-big --loss-block-elements 33554432 \
         --decode-block-rows 100000
     for kind in lazy eager big; do
         cp "/tmp/profile-$kind/summary.json" "$OUT/profile_${kind}_summary.json"
