@@ -69,6 +69,17 @@ stage() {  # stage NAME CAP: run stage_NAME under `timeout`, and log how it ende
     local began=$SECONDS
     timeout --kill-after 5 "$seconds" bash -c "$(declare -f "stage_$name"); stage_$name" >"$OUT/$name.log" 2>&1
     echo "$name: exit $? after $((SECONDS - began))s (cap ${seconds}s)" | tee -a "$OUT/stages.log"
+    # A stage cut short must not leave processes (pytest workers, training) that slow the next
+    # one down and make its figures wrong: say how many were left, and end them. (So the command
+    # that starts this script must not itself contain these words.)
+    local pattern='pytest|bin/s2s |hf_marian|bench/[a-z_]+\.py'
+    local left
+    left=$(pgrep -fc "$pattern" || true)
+    if ((left > 0)); then
+        echo "$name: $left processes left running; killed" | tee -a "$OUT/stages.log"
+        pkill -9 -f "$pattern" || true
+        sleep 2
+    fi
 }
 
 stage_profile() {
