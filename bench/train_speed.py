@@ -28,6 +28,11 @@ from pathlib import Path
 
 from results import DATA, PEER, S2S, append_entry, machine, run_measured
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+
+from seq2seq.device import PRECISION_CHOICES  # noqa: E402
+
 # Shapes as the peer names them: (layers per side, d_model, heads, FFN, peer batch in sentences).
 SHAPES = {
     "small": (4, 256, 4, 1024, 128),
@@ -126,7 +131,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000, help="shared vocabulary size, both toolkits")
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs for both; on a GPU, more than one, so that warm-up is a small part")
-    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "float32", "bf16"],
+    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=PRECISION_CHOICES,
                         help="train s2s once in each (`s2s train --precision`); the peer trains once, as it does")
     parser.add_argument("--device", default="auto")
     parser.add_argument("s2s_flags", nargs="*", help="extra flags for `s2s train` (after --), e.g. --compile")
@@ -169,7 +174,8 @@ def main() -> None:
             mfu = f"{tflops / peak:.1%}" if peak else "-"
             lines.append(f"| {shape} | s2s | {precision} | {tokens:,.0f} | {tflops:.3f} | {mfu} | "
                          f"**{tokens / peer:.2f}x** | {usage_cells(usage)} |")
-        lines.append(f"| {shape} | transformers | float32 | {peer:,.0f} | {peer * flops_per_token:.3f} | - | 1.00x "
+        peer_precision = "bf16" if torch.cuda.is_available() else "float32"  # the peer passes bf16=cuda
+        lines.append(f"| {shape} | transformers | {peer_precision} | {peer:,.0f} | {peer * flops_per_token:.3f} | - | 1.00x "
                      f"| {usage_cells(peer_usage)} |")
     append_entry(lines)
 
