@@ -71,6 +71,12 @@ def settable_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in fields(cls) if not f.metadata.get("derived_from")]
 
 
+# Choices that the library's own modules take as well (seq2seq.device, seq2seq.token_store):
+# named once here.
+PrecisionChoice = Literal["auto", "float32", "bf16"]
+TokenPlacement = Literal["auto", "device", "mapped"]
+
+
 @dataclass
 class ModelConfig:
     """Shape of the encoder-decoder Transformer."""
@@ -213,14 +219,14 @@ class TrainConfig:
                                    "gradient; each is skipped, not applied.", OPTIMISATION)
     seed: int = setting(1, "Seed for the initial weights, the batch order and dropout.", OPTIMISATION)
     num_proc: int = setting(1, "Processes for tokenizing the corpus (datasets.map).", DATA)
-    token_store: Literal["auto", "device", "mapped"] = setting(
+    token_store: TokenPlacement = setting(
         "auto", "Where the training ids are kept: device (copied whole to the training device), mapped "
         "(left in the memory-mapped Arrow cache, each batch gathered on the host: for corpora larger than "
         "RAM), or auto (on a GPU, device up to 128 MiB of ids; on the CPU, mapped).", DATA)
     init_from: str = setting("", "Start from the weights of this run directory, with its tokenizer and model "
                              "config, on the data given (fine-tuning, domain adaptation); the optimizer and "
                              "schedule start afresh. '' starts from random weights.", RUN)
-    precision: Literal["auto", "float32", "bf16"] = setting(
+    precision: PrecisionChoice = setting(
         "auto", "auto (bf16 autocast on GPUs from Ampere on, float32 elsewhere), float32, or bf16 (also on "
         "CPUs with AVX512-BF16 or AMX, where matrix products run about 4x faster; refused where it would "
         "be emulated).", RUN)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import typing
 from dataclasses import dataclass
 
 import torch
 
+from .config import PrecisionChoice
 from .errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -43,7 +45,7 @@ class Precision:
     description: str  # what training says it runs in
 
 
-PRECISION_CHOICES = ("auto", "float32", "bf16")
+PRECISION_CHOICES: tuple[str, ...] = typing.get_args(PrecisionChoice)
 
 
 def cpu_has_bf16() -> bool:

@@ -20,19 +20,18 @@ memory map. Both give identical batches.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor
 
+from .config import TokenPlacement as Placement
 from .mapped_pages import MappedPages
 
 # Ids up to this size (about 1.5M Multi30k-length pairs a side) are copied to the device whole.
 DEVICE_STORE_MAX_BYTES = 128 << 20
-
-Placement = Literal["auto", "device", "mapped"]
 
 
 class TokenStore(Protocol):

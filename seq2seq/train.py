@@ -113,7 +113,7 @@ class Trainer:
     def __init__(self, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
                  device: torch.device, on_event: Callable[[Event], None], started: float | None = None):
         self.run_dir, self.cfg, self.device = Path(run_dir), cfg, device
-        precision_policy(device, cfg.precision)  # refuse a precision the device lacks before any work
+        self.precision = precision_policy(device, cfg.precision)  # refused here, before any work, if lacking
         # --max-time bounds the whole command, data preparation and validation included.
         started = time.monotonic() if started is None else started
         self.deadline = started + cfg.max_time if cfg.max_time else math.inf
@@ -180,7 +180,7 @@ class Trainer:
                    "updates_per_epoch": self.updates_per_epoch,
                    "params": count_parameters(self.model), "device": str(self.device),
                    "world_size": self.world_size, "max_time": cfg.max_time,
-                   "precision": precision_policy(self.device, cfg.precision).description, "init_from": cfg.init_from,
+                   "precision": self.precision.description, "init_from": cfg.init_from,
                    "tensorboard": str(self.tensorboard.folder) if self.tensorboard is not None else None})
         interval = LogInterval(self.device)
         with self.signals:
