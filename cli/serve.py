@@ -7,21 +7,24 @@ are imported inside the command, so that `--help` needs none of them.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from seq2seq.clobber import Reads, refuse_stdout_clobbering
 from seq2seq.config import SEARCH, SERVING, ServeConfig
 from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
 
-from .display import stderr
+from .display import stderr, warning
 from .options import ConfigOptions, config_options
 from .translate import DECODE_OPTIONS, MODEL_HELP, Device, Engine, Threads, Weights, decode_config, \
-    load_translator
+    load_translator, model_label
 
 SERVE_OPTIONS = ConfigOptions(ServeConfig)
 INSTALL_HINT = "pip install 's2s[serve]'"
@@ -73,6 +76,7 @@ def serve_command(
     check_engine_options(engine, threads)
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"--log-level must be critical, error, warning, info, debug or trace, got {log_level!r}")
+    refuse_stdout_clobbering(Reads().folder(model_label(model), model))  # uvicorn's access log goes there
     server = import_server()
     import uvicorn
 
@@ -80,12 +84,35 @@ def serve_command(
     try:
         translator = load_translator(model, device, cfg, weights, engine, threads)
         app = server.build_app(translator, settings)
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=None)
+        config = server.uvicorn_config(app, settings, log_level)
         stderr.print(f"serving {model} ({translator.engine.name}) on http://{settings.host}:{settings.port}")
         # uvicorn answers SIGTERM and Ctrl-C by draining: no new connections, the requests
-        # in flight finish. Afterwards it raises the signal again with the handler it
-        # found; for SIGTERM that handler does nothing, so a drained server exits 0.
+        # in flight finish, for at most --shutdown-timeout-s. Afterwards it raises the signal
+        # again with the handler it found; for SIGTERM that handler does nothing, so a
+        # drained server exits 0.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        uvicorn.Server(config).run(sockets=[sock])
+        run_until_stopped(uvicorn.Server(config), sock, app.state.batcher)
     finally:
         sock.close()
+
+
+def run_until_stopped(uvicorn_server: Any, sock: socket.socket, batcher: Any) -> None:
+    """Run the server until it has shut down; then, if `batcher` is still translating a batch
+    (one that outlasted the shutdown deadline), leave the process at once."""
+    code = 0
+    try:
+        uvicorn_server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        code = 130
+        raise
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        if batcher.busy:
+            # Its requests were answered already, and a torch call cannot be interrupted. Exiting
+            # normally would stop its thread in the middle of that call, which aborts the process.
+            warning("stopped while a batch was still being translated; its requests got 503")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)

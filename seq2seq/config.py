@@ -351,9 +351,11 @@ class DecodeConfig:
 
 @dataclass
 class ServeConfig:
-    """How `s2s serve` listens, what one request may ask, and how requests are batched.
+    """How `s2s serve` listens, what one request may ask, how requests are batched, and how long
+    anything may take.
 
-    A batch's token budget is DecodeConfig.max_tokens, as for `s2s translate`.
+    A batch's token budget is DecodeConfig.max_tokens, as for `s2s translate`; the server also
+    refuses a line longer than that budget, so that no batch is ever longer than one budget.
     """
 
     host: str = setting("127.0.0.1", "Address to listen on. 127.0.0.1 answers this machine only; 0.0.0.0 "
@@ -361,20 +363,34 @@ class ServeConfig:
     port: int = setting(8080, "TCP port to listen on.", SERVING)
     max_lines: int = setting(256, "Most lines in one request; a request with more gets 413.", SERVING)
     max_bytes: int = setting(1_000_000, "Largest request body, in bytes; a larger one gets 413.", SERVING)
-    max_wait_ms: float = setting(5.0, "How long the oldest queued request waits for others to join its batch, "
+    max_request_tokens: int = setting(20_000, "Most source tokens in one request, over all its lines; a request "
+                                      "with more gets 413.", SERVING)
+    max_wait_ms: float = setting(5.0, "How long the longest-waiting request waits for others to join its batch, "
                                  "in milliseconds; 0 sends each batch at once.", SERVING)
     max_queue_lines: int = setting(8192, "Most lines waiting, over all requests; a request beyond that gets 503 "
                                    "with Retry-After.", SERVING)
+    request_timeout_s: float = setting(60.0, "Most seconds a received request may wait for its translation; "
+                                       "past it, it gets 503 and its lines leave the queue.", SERVING)
+    read_timeout_s: float = setting(10.0, "Most seconds a client may take to send a request's headers, and "
+                                    "again its body; a connection that stalls longer is closed (a stalled body "
+                                    "gets 408 first).", SERVING)
+    keep_alive_s: float = setting(5.0, "How long an idle connection stays open for the client's next "
+                                  "request.", SERVING)
+    shutdown_timeout_s: float = setting(10.0, "On SIGTERM or Ctrl-C, how long the requests in flight may take "
+                                        "to finish; then they get 503 and the server exits.", SERVING)
 
     def validate(self) -> None:
         require_finite(self, lambda name: f"--{name.replace('_', '-')}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
-        for name in ("max_lines", "max_bytes", "max_queue_lines"):
+        for name in ("max_lines", "max_bytes", "max_request_tokens", "max_queue_lines"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
+        for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s", "shutdown_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_queue_lines < self.max_lines:
             raise ConfigError(f"--max-queue-lines ({self.max_queue_lines}) must be at least --max-lines "
                               f"({self.max_lines}): an empty queue must take the largest request")
