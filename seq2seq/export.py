@@ -7,7 +7,9 @@ DIR/
   shared_vocabulary.json     (or source_vocabulary.json + target_vocabulary.json)
   tokenizer.model            (or tokenizer.src.model + tokenizer.tgt.model), copied from the run
   s2s_export.json            what s2s needs to run the folder (see `export_info`), the run's
-                             config.json included: CTranslate2's own config takes that name
+                             config.json included: CTranslate2's own config takes that name;
+                             and the sha256 of every other file, which opening the folder
+                             checks (`seq2seq.exported`)
 ```
 
 The conversion goes through `ctranslate2.specs` and CTranslate2's `Converter`
@@ -47,6 +49,7 @@ for s2s's exact ranking, ask for all `beam` hypotheses with length_penalty 0
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -60,14 +63,12 @@ from torch import nn
 
 from .config import DecodeConfig, ModelConfig, RunConfig, to_dict
 from .errors import ConfigError, WriteError
-from .exported import EXPORT_FILE, import_ctranslate2
+from .exported import EXPORT_FILE, EXPORT_FORMAT_VERSION, file_hashes, import_ctranslate2
 from .files import fsync_dir, new_folder
 from .model import Seq2SeqTransformer
 from .rundir import WEIGHTS_FILE, load_run, read_run_config
 from .tokenizer import SHARED_FILE, SRC_FILE, TGT_FILE, TokenizerPair
 
-# Bump when the layout of an exported folder or of s2s_export.json changes meaning.
-EXPORT_FORMAT_VERSION = 1
 # The weight types CTranslate2's `ModelSpec.optimize` accepts (None is float32, as trained).
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16")
@@ -76,7 +77,7 @@ ROPE_BASE = 10000.0
 
 
 def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: str = WEIGHTS_FILE,
-                       quantization: str | None = None) -> Path:
+                       quantization: str | None = None, option: str = "export folder") -> Path:
     """Convert the run in `run_dir` (its `weights` file) into a CTranslate2 model folder `output_dir`.
 
     `quantization` is None (float32) or one of QUANTIZATIONS. `output_dir`
@@ -84,26 +85,27 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
     folder. The folder is built beside it under a temporary name and renamed
     into place, so a failed export leaves nothing behind. Returns
     `output_dir`. ConfigError for a model CTranslate2 cannot run (Performer
-    attention), a bad quantization or output folder, or a missing ctranslate2;
-    RunDirError for an unreadable run.
+    attention), a bad quantization or output folder (its messages name it
+    `option` and its path), or a missing ctranslate2; RunDirError for an
+    unreadable run.
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     quantization = check_quantization(quantization)
     ctranslate2 = import_ctranslate2("exporting to CTranslate2", converters=True)
     config = read_run_config(run_dir)
     check_exportable(config.model)
-    check_output_dir(run_dir, output_dir)
+    check_output_dir(run_dir, output_dir, option)
     model, tokenizers, config = load_run(run_dir, torch.device("cpu"), weights)
     converter = _converter_class(ctranslate2)(model, tokenizers)
     info = export_info(config, tokenizers, weights, quantization, ctranslate2.__version__)
 
     target = Path(os.path.realpath(output_dir))  # an empty folder behind a symlink is filled, not replaced
     # Missing parent folders are made, and removed again if the export fails.
-    with new_folder(target.parent, "export folder"):
+    with new_folder(target.parent, option):
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
         except OSError as err:
-            raise WriteError(f"cannot write {output_dir} ({err.strerror or err})") from None
+            raise WriteError(f"{option} {output_dir}: cannot be written ({err.strerror or err})") from None
         try:
             folder = staging / target.name
             try:
@@ -111,6 +113,8 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
                 converter.convert(str(folder), quantization=None if quantization == "float32" else quantization)
             except (ValueError, NotImplementedError) as err:
                 raise ConfigError(f"{run_dir}: CTranslate2 cannot convert this model ({err})") from None
+            # Every file but this one, hashed as written, so that opening the folder can check it.
+            info["sha256"] = file_hashes(folder)
             (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             for path in folder.iterdir():
                 with open(path, "rb") as f:
@@ -119,7 +123,8 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
             os.rename(folder, target)
             fsync_dir(target.parent)
         except OSError as err:
-            raise WriteError(f"cannot write {output_dir} ({err.strerror or err}); nothing was exported") from None
+            raise WriteError(f"{option} {output_dir}: cannot be written ({err.strerror or err}); nothing was "
+                             "exported") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return output_dir
@@ -150,23 +155,40 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.norm {cfg.norm!r} cannot be exported to CTranslate2")
 
 
-def check_output_dir(run_dir: Path, output_dir: Path) -> None:
-    """ConfigError unless `output_dir` lies outside the run and is missing or an empty folder."""
-    run = run_dir.resolve()
-    out = output_dir.resolve()
+def check_output_dir(run_dir: Path, output_dir: Path, option: str = "export folder") -> None:
+    """ConfigError, naming `option` and the path, unless `output_dir` lies outside the run and is missing
+    or an empty folder, with no symlink loop, dangling symlink or file on the way to it."""
+    where = f"{option} {output_dir}"
+    try:
+        found = os.path.realpath(output_dir, strict=True)
+    except FileNotFoundError:
+        found = None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"{where}: runs into a symlink loop") from None
+        file = next((part for part in reversed(output_dir.parents) if os.path.isfile(part)), None)
+        if err.errno == errno.ENOTDIR and file is not None:
+            raise ConfigError(f"{where}: {file} is a file, not a folder") from None
+        raise ConfigError(f"{where}: cannot be reached ({err.strerror or err})") from None
+    for part in (*reversed(output_dir.parents), output_dir):
+        if os.path.islink(part) and not os.path.exists(part):
+            which = "" if part == output_dir else f" {part}"
+            raise ConfigError(f"{where}:{which} is a dangling symlink (to {os.readlink(part)}, which does not "
+                              "exist)")
+    if found is not None and not os.path.isdir(found):
+        raise ConfigError(f"{where}: exists and is not a folder")
+    run = Path(os.path.realpath(run_dir))
+    out = Path(os.path.realpath(output_dir))
     if out == run or run in out.parents:
-        raise ConfigError(f"export folder {output_dir}: must not be inside the run directory {run_dir}")
-    if output_dir.is_symlink() and not output_dir.exists():
-        raise ConfigError(f"export folder {output_dir}: is a dangling symlink")
-    if output_dir.exists():
-        if not output_dir.is_dir():
-            raise ConfigError(f"export folder {output_dir}: exists and is not a folder")
-        if any(output_dir.iterdir()):
-            raise ConfigError(f"export folder {output_dir}: already exists and is not empty; "
-                              "choose a new folder or remove it first")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"export folder {output_dir}: {parent} exists and is not a folder")
+        raise ConfigError(f"{where}: must not be inside the run directory {run_dir}")
+    if found is not None:
+        try:
+            filled = bool(os.listdir(found))
+        except OSError as err:
+            raise ConfigError(f"{where}: cannot be read ({err.strerror or err})") from None
+        if filled:
+            raise ConfigError(f"{where}: already exists and is not empty; choose a new folder or remove it "
+                              "first")
 
 
 def export_info(config: RunConfig, tokenizers: TokenizerPair, weights: str, quantization: str,

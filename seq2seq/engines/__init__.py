@@ -10,7 +10,8 @@ statistics) is one code path whatever the engine. Two engines:
   that it computes what s2s computes.
 
 `open_engine` picks the engine from the folder: one holding s2s_export.json
-is an exported CTranslate2 model, anything else is read as a run directory.
+(or CTranslate2's model.bin) is an exported CTranslate2 model, anything else
+is read as a run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import ConfigError
-from ..exported import EXPORT_FILE
+from ..exported import EXPORT_FILE, is_exported
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,11 +71,6 @@ class Engine(Protocol):
         """What the model is: engine, src_lang, tgt_lang, weights, bytes (its weights file),
         parameters (None where unknown), model (its ModelConfig as a dict)."""
         ...
-
-
-def is_exported(path: Path | str) -> bool:
-    """True for a folder written by `s2s export`."""
-    return (Path(path) / EXPORT_FILE).is_file()
 
 
 def engine_for(path: Path | str, engine: str | None) -> str:

@@ -1,5 +1,9 @@
 """The CTranslate2 engine: a `ctranslate2.Translator` over a folder written by `s2s export`.
 
+The folder is checked whole when it is opened (`seq2seq.exported.open_export`),
+before anything is translated or a server says it is ready, and CTranslate2
+loads the bytes that were checked rather than the folder.
+
 It is run as `seq2seq.export` says, so that it computes what s2s computes:
 
 - the source is its pieces then `</s>` (the row's EOS), with no BOS;
@@ -22,26 +26,15 @@ sampling_temperature); cfg.seed seeds CTranslate2's random generator
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from ..config import DecodeConfig
-from ..errors import ConfigError, RunDirError, TokenizerError
-from ..exported import EXPORT_FILE, import_ctranslate2
+from ..errors import ConfigError, RunDirError
+from ..exported import MODEL_FILE, import_ctranslate2, open_export
 from ..prefix import output_limit
 from ..search import Hypothesis, check_decode_config, check_rows, penalised_score, unsearched
-from ..tokenizer import TokenizerPair, load_tokenizers
-
-
-def read_export_info(folder: Path) -> dict:
-    path = folder / EXPORT_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{path}: cannot be read ({err})") from None
-    if not isinstance(info, dict) or info.get("engine") != "ctranslate2" or "max_positions" not in info:
-        raise RunDirError(f"{path}: is not the description of a CTranslate2 export written by `s2s export`")
-    return info
+from ..tokenizer import TokenizerPair
 
 
 def ctranslate2_device(device: str, ctranslate2) -> tuple[str, int]:
@@ -78,15 +71,12 @@ class CTranslate2Engine:
         does too, by its name)."""
         folder = Path(folder)
         ctranslate2 = import_ctranslate2("running an exported model")
-        info = read_export_info(folder)
+        exported = open_export(folder)
+        info = exported.info
         if weights is not None and weights != info.get("weights"):
             raise ConfigError(f"{folder} holds one model, exported from {info.get('weights')}; --weights picks "
                               f"a weights file in a run directory: export {weights} to its own folder "
                               "(s2s export --weights) and translate with that")
-        try:
-            tokenizers = load_tokenizers(folder)
-        except TokenizerError as err:
-            raise RunDirError(str(err)) from None
         kind, index = ctranslate2_device(str(device), ctranslate2)
         options = dict(device=kind, inter_threads=1)
         if kind == "cuda":
@@ -95,12 +85,14 @@ class CTranslate2Engine:
             options["intra_threads"] = threads
         if cfg.sampling and cfg.seed is not None:
             ctranslate2.set_random_seed(cfg.seed)
+        # With `files`, the path only names the model, and CTranslate2 takes UTF-8 text only.
+        name = os.fsencode(folder).decode("utf-8", "replace")
         try:
-            translator = ctranslate2.Translator(str(folder), **options)
+            translator = ctranslate2.Translator(name, files=exported.model_files, **options)
         except (RuntimeError, ValueError) as err:
-            raise RunDirError(f"{folder}: CTranslate2 cannot load this model ({err})") from None
-        info["bytes"] = sum(path.stat().st_size for path in folder.glob("*.bin"))
-        return cls(translator, tokenizers, int(info["max_positions"]), cfg, info)
+            raise RunDirError(f"{folder / MODEL_FILE}: CTranslate2 cannot load this model ({err})") from None
+        info["bytes"] = len(exported.model_files[MODEL_FILE])
+        return cls(translator, exported.tokenizers, int(info["max_positions"]), cfg, info)
 
     def with_config(self, cfg: DecodeConfig) -> "CTranslate2Engine":
         return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg, self.info)
