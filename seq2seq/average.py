@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from .rundir import CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, save_weights
-from .files import atomic_write
+from .rundir import (CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, open_run, read_metadata,
+                     read_tensors, save_tensors, save_weights)
 from .errors import ConfigError, RunDirError
 from .performer import RANDOM_FEATURES_BUFFER
 
@@ -45,11 +43,7 @@ def list_snapshots(run_dir: Path | str) -> list[Snapshot]:
     """The run's snapshots, oldest first."""
     snapshots = []
     for path in sorted(snapshot_dir(run_dir).glob("step_*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except (SafetensorError, OSError) as err:
-            raise RunDirError(f"{path}: not a readable safetensors file ({err})") from None
+        metadata = read_metadata(path)
         bleu = metadata.get("valid_bleu")
         snapshots.append(Snapshot(path, int(metadata.get("step", 0)), None if bleu is None else float(bleu)))
     return snapshots
@@ -91,7 +85,7 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     dtypes: dict[str, torch.dtype] = {}
     copied: dict[str, torch.Tensor] = {}
     for path in paths:
-        tensors = load_file(str(path))
+        tensors = read_tensors(path)
         if (total or copied) and tensors.keys() != total.keys() | copied.keys():
             raise RunDirError(f"{path}: holds other tensors than {paths[0]}; snapshots of different models")
         for name, tensor in tensors.items():
@@ -109,8 +103,11 @@ def average_output(run_dir: Path | str, name: str | None, last: int = 0, best: i
     The run directory belongs to its trainer: `s2s average` may add a new
     `.safetensors` file there, or replace an earlier average of its own, but
     never the model, the trainer's average, or any other file of the run.
+    The run is opened first, as every command that reads a run opens it
+    (`seq2seq.rundir.open_run`): an average is added only to a run that checks itself.
     """
     run_dir = Path(run_dir)
+    open_run(run_dir, need_weights=False)
     if name is None:
         name = f"average-last-{last}.safetensors" if last else f"average-best-{best}.safetensors"
     if Path(name).name != name or name.startswith(".") or not name.endswith(".safetensors"):
@@ -127,12 +124,10 @@ def average_output(run_dir: Path | str, name: str | None, last: int = 0, best: i
 
 def _is_average(path: Path) -> bool:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return "averaged_steps" in (f.metadata() or {})
-    except (SafetensorError, OSError):
+        return "averaged_steps" in read_metadata(path)
+    except RunDirError:
         return False
 
 
 def write_average(paths: list[Path], output: Path, metadata: dict[str, str]) -> None:
-    averaged = average_weights(paths)
-    atomic_write(output, lambda tmp: save_file(averaged, str(tmp), metadata=metadata))
+    save_tensors(average_weights(paths), output, metadata)

@@ -7,8 +7,10 @@ runs/NAME/checkpoints/
                      tensors), trainer.json (step, epoch, data position, ...)
 ```
 
-The rest of the run directory, and loading a run to translate with, is
-seq2seq.rundir; file primitives are seq2seq.files. Nothing here is a pickle.
+A run folder that holds no trainer state, and nothing else of value, may be
+started over by a new run (`files_to_start_over`). The rest of the run
+directory, and opening a run, is seq2seq.rundir; file primitives are
+seq2seq.files. Nothing here is a pickle.
 Every file is written to a temporary name in the same folder, flushed, fsync'd
 and renamed into place; a trainer state only becomes "last" once `last.json`
 points at it, so a crash mid-write leaves the previous state intact.
@@ -17,18 +19,21 @@ points at it, so a crash mid-write leaves the previous state intact.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import RunDirError
-from .files import TMP_SUFFIX, atomic_write, atomic_write_text
-from .rundir import CHECKPOINTS_DIR, SNAPSHOTS_DIR, WEIGHTS_FILE, load_weights, save_weights
+from .files import LOCK_FILE, TMP_SUFFIX, atomic_write_text
+from .rundir import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, SNAPSHOTS_DIR, WEIGHTS_FILE, assign_weights,
+                     check_weights_fit, read_tensors, save_tensors, save_weights)
+from .tensorboard import TENSORBOARD_DIR
+from .tokenizer import TOKENIZER_FILES
 
 LAST_POINTER = "last.json"
 TRAINER_TENSORS = "trainer.safetensors"
@@ -46,7 +51,7 @@ def remove_unfinished_writes(run_dir: Path) -> None:
     try:
         last = json.loads(pointer.read_text(encoding="utf-8"))["dir"] if pointer.exists() else ""
     except (OSError, ValueError, KeyError):
-        return  # leave everything for load_trainer_state to report
+        return  # leave everything for read_trainer_state to report
     for folder in (run_dir / CHECKPOINTS_DIR).glob("step_*"):
         if folder.is_dir() and folder.name > last:
             shutil.rmtree(folder, ignore_errors=True)
@@ -54,6 +59,35 @@ def remove_unfinished_writes(run_dir: Path) -> None:
     for snapshot in (run_dir / CHECKPOINTS_DIR / SNAPSHOTS_DIR).glob("step_*.safetensors"):
         if snapshot.name.removesuffix(".safetensors") > last:
             snapshot.unlink(missing_ok=True)
+
+
+def files_to_start_over(run_dir: Path) -> list[Path]:
+    """What a run that stopped before its first checkpoint left in `run_dir`, for a new run to start
+    over it: its config.json, tokenizer and metrics.jsonl, to be removed in this order (config.json
+    last, so that a removal cut short leaves a folder that is still recognised as a run).
+
+    Such a run saved nothing that a new one cannot make again, and a user who fixes what made it
+    fail (too high a learning rate, a bad corpus) expects the same command to work. A RunDirError
+    if the folder holds anything of value: a trainer state, weights, or a file training does not
+    write. Its tensorboard/ folder is kept; the new run's events hide the old ones (purge_step).
+    """
+    run_dir = Path(run_dir)
+    saved = [*run_dir.glob("*.safetensors"), *(run_dir / CHECKPOINTS_DIR).rglob("*")]
+    if any(path.is_file() and not _unfinished(path) for path in saved):
+        raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                          "or choose another --run directory")
+    rewritten = (METRICS_FILE, *TOKENIZER_FILES, CONFIG_FILE)
+    written = (*rewritten, LOCK_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR)
+    foreign = sorted(path.name for path in run_dir.iterdir() if path.name not in written and not _unfinished(path))
+    if foreign:
+        raise RunDirError(f"{run_dir}: already holds a run, and {', '.join(foreign)}, which training did not write; "
+                          "pass --resume to continue the run or choose another --run directory")
+    return [run_dir / name for name in rewritten if os.path.lexists(run_dir / name)]
+
+
+def _unfinished(path: Path) -> bool:
+    """A temporary file a killed writer left (seq2seq.files), which `remove_unfinished_writes` deletes."""
+    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -127,8 +161,7 @@ def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.O
     rng = {f"{_rank_prefix(rank)}{name}": state
            for rank, states in enumerate(rank_rng or [rng_tensors()]) for name, state in states.items()}
     save_weights(model, folder / WEIGHTS_FILE)
-    atomic_write(folder / TRAINER_TENSORS,
-                 lambda tmp: save_file({**optim_tensors, **rng}, str(tmp)))
+    save_tensors({**optim_tensors, **rng}, folder / TRAINER_TENSORS)
     atomic_write_text(folder / TRAINER_JSON, json.dumps({**progress, "optimizer": optim_meta}) + "\n")
     atomic_write_text(ckpt_root / LAST_POINTER, json.dumps({"dir": name}) + "\n")
     states = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
@@ -142,10 +175,20 @@ def has_trainer_state(run_dir: Path) -> bool:
     return (Path(run_dir) / CHECKPOINTS_DIR / LAST_POINTER).is_file()
 
 
-def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       rank: int = 0) -> dict[str, Any]:
-    """Restore model, optimizer and rank `rank`'s RNG from the last trainer state; return its
-    progress record, with "rng_restored": False if the state holds no RNG for that rank."""
+@dataclass
+class TrainerState:
+    """A run's last trainer state, read and checked by `read_trainer_state`."""
+
+    folder: Path  # checkpoints/step_NNNNNNNN
+    progress: dict[str, Any]  # trainer.json: step, epoch, data position, ... and the optimizer's param groups
+    weights: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # the optimizer's state and every rank's RNG states
+
+
+def read_trainer_state(run_dir: Path, model: nn.Module) -> TrainerState:
+    """The last trainer state of the run in `run_dir`, checked before anything is restored from it:
+    a RunDirError names the file that is unreadable, damaged or not finite (seq2seq.rundir.read_tensors),
+    or weights that do not fit `model` (which may live on the meta device)."""
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     pointer = ckpt_root / LAST_POINTER
     if not pointer.is_file():
@@ -153,10 +196,25 @@ def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.O
     try:
         folder = ckpt_root / json.loads(pointer.read_text(encoding="utf-8"))["dir"]
         progress = json.loads((folder / TRAINER_JSON).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / TRAINER_TENSORS))
-    except (OSError, KeyError, ValueError, SafetensorError) as err:
+    except (OSError, KeyError, ValueError) as err:
         raise RunDirError(f"{ckpt_root}: trainer state is unreadable ({err})") from None
-    load_weights(model, folder / WEIGHTS_FILE)
+    weights = read_tensors(folder / WEIGHTS_FILE)
+    check_weights_fit(model, weights, folder / WEIGHTS_FILE)
+    return TrainerState(folder, progress, weights, read_tensors(folder / TRAINER_TENSORS))
+
+
+def restore_trainer_state(state: TrainerState, model: nn.Module, optimizer: torch.optim.Optimizer,
+                          rank: int = 0) -> dict[str, Any]:
+    """Restore model, optimizer and rank `rank`'s RNG from `state`; return its progress record, with
+    "rng_restored": False if the state holds no RNG for that rank."""
+    assign_weights(model, state.weights, state.folder / WEIGHTS_FILE)
+    progress = dict(state.progress)
     # load_state_dict moves each state tensor to its parameter's device itself.
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, progress.pop("optimizer")))
-    return {**progress, "rng_restored": restore_rng(tensors, rank)}
+    optimizer.load_state_dict(_unflatten_optimizer(state.tensors, progress.pop("optimizer")))
+    return {**progress, "rng_restored": restore_rng(state.tensors, rank)}
+
+
+def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       rank: int = 0) -> dict[str, Any]:
+    """`read_trainer_state`, then `restore_trainer_state`."""
+    return restore_trainer_state(read_trainer_state(run_dir, model), model, optimizer, rank)

@@ -4,7 +4,8 @@ Fine-tuning, domain adaptation and continued training: the new run takes the
 source run's weights (its model.safetensors), its tokenizer and its model
 config, and trains them on the data it is given, with a fresh optimizer and
 learning-rate schedule (warm-up again). What it cannot take is refused before
-any work, naming the difference: another tokenizer, or another model shape.
+any work, naming the difference: another tokenizer, another model shape, or a
+source run that fails the checks every command makes when it opens a run.
 Settings that change how the same network trains (dropout, Performer's
 feature redraws) may differ. `--resume` continues a run, weights, optimizer
 and schedule alike; `--init-from` starts one.
@@ -24,13 +25,16 @@ TRAINING_ONLY_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "p
 
 
 def source_run(init_from: str) -> RunConfig:
-    """The config of the run `--init-from` names; a RunDirError if it is not a run directory."""
-    from .rundir import read_run_config
+    """The config of the run `--init-from` names, opened as every command opens a run
+    (`seq2seq.rundir.open_run`): a RunDirError if it is not a run directory, or if its tokenizer or
+    weights are not the ones its config.json describes, damaged, or not finite. Before any work,
+    and before the new run copies its tokenizer and records that tokenizer's hash as its own."""
+    from .rundir import open_run
 
     if (Path(init_from) / EXPORT_FILE).is_file():
         raise RunDirError(f"--init-from {init_from} is a model exported to CTranslate2, not a run directory: give "
                           "the run directory it was exported from")
-    return read_run_config(init_from)
+    return open_run(init_from).config
 
 
 def check_init_model(init_from: str, source: ModelConfig, given: ModelConfig) -> None:
@@ -66,7 +70,8 @@ def init_tokenizer(init_from: str, source: RunConfig, cfg: TrainConfig) -> Train
 
 
 def load_init_weights(model, init_from: str) -> None:
-    """The source run's model.safetensors into `model` (strict: every tensor, every shape)."""
+    """The source run's model.safetensors into `model` (strict: every tensor, every shape; checked again
+    as it is read, by `seq2seq.rundir.load_weights`)."""
     from .rundir import WEIGHTS_FILE, load_weights
 
     load_weights(model, Path(init_from) / WEIGHTS_FILE)

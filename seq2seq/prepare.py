@@ -101,10 +101,5 @@ def prepare_tokenizers(run_dir: Path, cfg: TrainConfig, train_corpus: datasets.D
 def fit_to_tokenizers(model_cfg: ModelConfig, tokenizers: TokenizerPair) -> ModelConfig:
     """`model_cfg` with the vocabulary sizes and special ids of `tokenizers`; embeddings are shared
     only when asked for and the two sides share one vocabulary."""
-    return dataclasses.replace(
-        model_cfg,
-        src_vocab_size=tokenizers.src.vocab_size,
-        tgt_vocab_size=tokenizers.tgt.vocab_size,
-        share_embeddings=model_cfg.share_embeddings and tokenizers.shared,
-        pad_id=tokenizers.tgt.pad_id, unk_id=tokenizers.tgt.unk_id,
-        bos_id=tokenizers.tgt.bos_id, eos_id=tokenizers.tgt.eos_id)
+    return dataclasses.replace(model_cfg, **tokenizers.model_fields(),
+                               share_embeddings=model_cfg.share_embeddings and tokenizers.shared)

@@ -136,6 +136,12 @@ class TokenizerPair:
         """The model files: one when shared, source then target otherwise."""
         return [self.src.path] if self.shared else [self.src.path, self.tgt.path]
 
+    def model_fields(self) -> dict[str, int]:
+        """The ModelConfig fields that come from the tokenizers: vocabulary sizes and special ids."""
+        return {"src_vocab_size": self.src.vocab_size, "tgt_vocab_size": self.tgt.vocab_size,
+                "pad_id": self.tgt.pad_id, "unk_id": self.tgt.unk_id, "bos_id": self.tgt.bos_id,
+                "eos_id": self.tgt.eos_id}
+
 
 def load_tokenizers(folder: str | Path) -> TokenizerPair:
     """Load the tokenizer(s) in `folder`: `tokenizer.model` if present, else the src/tgt pair."""

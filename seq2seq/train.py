@@ -31,8 +31,8 @@ from torch import nn
 
 from .average import prune_snapshots, save_snapshot
 from .batching import EpochBatches
-from .checkpoint import (has_trainer_state, load_trainer_state, remove_unfinished_writes, rng_tensors,
-                         save_trainer_state)
+from .checkpoint import (TrainerState, files_to_start_over, has_trainer_state, read_trainer_state,
+                         remove_unfinished_writes, restore_trainer_state, rng_tensors, save_trainer_state)
 from .clobber import Reads, is_inside, refuse_clobbering
 from .config import RESUME_BUDGET_FIELDS, ModelConfig, RunConfig, TrainConfig
 from .data import resolve_corpus_spec
@@ -49,8 +49,8 @@ from .interrupt import StopSignals
 from .loss import TrainingObjective, UpdateGradients
 from .model import Seq2SeqTransformer, build_model, count_parameters
 from .prepare import fit_to_tokenizers, prepare_data
-from .rundir import (CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, WEIGHTS_FILE, Event, MetricsLog, read_run_config,
-                     save_weights)
+from .rundir import (CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, WEIGHTS_FILE, Event, MetricsLog, open_run, save_weights,
+                     shape_of)
 from .schedule import learning_rate, planned_updates, redraw_features_if_due
 from .tensorboard import TensorBoardSink, refuse_tensorboard_folder, require_tensorboard, tensorboard_folder
 from .validation import Validation
@@ -325,8 +325,8 @@ class Trainer:
             "max_tokens": self.batches.max_tokens, "next_max_tokens": self.oom.next_max_tokens,
             "pending_validation": self.validation.pending})
 
-    def resume(self) -> None:
-        progress = load_trainer_state(self.run_dir, self.model, self.optimizer, self.rank)
+    def resume(self, state: TrainerState) -> None:
+        progress = restore_trainer_state(state, self.model, self.optimizer, self.rank)
         if not progress["rng_restored"]:  # saved by fewer processes: this rank has no state of its own
             self.seed_dropout(progress["step"])
         self.step, self.epoch, self.position = progress["step"], progress["epoch"], progress["position"]
@@ -426,7 +426,12 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     On resume, `model_cfg` and `train_cfg` must equal the saved configs except
     for the stopping budget (epochs, max_steps, max_time, patience); see
     `check_resume_config`. A run stopped before its first checkpoint starts
-    again from step 0.
+    again from step 0. The run resumed, and the run `init_from` names, are
+    opened as every command opens a run (`seq2seq.rundir.open_run`) before any work.
+
+    Without `resume`, `run_dir` must not hold a run, unless that run stopped
+    before its first checkpoint: a new run then starts over it
+    (`seq2seq.checkpoint.files_to_start_over`).
 
     `tensorboard` is a folder to write TensorBoard event files to as well
     (seq2seq.tensorboard); None writes none, except that a resumed run that
@@ -444,7 +449,7 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
-        saved = read_run_config(run_dir)
+        saved = open_run(run_dir, need_weights=False).config
         check_resume_config(run_dir, saved, model_cfg, train_cfg)
         model_cfg = saved.model
     model_cfg.validate()
@@ -457,27 +462,31 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
     is_main = is_main_process()
     # Rank 0 alone writes the run directory, so it alone holds the lock.
     with new_folder(run_dir, "--run"), RunLock(run_dir) if is_main else contextlib.nullcontext():
-        if not resume and (run_dir / CONFIG_FILE).exists():
-            raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
-                              "or choose another --run directory")
+        # Every rank looks, and refuses alike; rank 0's removals only ever leave fewer files to see.
+        start_over = [] if resume or not (run_dir / CONFIG_FILE).exists() else files_to_start_over(run_dir)
         if is_main:
             remove_unfinished_writes(run_dir)
-            if resume:  # the new budget, so that config.json says what the run was last asked to do
-                atomic_write_text(run_dir / CONFIG_FILE, dataclasses.replace(saved, train=train_cfg).to_json())
+            for path in start_over:
+                path.unlink(missing_ok=True)
+        # A run stopped before its first checkpoint has none: it starts again at step 0. One that has
+        # one is checked before any work (data preparation can take long), under the lock.
+        state = read_trainer_state(run_dir, shape_of(model_cfg)) if resume and has_trainer_state(run_dir) else None
+        if is_main and resume:  # the new budget, so that config.json says what the run was last asked to do
+            atomic_write_text(run_dir / CONFIG_FILE, dataclasses.replace(saved, train=train_cfg).to_json())
         with lost_processes_as_errors("data preparation"):
             trainer = Trainer(run_dir, model_cfg, train_cfg, device, on_event, started)
-        if resume:
-            # A run stopped before its first checkpoint has none: it starts again at step 0.
-            if has_trainer_state(run_dir):
-                trainer.resume()
-        elif trainer.is_main:
+        if state is not None:
+            trainer.resume(state)
+            del state  # the checkpoint's tensors: not held on the host for the whole run
+        elif not resume and trainer.is_main:
             tokenizers = trainer.data.tokenizers
             config = RunConfig(model=trainer.model_cfg, train=train_cfg, tokenizer_sha256={
                 t.path.name: t.sha256 for t in (tokenizers.src, tokenizers.tgt)})
             atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
         if tensorboard is not None and trainer.is_main:
-            # Resumed: TensorBoard hides what a killed run logged after the step it resumes from.
-            trainer.tensorboard = TensorBoardSink(tensorboard, purge_step=trainer.step + 1 if resume else None)
+            # Resumed or started over: TensorBoard hides what the earlier run logged after this step.
+            trainer.tensorboard = TensorBoardSink(tensorboard,
+                                                  purge_step=trainer.step + 1 if resume or start_over else None)
         # Closed however the run ends (a stop, an error, a signal), which flushes the events.
         with (contextlib.closing(trainer.tensorboard) if trainer.tensorboard else contextlib.nullcontext(),
               lost_processes_as_errors(f"training; the last complete checkpoint in {run_dir} is intact")):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import seq2seq.checkpoint as checkpoint
 import seq2seq.loss as loss_module
+import seq2seq.rundir as rundir
 from seq2seq.checkpoint import load_trainer_state
 from seq2seq.files import RunLock
 from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, TrainingInterrupted, WriteError
@@ -60,16 +61,21 @@ def test_a_second_trainer_on_the_same_run_stops_at_once(corpus, tmp_path):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
-    real_save_file = checkpoint.save_file
+    real_atomic_write = rundir.atomic_write
     calls = []
 
-    def save_file_until_the_disk_fills(tensors, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save_file(tensors, path, *args, **kwargs)
+    def fill_the_disk(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", save_file_until_the_disk_fills)
+    def atomic_write_until_the_disk_fills(path, write):
+        if path.name == checkpoint.TRAINER_TENSORS:  # the second trainer state fills the disk as it is written
+            calls.append(path)
+            if len(calls) == 2:
+                write = fill_the_disk
+        return real_atomic_write(path, write)
+
+    monkeypatch.setattr(rundir, "atomic_write", atomic_write_until_the_disk_fills)
     run = tmp_path / "run"
     with pytest.raises(WriteError, match="No space left on device.*previous version of the file is intact"):
         train(run, tiny_model_config(), tiny_train_config(corpus, "", max_steps=9, valid_every=3), CPU)

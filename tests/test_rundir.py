@@ -96,7 +96,7 @@ def test_vocab_size_must_match_embeddings(run_dir, tmp_path):
     config["model"]["src_vocab_size"] = config["model"]["tgt_vocab_size"] = 151
     config["tokenizer_sha256"] = {}
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RunDirError, match="150 pieces"):
+    with pytest.raises(RunDirError, match="config.json: model.src_vocab_size is 151, .* gives 150"):
         load_run(run, CPU)
 
 
