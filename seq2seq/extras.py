@@ -2,12 +2,15 @@
 
 A missing extra is a ConfigError that names what needed it and the pip
 command that installs it, so the CLI prints one `error:` line, never an
-ImportError's traceback.
+ImportError's traceback. Figures (matplotlib, the `plot` extra) are made and
+saved here, and `printable` makes the text they show (file names above all)
+fit for any font and any UTF-8 output.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -38,6 +41,25 @@ def new_figure(purpose: str, width_px: int, height_px: int, dpi: int = 100):
     figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
+
+
+# Control characters, which would break a label's line or drive a terminal, and lone surrogates, which
+# no UTF-8 output and no font takes: Python holds each byte of a file name that is not UTF-8 as one
+# (os.fsdecode).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # the byte os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(match.group())[1:-1]  # as Python writes it: "\\t", "\\x1b", "\\ud800"
+
+
+def printable(text: str) -> str:
+    """`text` (a label, a file name) as one line that any UTF-8 output and matplotlib can show: a
+    byte of a file name that is not UTF-8 as a backslash escape, "\\xff", and so are control characters."""
+    return _UNPRINTABLE.sub(_escaped, text)
 
 
 # What `save_figure` writes, by the output's extension.

@@ -7,7 +7,13 @@ runs are overlaid, so that recipes can be compared on one picture.
 The records are taken as the run finally saw them (`current_records`): a
 resumed run repeats the updates after its last checkpoint, and its records
 for those steps replace the ones the stopped run wrote, as TensorBoard's
-purge_step does for the event files (seq2seq.tensorboard).
+purge_step does for the event files (seq2seq.tensorboard). A line of
+metrics.jsonl that is not a record the trainer writes (one whose loss is
+NaN, say) is never drawn: it is skipped and counted
+(seq2seq.metrics_records), and `write_plot` returns the counts.
+
+Labels are drawn as plain text: a folder's name is made printable, and a "$"
+in it does not start matplotlib's mathtext.
 
 matplotlib (the `plot` extra) is imported only to draw, through
 seq2seq.extras.new_figure, which renders headless without pyplot.
@@ -21,10 +27,10 @@ from typing import Any
 
 from .clobber import Reads, refuse_clobbering
 from .errors import ConfigError, DataError, RunDirError
-from .extras import figure_format, new_figure, save_figure
+from .extras import figure_format, new_figure, printable, save_figure
 from .files import check_output
+from .metrics_records import MetricsRecords, read_metrics
 from .rundir import METRICS_FILE
-from .runinfo import read_metrics
 
 X_AXES = ("steps", "time")
 MIN_PIXELS, MAX_PIXELS = 200, 10000  # below, the panels do not fit their labels; above, memory runs out first
@@ -34,9 +40,10 @@ PLOTTED = ("train", "valid")
 
 @dataclass
 class Curves:
-    """One run's points: (step, seconds of training, value) for each curve."""
+    """One run's points: (step, seconds of training, value) for each curve; `source`: what they were read from."""
 
     label: str
+    source: MetricsRecords
     train_loss: list[tuple[int, float, float]] = field(default_factory=list)
     valid_loss: list[tuple[int, float, float]] = field(default_factory=list)
     valid_bleu: list[tuple[int, float, float]] = field(default_factory=list)
@@ -81,34 +88,34 @@ def read_curves(run: Path, label: str, x: str) -> Curves:
         raise RunDirError(f"{run}: no such run directory")
     if not path.is_file():
         raise RunDirError(f"{path}: no such file (is {run} a run directory that has trained?)")
-    records = current_records(read_metrics(Path(run)))
+    metrics = read_metrics(run)
+    records = current_records(metrics.records)
     if not any(r.get("event") in PLOTTED for r in records):
-        raise DataError(f"{path}: no train or valid records to plot")
+        skipped = f" ({metrics.skipped_records()}, {metrics.first_skipped})" if metrics.skipped else ""
+        raise DataError(f"{path}: no train or valid records to plot{skipped}")
     seconds = training_seconds(records)
     if x == "time" and any(s is None for s, r in zip(seconds, records) if r.get("event") in PLOTTED):
         raise DataError(f'{path}: records without a "time" (written by an older s2s); plot it with --x steps')
-    curves = Curves(label)
-    for record, when in zip(records, seconds):
-        if record.get("event") == "train" and record.get("loss") is not None:
+    curves = Curves(label, metrics)
+    for record, when in zip(records, seconds):  # each record's fields are checked (metrics_records.RECORDS)
+        if record["event"] == "train":
             curves.train_loss.append((record["step"], when, record["loss"]))
-        elif record.get("event") == "valid":
-            if record.get("valid_loss") is not None:
-                curves.valid_loss.append((record["step"], when, record["valid_loss"]))
-            if record.get("valid_bleu") is not None:
-                curves.valid_bleu.append((record["step"], when, record["valid_bleu"]))
+        elif record["event"] == "valid":
+            curves.valid_loss.append((record["step"], when, record["valid_loss"]))
+            curves.valid_bleu.append((record["step"], when, record["valid_bleu"]))
     return curves
 
 
 def run_labels(runs: list[Path], labels: list[str] | None) -> list[str]:
     """`labels` if given, one per run; otherwise each run folder's name, or its path as given
-    where two runs share a name."""
+    where two runs share a name; made printable."""
     if labels:
         if len(labels) != len(runs):
             raise ConfigError(f"--label is given {len(labels)} times for {len(runs)} runs; give it once per run, "
                               "in the order of the runs")
-        return list(labels)
+        return [printable(label) for label in labels]
     names = [Path(run).resolve().name or str(run) for run in runs]
-    return [name if names.count(name) == 1 else str(run) for name, run in zip(names, runs)]
+    return [printable(name if names.count(name) == 1 else str(run)) for name, run in zip(names, runs)]
 
 
 def check_plot_options(x: str, width: int, height: int) -> None:
@@ -149,7 +156,8 @@ def draw(curves: list[Curves], x: str, width: int, height: int):
         axes.set_xlim(left=0)  # every run from its start, so that runs line up
         axes.grid(True, alpha=0.3)
         if axes.has_data():
-            axes.legend(fontsize="small")
+            for text in axes.legend(fontsize="small").get_texts():
+                text.set_parse_math(False)  # a folder's name is text, not mathtext
     if not bleu_axes.has_data():
         bleu_axes.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=bleu_axes.transAxes)
     figure.tight_layout()
@@ -157,8 +165,9 @@ def draw(curves: list[Curves], x: str, width: int, height: int):
 
 
 def write_plot(runs: list[Path], output: Path, x: str = "steps", labels: list[str] | None = None,
-               width: int = 1200, height: int = 500) -> None:
-    """Draw the runs' curves into `output` (PNG or SVG by its extension).
+               width: int = 1200, height: int = 500) -> list[MetricsRecords]:
+    """Draw the runs' curves into `output` (PNG or SVG by its extension); returns each run's
+    records as read, with the count of lines skipped as bad.
 
     Everything is checked before anything is drawn: the options, the output
     (which may not lie in any of the runs, since they are read), and every
@@ -174,3 +183,4 @@ def write_plot(runs: list[Path], output: Path, x: str = "steps", labels: list[st
     names = run_labels(runs, labels)
     curves = [read_curves(Path(run), label, x) for run, label in zip(runs, names)]
     save_figure(draw(curves, x, width, height), output, "-o")
+    return [run.source for run in curves]

@@ -8,34 +8,17 @@ torch's meta device, which allocates no memory.
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, ModelConfig, RunConfig, to_dict
-from .errors import ConfigError, DataError, RunDirError
-from .exported import EXPORT_FILE
-from .rundir import METRICS_FILE, read_run_config
+from .config import PRESETS, ModelConfig, to_dict
+from .exported import is_exported, open_export
+from .metrics_records import read_metrics
+from .rundir import read_run_config
 
 # The fields that tell the presets apart.
 _SHAPE = ("d_model", "n_heads", "ffn_dim", "encoder_layers", "decoder_layers")
-
-
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl ([] if there is none); a DataError names a line that is not JSON."""
-    path = folder / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError as err:
-            raise DataError(f"{path}: line {number} is not JSON ({err})") from None
-    return records
 
 
 def preset_of(model: ModelConfig) -> str:
@@ -58,15 +41,9 @@ def parameter_count(model: ModelConfig) -> int:
 def describe(folder: Path | str) -> dict[str, Any]:
     """Everything `s2s info` shows, as plain data (its --json)."""
     folder = Path(folder)
-    exported = (folder / EXPORT_FILE).is_file()
-    if exported:
-        try:
-            export = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
-            config = RunConfig.from_json_dict(export["run_config"], str(folder / EXPORT_FILE))
-        except (OSError, ValueError, KeyError, TypeError, ConfigError) as err:
-            raise RunDirError(f"{folder / EXPORT_FILE}: cannot be read ({err})") from None
-    else:
-        config = read_run_config(folder)
+    exported = is_exported(folder)
+    # An export is checked whole, as opening it to translate would: a damaged one is an error, not a summary.
+    config = open_export(folder).config if exported else read_run_config(folder)
     model, train = config.model, config.train
     metrics = read_metrics(folder)
     trained = [r for r in metrics if r.get("event") == "train"]
