@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.style import Style
 from rich.table import Table
 
-from seq2seq.clobber import Reads, refuse_clobbering
+from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
 from seq2seq.files import check_output
 
@@ -69,11 +69,13 @@ def attention_command(
     if is_exported(model):
         raise ConfigError(f"{model} is exported to CTranslate2, which keeps no attention weights to show: give -m "
                           "the run directory it was exported from")
+    reads = Reads().folder("the run directory", model)
+    refuse_stdout_clobbering(reads)  # the translation and the table go there
     if output is not None:
         from seq2seq.extras import figure_format
 
         check_output(output, "--output")
-        refuse_clobbering("--output", output, Reads().folder("the run directory", model))
+        refuse_clobbering("--output", output, reads)
         figure_format(output, "--output")
     translator = load_translator(model, device, cfg, weights, engine="torch")
     attention = translator.attention_map(text, layer)

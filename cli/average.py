@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from seq2seq.clobber import Reads, refuse_stdout_clobbering
+
 from .display import stderr
 
 
@@ -19,6 +21,7 @@ def average_command(
         "average's.", show_default="average-last-K.safetensors or average-best-K.safetensors")] = None,
 ) -> None:
     """Average the weights of several snapshots of a run; translate with `--weights FILE`."""
+    refuse_stdout_clobbering(Reads().folder("the run directory", model))
     from seq2seq.average import average_output, list_snapshots, select_snapshots, write_average
     from seq2seq.rundir import read_run_config
 

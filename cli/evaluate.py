@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_clobbering
+from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.files import check_output, open_output
@@ -67,11 +67,13 @@ def eval_command(
     check_engine_options(engine, threads)
     if output is not None:
         check_output(output, "--output")
-        # --output comes with --model alone (refused with --hyp above): there are no hypotheses to read.
-        reads = Reads().file("the source file", src).folder(model_label(model), model)
-        for path in ref:
-            reads.file("the reference", path)
-        refuse_clobbering("--output", output, reads)
+    reads = Reads().file("the hypotheses", hyp).file("the source file", src)
+    for path in ref:
+        reads.file("the reference", path)
+    if model is not None:
+        reads.folder(model_label(model), model)
+    refuse_clobbering("--output", output, reads)
+    refuse_stdout_clobbering(reads)  # the scores go there
     from seq2seq.evaluate import METRICS, score_corpus, scores_to_json
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else list(METRICS)

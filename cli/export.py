@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from seq2seq.clobber import Reads, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
 
 from .display import stderr
@@ -26,6 +27,7 @@ def export_command(
     """Export a trained run for a deployment engine: the converted model, its tokenizers and settings."""
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    refuse_stdout_clobbering(Reads().folder("the run directory", model))
     from seq2seq.export import export_ctranslate2
 
     folder = export_ctranslate2(model, output, weights=weights, quantization=quantization)

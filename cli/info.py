@@ -8,7 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from .display import stdout
+from seq2seq.clobber import Reads, refuse_stdout_clobbering
+from seq2seq.extras import printable
+
+from .display import stdout, warning
+from .translate import model_label
 
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -30,39 +34,56 @@ def _size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+def printable_data(data: Any) -> Any:
+    """`data` with every string in it made printable (seq2seq.extras.printable): a folder or file
+    name that is not UTF-8 would fail on a UTF-8 stdout."""
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        return {printable_data(key): printable_data(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [printable_data(value) for value in data]
+    return data
+
+
 def render(info: dict[str, Any]):
     """The rich panel of `describe`'s data."""
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     model, training, validation = info["model"], info["training"], info["validation"]
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("kind", info["kind"])
-    table.add_row("languages", f"{info['languages']['source']} -> {info['languages']['target']}")
+
+    def add_row(name: str, value: str) -> None:
+        table.add_row(name, Text(value))  # as text, not rich markup: "[" may be in a file name
+
+    add_row("kind", info["kind"])
+    add_row("languages", f"{info['languages']['source']} -> {info['languages']['target']}")
     variants = ", ".join(f"{key} {value}" for key, value in model["variants"].items())
-    table.add_row("model", f"{model['preset']} preset, {model['parameters']:,} parameters: {model['encoder_layers']}"
-                  f"+{model['decoder_layers']} layers, d_model {model['d_model']}, {model['n_heads']} heads, "
-                  f"FFN {model['ffn_dim']}; {variants}")
+    add_row("model", f"{model['preset']} preset, {model['parameters']:,} parameters: {model['encoder_layers']}"
+            f"+{model['decoder_layers']} layers, d_model {model['d_model']}, {model['n_heads']} heads, "
+            f"FFN {model['ffn_dim']}; {variants}")
     tokenizer = info["tokenizer"]
     hashes = "; ".join(f"{name} sha256 {sha[:16]}…" for name, sha in tokenizer["sha256"].items())
-    table.add_row("tokenizer", f"{tokenizer['type']}, vocabulary {tokenizer['src_vocab_size']:,} / "
-                  f"{tokenizer['tgt_vocab_size']:,}; {hashes}")
+    add_row("tokenizer", f"{tokenizer['type']}, vocabulary {tokenizer['src_vocab_size']:,} / "
+            f"{tokenizer['tgt_vocab_size']:,}; {hashes}")
     pairs = ", ".join(f"{split} {count:,} pairs" for split, count in info["data"]["pairs"].items())
-    table.add_row("data", f"train {info['data']['train']}, valid {info['data']['valid']}" + (f"; {pairs}" if pairs
-                                                                                               else ""))
-    table.add_row("training", f"{training['updates']:,} updates, {training['epochs']:.2f} epochs, "
-                  f"{training['seconds'] / 60:,.1f} minutes")
+    add_row("data", f"train {info['data']['train']}, valid {info['data']['valid']}" + (f"; {pairs}" if pairs
+                                                                                         else ""))
+    add_row("training", f"{training['updates']:,} updates, {training['epochs']:.2f} epochs, "
+            f"{training['seconds'] / 60:,.1f} minutes")
     if validation["best_bleu"] is not None:
         curve = sparkline([bleu for _, bleu in validation["bleu"]])
-        table.add_row("validation", f"best BLEU {validation['best_bleu']:.2f} at update {validation['best_step']:,}  "
-                      f"{curve}")
+        add_row("validation", f"best BLEU {validation['best_bleu']:.2f} at update {validation['best_step']:,}  "
+                f"{curve}")
     else:
-        table.add_row("validation", "no validation BLEU recorded")
-    table.add_row("files", "\n".join(f"{name}  {_size(size)}" for name, size in info["files"].items()))
-    table.add_row("translate", info["translate"])
-    return Panel(table, title=f"s2s info {info['folder']}", expand=False)
+        add_row("validation", "no validation BLEU recorded")
+    add_row("files", "\n".join(f"{name}  {_size(size)}" for name, size in info["files"].items()))
+    add_row("translate", info["translate"])
+    return Panel(table, title=Text(f"s2s info {info['folder']}"), expand=False)
 
 
 def info_command(
@@ -70,10 +91,15 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")] = False,
 ) -> None:
     """What a run holds: languages, model, tokenizer, data, training, best BLEU, files, and how to use it."""
+    refuse_stdout_clobbering(Reads().folder(model_label(model), model))
+    from seq2seq.metrics_records import read_metrics
     from seq2seq.runinfo import describe
 
-    info = describe(model)
+    info = printable_data(describe(model))
     if as_json:
         print(json.dumps(info, ensure_ascii=False))
     else:
         stdout.print(render(info))
+    metrics = read_metrics(model)  # describe() used the good records only; say how many it did not
+    if metrics.skipped:
+        warning(metrics.skipped_message())

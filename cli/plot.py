@@ -7,6 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from seq2seq.clobber import Reads, refuse_stdout_clobbering
+
+from .display import warning
+
 
 def plot_command(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to plot, each from its metrics.jsonl.", metavar="RUN",
@@ -21,6 +25,12 @@ def plot_command(
     height: Annotated[int, typer.Option(help="Height in pixels.")] = 500,
 ) -> None:
     """Plot training and validation loss, and validation BLEU, of one or more runs, to compare them."""
+    reads = Reads()
+    for run in runs:
+        reads.folder("the run directory", run)
+    refuse_stdout_clobbering(reads)
     from seq2seq.plots import write_plot
 
-    write_plot(runs, output, x=x, labels=label, width=width, height=height)
+    for metrics in write_plot(runs, output, x=x, labels=label, width=width, height=height):
+        if metrics.skipped:  # drawn without them
+            warning(metrics.skipped_message())

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_clobbering
+from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
 from seq2seq.files import new_folder
 
@@ -34,6 +34,8 @@ def tokenizer_train_command(
     seed: Annotated[int, typer.Option(help="Seed for the sample.")] = 1,
 ) -> None:
     """Train a sentencepiece tokenizer; writes tokenizer.model and tokenizer.vocab to --output."""
+    reads = Reads().corpus("the corpus", corpus, (src, tgt))
+    refuse_stdout_clobbering(reads)  # first: it needs none of the imports below
     import datasets
 
     from seq2seq.data import load_corpus
@@ -51,7 +53,6 @@ def tokenizer_train_command(
     if (output / CONFIG_FILE).is_file():
         raise ConfigError(f"--output {output} is a run directory; its tokenizer is the one its model was "
                           "trained with and must not change. Choose another folder")
-    reads = Reads().corpus("the corpus", corpus, (src, tgt))
     for name in TOKENIZER_FILES:
         refuse_clobbering("--output", output / name, reads)
     pairs = load_corpus(corpus, src, tgt)

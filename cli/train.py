@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from seq2seq.clobber import refuse_stdout_clobbering
 from seq2seq.config import (DATA, DISTRIBUTED, MODEL, OPTIMISATION, PRESETS, RUN, VALIDATION,
                             DistributedConfig, ModelConfig, TrainConfig, resolve_train_configs)
 from seq2seq.errors import ConfigError
@@ -71,12 +72,27 @@ def train_command(
                                                          base_model=source_run(train_cfg.init_from).model)
     if run is None:
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
+    refuse_stdout_over_inputs(train_cfg, config, run if resume else None)
     if tensorboard and tensorboard_dir is None:
         from seq2seq.tensorboard import TENSORBOARD_DIR
 
         tensorboard_dir = run / TENSORBOARD_DIR
     run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir,
                  distributed=distributed)
+
+
+def refuse_stdout_over_inputs(train_cfg: TrainConfig, config: Path | None, resumed: Path | None) -> None:
+    """ConfigError if stdout is a file training reads: a corpus, the tokenizer, the --config file, the
+    --init-from run, or a file of the run it resumes (but not a log of its own kept beside them)."""
+    from seq2seq.rundir import CHECKPOINTS_DIR, RUN_FILES
+    from seq2seq.train import training_reads
+
+    reads = training_reads(train_cfg).file("the --config file", config)
+    if resumed is not None:
+        for name in RUN_FILES:
+            reads.file("the resumed run's", resumed / name)
+        reads.folder("the resumed run's checkpoints folder", resumed / CHECKPOINTS_DIR)
+    refuse_stdout_clobbering(reads)
 
 
 def resumed_configs(run: Path | None, config: Path | None, preset: str | None, model_flags: dict[str, Any],

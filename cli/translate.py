@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_clobbering
+from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
 from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
@@ -196,10 +196,13 @@ def translate_command(
             raise ConfigError("stdout is closed; give the output with -o FILE")
     else:
         check_output(output, "--output")
-        refuse_clobbering("--output", output,
-                          Reads().file("the input file", None if from_stdin else input)
-                          .file("the --prefix-file", prefix_file)
-                          .folder(model_label(model), model))
+    reads = (Reads().file("the input file", None if from_stdin else input)
+             .file("the --prefix-file", prefix_file)
+             .folder(model_label(model), model))
+    if from_stdin:
+        reads.standard_input("the input")
+    refuse_clobbering("--output", output, reads)
+    refuse_stdout_clobbering(reads)
     if not from_stdin:
         open_binary(input).close()  # a missing input is reported before the model is loaded
     if prefix_file is not None:

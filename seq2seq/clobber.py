@@ -1,15 +1,28 @@
 """No output may land on an input, or inside a run directory the command only reads.
 
-Every command names what it reads and what it writes before it does any
-work; `refuse_clobbering` compares them. Paths are compared as the files they
-are: symlinks, `.` and `..` are resolved, and two names of one inode (a hard
-link) are the same file.
+Every command names what it reads (`Reads`) before it does any work, and
+`refuse_clobbering` compares each of its outputs with that, stdout included
+(`refuse_stdout_clobbering`). Two comparisons, because an output has a name
+and may already be an open file:
+
+- by name, for a regular path: symlinks, `.` and `..` are resolved, so an
+  output that is, or lies inside, something read is refused even before it
+  exists;
+- by open file, for every output: what it names (following symlinks and
+  /dev/fd/N, /proc/self/fd/N, /dev/stdout to the open file) or what stdout
+  is, as (device, inode), against every input, stdin, and every file of the
+  folders read. This is what catches a hard link, `-o /dev/fd/3 3<>in.txt`,
+  `1<>in.txt` and `>> in.txt`. Only a regular file can be an input: pipes,
+  terminals, sockets and devices such as /dev/null are never refused.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterable
+import stat
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +32,12 @@ from .files import writes_through
 
 @dataclass
 class Reads:
-    """What a command reads: files (label, path) and folders whose every file it may read."""
+    """What a command reads: files (label, path), folders whose every file it may read, and
+    the label of stdin if it reads stdin."""
 
     files: list[tuple[str, Path]] = field(default_factory=list)
     folders: list[tuple[str, Path]] = field(default_factory=list)
+    stdin: str | None = None
 
     def file(self, label: str, path: Path | str | None) -> "Reads":
         if path is not None and str(path) != "-":
@@ -32,6 +47,11 @@ class Reads:
     def folder(self, label: str, path: Path | str | None) -> "Reads":
         if path is not None:
             self.folders.append((label, Path(path)))
+        return self
+
+    def standard_input(self, label: str) -> "Reads":
+        """The command reads stdin, which `label` names in messages."""
+        self.stdin = label
         return self
 
     def corpus(self, label: str, spec: str, langs: Iterable[str]) -> "Reads":
@@ -69,42 +89,83 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 
 def refuse_clobbering(option: str, output: Path | str | None, reads: Reads) -> None:
-    """ConfigError if writing `output` could change anything in `reads`.
-
-    `-`, devices, pipes and descriptors are written through, never replaced,
-    so they cannot land on an input file (the shell owns what they lead to).
-    """
-    if output is None or writes_through(output):
+    """ConfigError if writing `output` (None: no output; `-`: stdout) could change anything in `reads`."""
+    if output is None:
         return
-    output = Path(output)
+    if str(output) == "-":
+        refuse_stdout_clobbering(reads)
+        return
+    if not writes_through(output):  # a descriptor's or a device's name says nothing of the file behind it
+        _refuse_by_name(option, Path(output), reads)
+    try:
+        opened = os.stat(output)
+    except OSError:  # not there yet: nothing read can be it
+        return
+    _refuse_by_inode(f"{option} {output}", opened, reads)
+
+
+def refuse_stdout_clobbering(reads: Reads) -> None:
+    """ConfigError if stdout is a file the command reads (`1<>input`, `>> input`).
+
+    Nothing to check when stdout is closed, or is a stream with no descriptor
+    (a test runner's buffer): writing to it cannot reach a file.
+    """
+    fd = _descriptor(sys.stdout)
+    if fd is None:
+        return
+    try:
+        opened = os.fstat(fd)
+    except OSError:
+        return
+    _refuse_by_inode("stdout", opened, reads)
+
+
+def _refuse_by_name(option: str, output: Path, reads: Reads) -> None:
     for label, path in reads.files:
-        if same_file(output, path):
+        if _real(output) == _real(path):
             raise ConfigError(f"{option} {output} is {label} {path}; refusing to write over it")
     for label, folder in reads.folders:
         if is_inside(output, folder):
             raise ConfigError(f"{option} {output} lies inside {label} {folder}, which this command "
                               "only reads; write it elsewhere")
-        twin = _hard_link_in(output, folder)
-        if twin is not None:
-            raise ConfigError(f"{option} {output} is {twin}, a file of {label} {folder} (a hard link to it); "
-                              "refusing to write over it")
 
 
-def _hard_link_in(path: Path, folder: Path) -> Path | None:
-    """The file under `folder` that is the same inode as `path`, if `path` exists and has other links."""
+def _refuse_by_inode(output: str, opened: os.stat_result, reads: Reads) -> None:
+    """ConfigError if the open file `opened`, which `output` describes, is one that `reads` holds."""
+    if not stat.S_ISREG(opened.st_mode):  # a pipe, terminal, socket or device is never an input
+        return
+    inode = (opened.st_dev, opened.st_ino)
+    stdin = _descriptor(sys.stdin) if reads.stdin is not None else None
+    if stdin is not None and _inode(stdin) == inode:
+        raise ConfigError(f"{output} is {reads.stdin}, the file on stdin; refusing to write over it")
+    for label, path in reads.files:
+        if _inode(path) == inode:
+            raise ConfigError(f"{output} is {label} {path}; refusing to write over it")
+    for label, folder in reads.folders:
+        for path in _files_in(folder):
+            if _inode(path) == inode:
+                raise ConfigError(f"{output} is {path}, a file of {label} {folder}; refusing to write over it")
+
+
+def _descriptor(stream: object) -> int | None:
+    """The descriptor behind a standard stream, or None (closed, or held in memory)."""
     try:
-        target = os.stat(path)
-    except OSError:
+        return stream.fileno()  # type: ignore[union-attr]
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # None; closed; a StringIO or BytesIO
         return None
-    if target.st_nlink < 2:
+
+
+def _inode(file: Path | int) -> tuple[int, int] | None:
+    """(device, inode) of the file a path (symlinks followed) or a descriptor leads to; None if none."""
+    try:
+        found = os.stat(file)
+    except OSError:  # missing, a dangling link, or a closed descriptor
         return None
+    return found.st_dev, found.st_ino
+
+
+def _files_in(folder: Path) -> Iterator[Path]:
+    """Every file under `folder`, at any depth (a symlink among them stands for what it points at)."""
     for root, _, names in os.walk(folder):
         for name in names:
-            candidate = Path(root) / name
-            try:
-                found = os.stat(candidate, follow_symlinks=False)
-            except OSError:
-                continue
-            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
-                return candidate
-    return None
+            yield Path(root) / name

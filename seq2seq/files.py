@@ -131,6 +131,8 @@ def check_output(path: Path | str, option: str) -> None:
     if writes_through(path):
         if os.path.isdir(path):
             raise ConfigError(f"{option} {path}: is a folder")
+        if _DESCRIPTOR_PATH.match(os.path.abspath(path)) and not os.path.exists(path):
+            raise ConfigError(f"{option} {path}: no such descriptor is open")
         return
     target = Path(os.path.realpath(path))
     if target.is_dir():
