@@ -21,8 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The tests run in one process per core (pytest-xdist), a test file per process at a time, so
+# that a file's module fixtures are built once.
+TEST_WORKERS ?= auto
+
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Tokenizer, a tiny model trained for at most 13 minutes (or 30 epochs, or
 # until early stopping), a few translations, and test-set scores.

@@ -23,9 +23,7 @@ def average_command(
     """Average the weights of several snapshots of a run; translate with `--weights FILE`."""
     refuse_stdout_clobbering(Reads().folder("the run directory", model))
     from seq2seq.average import average_output, list_snapshots, select_snapshots, write_average
-    from seq2seq.rundir import read_run_config
 
-    read_run_config(model)  # a clear error for anything that is not a run directory
     path = average_output(model, output, last=last, best=best)
     chosen = select_snapshots(list_snapshots(model), last=last, best=best)
     steps = ",".join(str(s.step) for s in chosen)

@@ -68,6 +68,9 @@ class TrainDisplay:
                 else "during the loss pass"
             self.console.print(f"[yellow]validation at step {event['step']} stopped by {event['reason']} "
                                f"({done}); not used to choose the model, and redone on --resume[/]")
+        elif kind == "start_over":
+            self.console.print(f"{escape(event['run_dir'])} held a run that stopped before its first checkpoint; "
+                               "starting it over")
         elif kind == "resume":
             self.console.print(f"resumed at step {event['step']} (epoch {event['epoch']:.2f})")
         elif kind == "skip":
@@ -116,7 +119,8 @@ class TrainDisplay:
         self.progress.start()
 
     def train(self, event: dict[str, Any]) -> None:
-        stats = (f"loss {event['loss']:.3f}  lr {event['lr']:.2e}  "
+        loss = "-" if event["loss"] is None else f"{event['loss']:.3f}"  # None: every update was skipped
+        stats = (f"loss {loss}  lr {event['lr']:.2e}  "
                  f"{event['tgt_tokens_per_s'] / 1000:.1f}k tok/s  {event['model_tflops_per_s']:.2f} TFLOP/s  "
                  f"epoch {event['epoch']:.2f}")
         if self.progress is not None:

@@ -14,6 +14,7 @@ import typer
 from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError, DataError
+from seq2seq.extras import printable
 from seq2seq.files import check_output, open_output
 from seq2seq.textio import chunks, read_lines
 
@@ -110,7 +111,7 @@ def eval_command(
         print(json.dumps({**scores_to_json(scores), "hypotheses": described,
                           "references": [str(p) for p in ref], "lines": len(hyps)}))
     else:
-        stdout.print(score_table(scores, f"{described}: {len(hyps)} lines"))
+        stdout.print(score_table(scores, printable(f"{described}: {len(hyps)} lines")))
         # Below the table, one per line: a signature is copied whole, never wrapped mid-token.
         for score in scores:
             stdout.print(f"{score.name} signature: {score.signature}", soft_wrap=True)

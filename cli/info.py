@@ -92,7 +92,6 @@ def info_command(
 ) -> None:
     """What a run holds: languages, model, tokenizer, data, training, best BLEU, files, and how to use it."""
     refuse_stdout_clobbering(Reads().folder(model_label(model), model))
-    from seq2seq.metrics_records import read_metrics
     from seq2seq.runinfo import describe
 
     info = printable_data(describe(model))
@@ -100,6 +99,5 @@ def info_command(
         print(json.dumps(info, ensure_ascii=False))
     else:
         stdout.print(render(info))
-    metrics = read_metrics(model)  # describe() used the good records only; say how many it did not
-    if metrics.skipped:
-        warning(metrics.skipped_message())
+    if info["skipped_metrics"]:  # describe() used the good records only; say how many it did not
+        warning(info["skipped_metrics"])

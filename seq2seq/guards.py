@@ -63,8 +63,8 @@ class NonFiniteUpdates:
         if longest_run >= self.max_in_a_row:
             raise TrainingDiverged(
                 f"loss or gradients were not finite for {longest_run} updates in a row by step {step}; "
-                f"stopped. Skipped updates leave the weights unchanged; the last checkpoint is in "
-                f"{run_dir}. Try a lower --lr or a longer --warmup-steps")
+                f"stopped. Skipped updates leave the weights unchanged; {what_is_kept(run_dir)}. "
+                "Try a lower --lr or a longer --warmup-steps")
 
     def state(self) -> dict[str, int]:
         skipped, in_a_row = torch.stack([self.skipped, self.in_a_row]).tolist()
@@ -84,10 +84,16 @@ def check_finite_weights(model: nn.Module, step: int, run_dir: Path) -> None:
     rate); such weights must never be saved as a checkpoint or as the model.
     """
     if not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
-        kept = (f"the last checkpoint in {run_dir} holds finite weights" if has_trainer_state(run_dir)
-                else "no checkpoint had been saved yet")
         raise TrainingDiverged(f"the weights became non-finite by step {step}; stopped without saving "
-                               f"them ({kept}). Try a lower --lr or a longer --warmup-steps")
+                               f"them ({what_is_kept(run_dir)}). Try a lower --lr or a longer --warmup-steps")
+
+
+def what_is_kept(run_dir: Path) -> str:
+    """What a run that stops on bad numbers leaves: its last checkpoint, or (none saved yet) a folder
+    that the same command starts over (seq2seq.checkpoint.files_to_start_over)."""
+    if has_trainer_state(run_dir):
+        return f"the last checkpoint in {run_dir} holds finite weights"
+    return f"no checkpoint had been saved yet, so training into {run_dir} again starts it over"
 
 
 class OutOfMemorySplits:

@@ -41,6 +41,7 @@ class FieldType:
 # bool is a subclass of int in Python, but true is not a count in JSON.
 COUNT = FieldType("a whole number from 0", lambda value: type(value) is int and value >= 0)
 NUMBER = FieldType("a finite number", lambda value: type(value) in (int, float) and math.isfinite(value))
+NUMBER_OR_NULL = FieldType("a finite number or null", lambda value: value is None or NUMBER.accepts(value))
 TEXT = FieldType("a string", lambda value: isinstance(value, str))
 FLAG = FieldType("true or false", lambda value: isinstance(value, bool))
 RECORD_OR_NULL = FieldType("an object or null", lambda value: value is None or isinstance(value, dict))
@@ -73,7 +74,8 @@ SCORES = {"valid_loss": NUMBER, "valid_ppl": NUMBER, "valid_bleu": NUMBER, "bleu
 RECORDS: dict[str, RecordKind] = {
     "data": RecordKind({"split": TEXT, "corpus": TEXT, "pairs": COUNT, "kept": COUNT, "too_long": COUNT,
                         "empty": COUNT, "max_len": COUNT}),
-    "train": RecordKind({"step": COUNT, "epoch": NUMBER, "loss": NUMBER, "lr": NUMBER, "tgt_tokens_per_s": NUMBER,
+    # loss is null for an interval whose every update was skipped (seq2seq.train.LogInterval).
+    "train": RecordKind({"step": COUNT, "epoch": NUMBER, "loss": NUMBER_OR_NULL, "lr": NUMBER, "tgt_tokens_per_s": NUMBER,
                          "elapsed": NUMBER},
                         {"model_tflops_per_s": NUMBER}),  # older
     "valid": RecordKind({"step": COUNT, "epoch": NUMBER, **SCORES, "best": FLAG}),

@@ -98,7 +98,7 @@ def read_curves(run: Path, label: str, x: str) -> Curves:
         raise DataError(f'{path}: records without a "time" (written by an older s2s); plot it with --x steps')
     curves = Curves(label, metrics)
     for record, when in zip(records, seconds):  # each record's fields are checked (metrics_records.RECORDS)
-        if record["event"] == "train":
+        if record["event"] == "train" and record["loss"] is not None:
             curves.train_loss.append((record["step"], when, record["loss"]))
         elif record["event"] == "valid":
             curves.valid_loss.append((record["step"], when, record["valid_loss"]))

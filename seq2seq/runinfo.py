@@ -8,6 +8,7 @@ torch's meta device, which allocates no memory.
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from .config import PRESETS, ModelConfig, to_dict
 from .exported import is_exported, open_export
 from .metrics_records import read_metrics
-from .rundir import read_run_config
+from .rundir import open_run
 
 # The fields that tell the presets apart.
 _SHAPE = ("d_model", "n_heads", "ffn_dim", "encoder_layers", "decoder_layers")
@@ -38,12 +39,25 @@ def parameter_count(model: ModelConfig) -> int:
         return count_parameters(build_model(model))
 
 
+def shell_word(text: str) -> str:
+    """`text` quoted for a POSIX shell. A path whose name is not UTF-8 (its undecodable bytes are
+    lone surrogates here) is written in bash's $'...' quoting, with those bytes as \\xHH escapes, so
+    that the command still pastes into a shell."""
+    raw = os.fsencode(text)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "$'" + "".join(f"\\x{byte:02x}" if byte >= 0x80 or byte < 0x20 or chr(byte) in "'\\" else chr(byte)
+                              for byte in raw) + "'"
+    return shlex.quote(text)
+
+
 def describe(folder: Path | str) -> dict[str, Any]:
     """Everything `s2s info` shows, as plain data (its --json)."""
     folder = Path(folder)
     exported = is_exported(folder)
     # An export is checked whole, as opening it to translate would: a damaged one is an error, not a summary.
-    config = open_export(folder).config if exported else read_run_config(folder)
+    config = open_export(folder).config if exported else open_run(folder, need_weights=False).config
     model, train = config.model, config.train
     metrics = read_metrics(folder)
     trained = [r for r in metrics if r.get("event") == "train"]
@@ -70,5 +84,6 @@ def describe(folder: Path | str) -> dict[str, Any]:
                        "bleu": [[r["step"], r["valid_bleu"]] for r in validations]},
         "files": {str(path.relative_to(folder)): path.stat().st_size
                   for path in sorted(folder.rglob("*")) if path.is_file() and not path.name.startswith(".")},
-        "translate": shlex.join(["s2s", "translate", "-m", str(folder), "-i", "INPUT", "-o", "OUTPUT"]),
+        "translate": " ".join(map(shell_word, ["s2s", "translate", "-m", str(folder), "-i", "INPUT", "-o", "OUTPUT"])),
+        "skipped_metrics": metrics.skipped_message() if metrics.skipped else None,
     }

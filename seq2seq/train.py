@@ -99,7 +99,8 @@ class LogInterval:
         own = torch.stack([self.loss_sum, self.loss_tokens]).tolist() + [self.tokens, self.flops]
         loss, loss_tokens, tokens, flops = sum_over_ranks(own)
         seconds = now - self.started
-        record = {"loss": loss / max(loss_tokens, 1), "lr": lr, "tgt_tokens_per_s": tokens / seconds,
+        # An interval whose every update was skipped as non-finite has no loss: None, never a made-up 0.
+        record = {"loss": loss / loss_tokens if loss_tokens else None, "lr": lr, "tgt_tokens_per_s": tokens / seconds,
                   "model_tflops_per_s": flops / seconds / 1e12, "elapsed": now - self.run_started}
         self.loss_sum.zero_()
         self.loss_tokens.zero_()
@@ -468,6 +469,8 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
             remove_unfinished_writes(run_dir)
             for path in start_over:
                 path.unlink(missing_ok=True)
+            if start_over:
+                on_event({"event": "start_over", "run_dir": str(run_dir)})
         # A run stopped before its first checkpoint has none: it starts again at step 0. One that has
         # one is checked before any work (data preparation can take long), under the lock.
         state = read_trainer_state(run_dir, shape_of(model_cfg)) if resume and has_trainer_state(run_dir) else None

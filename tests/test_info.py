@@ -73,3 +73,17 @@ def test_what_is_not_a_run_is_one_error_line(tmp_path, damage):
         folder.mkdir()
     result = runner.invoke(app, ["info", str(folder)])
     assert result.exit_code == 1 and result.stderr.startswith("error:") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", [b"plain", b"two words", b"it's", b"r\xff", b"caf\xc3\xa9 \xfe's"])
+def test_the_translate_line_pastes_into_a_shell_whatever_the_folder_name(name):
+    """`s2s info` ends with the command that translates with the folder; a name that is not UTF-8 is
+    written in bash's $'...' quoting, and bash gives back the very bytes of the name."""
+    import os
+    import subprocess
+
+    from seq2seq.runinfo import shell_word
+
+    path = os.fsdecode(b"/tmp/" + name)
+    echoed = subprocess.run(["bash", "-c", f"printf %s {shell_word(path)}"], capture_output=True, check=True).stdout
+    assert echoed == os.fsencode(path)

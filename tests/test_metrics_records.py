@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cli.info import render
 from cli.main import app
 from seq2seq.extras import printable
-from seq2seq.metrics_records import (COUNT, FLAG, NUMBER, RECORD_OR_NULL, RECORDS, TEXT, TEXTS, BadRecord,
+from seq2seq.metrics_records import (COUNT, FLAG, NUMBER, NUMBER_OR_NULL, RECORD_OR_NULL, RECORDS, TEXT, TEXTS, BadRecord,
                                      check_record, parse_record, read_metrics)
 from seq2seq.plots import draw, read_curves, run_labels
 from seq2seq.runinfo import describe
@@ -53,7 +53,8 @@ SAMPLES = {
 SAMPLES = {kind: {**record, "time": 1.7e9} for kind, record in SAMPLES.items()}
 
 # Values of the wrong type for each type of field; a count is also wrong when negative or a fraction.
-WRONG = {COUNT: ["7", -1, 1.5, True, None], NUMBER: ["1.0", True, None, [1.0]], TEXT: [7, None, ["a"]],
+WRONG = {COUNT: ["7", -1, 1.5, True, None], NUMBER: ["1.0", True, None, [1.0]], NUMBER_OR_NULL: ["1.0", True, [1.0]],
+         TEXT: [7, None, ["a"]],
          FLAG: [1, "true", None], RECORD_OR_NULL: ["x", 7, []], TEXTS: ["x", [1], None]}
 
 
@@ -75,9 +76,9 @@ def line(record) -> bytes:
 # written last, without its "\n", as a record cut off by a full disk would be.
 DAMAGE = {
     "not UTF-8": [line({**SAMPLES["train"], "note": "@"}).replace(b"@", b"\xff\xfe")],
-    "NaN": [line({**SAMPLES[kind], name: math.nan}) for kind, name, _ in fields(NUMBER)],
-    "Infinity": [line({**SAMPLES[kind], name: math.inf}) for kind, name, _ in fields(NUMBER)],
-    "-Infinity": [line({**SAMPLES[kind], name: -math.inf}) for kind, name, _ in fields(NUMBER)],
+    "NaN": [line({**SAMPLES[kind], name: math.nan}) for kind, name, _ in fields(NUMBER, NUMBER_OR_NULL)],
+    "Infinity": [line({**SAMPLES[kind], name: math.inf}) for kind, name, _ in fields(NUMBER, NUMBER_OR_NULL)],
+    "-Infinity": [line({**SAMPLES[kind], name: -math.inf}) for kind, name, _ in fields(NUMBER, NUMBER_OR_NULL)],
     "missing field": [line(without(kind, name)) for kind, spec in RECORDS.items() for name in spec.required],
     "wrong type": [line({**SAMPLES[kind], name: WRONG[type_][0]}) for kind, name, type_ in fields()],
     "not an object": [b"[1, 2]", b'"train"', b"7", b"null", b"true"],
@@ -163,7 +164,7 @@ def test_a_field_of_another_type_is_bad(kind, name, value):
 
 
 @pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])  # json.loads: inf for 1e400
-@pytest.mark.parametrize("kind, name", [(kind, name) for kind, name, _ in fields(NUMBER)])
+@pytest.mark.parametrize("kind, name", [(kind, name) for kind, name, _ in fields(NUMBER, NUMBER_OR_NULL)])
 def test_a_number_that_is_not_finite_is_bad(kind, name, value):
     with pytest.raises(BadRecord, match=f'"{name}" of a "{kind}" record is not a finite number'):
         parse_record(line({**SAMPLES[kind], name: "@"}).replace(b'"@"', value))
@@ -233,7 +234,7 @@ def test_no_finite_point_at_all_is_one_error_line(run, tmp_path):
 def test_tensorboard_scalars_are_numbers_the_records_have():
     for kind, scalars in SCALARS.items():
         for name in scalars:
-            assert RECORDS[kind].types[name] in (NUMBER, COUNT), (kind, name)
+            assert RECORDS[kind].types[name] in (NUMBER, NUMBER_OR_NULL, COUNT), (kind, name)
 
 
 def test_printable():
@@ -278,3 +279,23 @@ def test_info_of_an_odd_folder_name(run, tmp_path, case):
     console.print(render(info))
     assert f"s2s info {shown}" in console.export_text()
     assert describe(folder)["folder"] == str(folder)  # the library keeps the real path; only output is printable
+
+
+def test_an_interval_of_only_skipped_updates_logs_no_loss_and_is_not_plotted(tmp_path):
+    """A log interval whose every update was skipped as non-finite has no loss: the trainer writes null,
+    never a made-up number; readers take the record, and the loss curve has no point there."""
+    import torch
+
+    from seq2seq.plots import read_curves
+    from seq2seq.train import LogInterval, UpdateOutcome
+
+    interval = LogInterval(torch.device("cpu"))
+    nothing = torch.zeros(())
+    interval.add(UpdateOutcome(tokens=10, flops=100, ran=True, loss=nothing, loss_tokens=nothing))
+    skipped = {"event": "train", "step": 50, "epoch": 0.5, **interval.close(interval.started + 1.0, 1e-3),
+               "time": 1.7e9}
+    assert skipped["loss"] is None
+    assert parse_record(line(skipped)) == skipped
+    (tmp_path / "metrics.jsonl").write_bytes(line(skipped) + b"\n" + line({**SAMPLES["train"], "step": 100}) + b"\n")
+    curves = read_curves(tmp_path, "run", "steps")
+    assert [step for step, _, _ in curves.train_loss] == [100] and curves.source.skipped == 0
