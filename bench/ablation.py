@@ -26,10 +26,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from seq2seq.average import list_snapshots
-from seq2seq.rundir import WEIGHTS_FILE, read_run_config
-
 from results import ROOT, S2S, append_entry, machine, run_timed, shown
+
+from seq2seq.runs.run_dir import WEIGHTS_FILE, read_run_config
+from seq2seq.runs.snapshots import list_snapshots
 
 
 def test_bleu(run: Path, src: str, tgt: str, weights: str = WEIGHTS_FILE, beam: int = 5) -> float:

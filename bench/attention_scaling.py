@@ -37,7 +37,7 @@ def measure_one(kind: str, length: int, device: str, d_model: int, heads: int, f
     import torch
 
     from seq2seq.config import ModelConfig
-    from seq2seq.model import EncoderLayer
+    from seq2seq.model.transformer import EncoderLayer
 
     dev = torch.device(device)
     cfg = ModelConfig(d_model=d_model, n_heads=heads, ffn_dim=4 * d_model, dropout=0.0,

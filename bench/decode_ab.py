@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-
-import seq2seq.decode as current
-from seq2seq.rundir import load_run
-from seq2seq.config import DecodeConfig
-
 from results import DATA, ROOT, read_lines
+
+import seq2seq.search.decode as current
+from seq2seq.config import DecodeConfig
+from seq2seq.runs.run_dir import load_run
 
 
 def decode_module_at(revision: str):

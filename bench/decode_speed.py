@@ -29,13 +29,12 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from results import DATA, PEER, append_entry, machine, read_lines
 
 from seq2seq.config import DecodeConfig
 from seq2seq.device import resolve_device
-from seq2seq.evaluate import score_corpus
-from seq2seq.translator import Translator
-
-from results import DATA, PEER, append_entry, machine, read_lines
+from seq2seq.scores import score_corpus
+from seq2seq.search.translator import Translator
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -92,7 +91,7 @@ def compare_engines(a: argparse.Namespace) -> None:
     """Every engine at every thread count and beam, on the same weights; appends a table."""
     import tempfile
 
-    from seq2seq.export import export_ctranslate2
+    from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
     engines = a.engines.split(",")
     unknown = [e for e in engines if e != "torch" and e not in ENGINE_QUANTIZATION]

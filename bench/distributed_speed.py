@@ -5,7 +5,7 @@ On Multi30k, the same run is trained twice for the same number of updates:
 one process accumulating 2 batches per update (`--accum-steps 2`, all the
 machine's threads), and `torchrun --nproc-per-node 2` with one batch each
 (one thread each). Both train on the same pairs in each update
-(seq2seq.batching.EpochBatches.shards). Target tokens/s is read from the
+(seq2seq.data.batching.EpochBatches.shards). Target tokens/s is read from the
 runs' metrics, after the first log interval (start-up).
 
 On a machine with 2 cores the second process takes the first one's second
@@ -14,7 +14,7 @@ core: the ratio says what gloo and DDP cost, not how training scales.
 Then, on paper: the gradient bytes DDP all-reduces per update (every
 parameter's gradient, in float32) for each preset, and the efficiency this
 predicts for 8 GPUs over NVLink and over 25 Gb/s Ethernet, from the model
-FLOPs of an update (seq2seq.flops) at an assumed sustained throughput.
+FLOPs of an update (seq2seq.model.flops) at an assumed sustained throughput.
 
     python bench/distributed_speed.py --out /tmp/ddp --updates 150
 
@@ -34,7 +34,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-
 from results import DATA, S2S, append_entry, machine, shown
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -66,7 +65,7 @@ def train(args: list[str], run: Path, threads: int) -> None:
 def gradient_bytes(preset: str, vocab: int) -> tuple[int, int]:
     """(parameters, bytes of their float32 gradients) of `preset` with a shared `vocab`-piece vocabulary."""
     from seq2seq.config import PRESETS, ModelConfig
-    from seq2seq.model import build_model, count_parameters
+    from seq2seq.model.transformer import build_model, count_parameters
 
     model = build_model(ModelConfig(**PRESETS[preset], src_vocab_size=vocab, tgt_vocab_size=vocab))
     return count_parameters(model), sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
@@ -76,7 +75,7 @@ def update_flops(preset: str, vocab: int, max_tokens: int) -> float:
     """Model FLOPs of one GPU's batch of `max_tokens` padded tokens of Multi30k-like pairs
     (13 source and 15 target pieces, the means with an 8k vocabulary)."""
     from seq2seq.config import PRESETS, ModelConfig
-    from seq2seq.flops import training_flops
+    from seq2seq.model.flops import training_flops
 
     cfg = ModelConfig(**PRESETS[preset], src_vocab_size=vocab, tgt_vocab_size=vocab)
     pairs = max_tokens // 15

@@ -28,14 +28,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seq2seq import loss as loss_module  # noqa: E402
-from seq2seq import next_token as next_token_module  # noqa: E402
+from results import ROOT, read_lines  # noqa: E402
+
+from seq2seq.training import loss as loss_module  # noqa: E402
+from seq2seq.search import next_token as next_token_module  # noqa: E402
 from seq2seq.config import PRESETS, DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from seq2seq.device import resolve_device  # noqa: E402
-from seq2seq.train import Trainer  # noqa: E402
-from seq2seq.translator import Translator  # noqa: E402
-
-from results import ROOT, read_lines  # noqa: E402
+from seq2seq.search.translator import Translator  # noqa: E402
+from seq2seq.training.trainer import Trainer  # noqa: E402
 
 
 def synchronise(device: torch.device) -> None:
@@ -80,9 +80,9 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=500, help="validation sentences per decoding pass")
     # Both blocks were sized for a CPU's cache; on a GPU, small blocks mean many small kernels.
     parser.add_argument("--loss-block-elements", type=int, default=None,
-                        help="override seq2seq.loss.LOSS_BLOCK_ELEMENTS (logits worked out at a time in training)")
+                        help="override seq2seq.training.loss.LOSS_BLOCK_ELEMENTS (logits worked out at a time in training)")
     parser.add_argument("--decode-block-rows", type=int, default=None,
-                        help="override seq2seq.next_token.BLOCK_ROWS (rows projected at a time in decoding)")
+                        help="override seq2seq.search.next_token.BLOCK_ROWS (rows projected at a time in decoding)")
     a = parser.parse_args()
     if a.loss_block_elements:
         loss_module.LOSS_BLOCK_ELEMENTS = a.loss_block_elements

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import write_slice  # noqa: E402
-from results import append_entry, machine  # noqa: E402
 from kill_harness import run_kill_test  # noqa: E402
+from results import append_entry, machine  # noqa: E402
 
 
 def main() -> None:

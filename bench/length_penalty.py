@@ -28,8 +28,8 @@ def main() -> None:
     import torch
 
     from seq2seq.config import DecodeConfig
-    from seq2seq.evaluate import score_corpus
-    from seq2seq.translator import Translator
+    from seq2seq.scores import score_corpus
+    from seq2seq.search.translator import Translator
 
     def scores(cfg: DecodeConfig, split: str) -> dict:
         sources, refs = read_lines(DATA / f"{split}.{args.src}.gz"), read_lines(DATA / f"{split}.{args.tgt}.gz")

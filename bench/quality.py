@@ -31,14 +31,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-from seq2seq.average import list_snapshots
-from seq2seq.rundir import load_run, load_weights
+from results import ROOT, S2S, append_entry, machine, read_lines, run_timed, shown
+
 from seq2seq.config import DecodeConfig
 from seq2seq.device import resolve_device
-from seq2seq.evaluate import score_corpus
-from seq2seq.translator import Translator
-
-from results import ROOT, S2S, append_entry, machine, read_lines, run_timed, shown
+from seq2seq.runs.run_dir import load_run, load_weights
+from seq2seq.runs.snapshots import list_snapshots
+from seq2seq.scores import score_corpus
+from seq2seq.search.translator import Translator
 
 
 def snapshot_scores(run: Path, device: str, sources: list[str], refs: list[str]) -> dict[int, float]:

@@ -26,9 +26,9 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from seq2seq.average import list_snapshots
-
 from results import DATA, S2S, append_entry, machine, run_timed, shown
+
+from seq2seq.runs.snapshots import list_snapshots
 
 
 def validation_scores(run: Path, src: str, tgt: str, weights: str | None = None) -> tuple[float, float, float]:

@@ -38,7 +38,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-
 from results import DATA, S2S, append_entry, machine, read_lines, shown
 
 UPDATES = 50

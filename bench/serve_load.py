@@ -92,7 +92,7 @@ def load(url: str, sentences: list[str], clients: int) -> dict:
 def offline_speed(model: str, sentences: list[str], beam: int, threads: int) -> float:
     """Lines/s of the same engine translating the sentences in one call, after a warm-up."""
     from seq2seq.config import DecodeConfig
-    from seq2seq.translator import Translator
+    from seq2seq.search.translator import Translator
 
     translator = Translator.from_run(model, "cpu", DecodeConfig(beam=beam), threads=threads)
     translator.translate(sentences)

@@ -7,9 +7,9 @@ It reports tokens per second, user and system CPU seconds and minor page
 faults over the timed updates (getrusage of the process itself).
 
 - loss "logits": the (tokens x vocabulary) logits made whole, then label_smoothed_loss (s2s before issue 16);
-- loss "fused": seq2seq.loss.TrainingObjective, the projection and loss fused a block of rows at a time;
+- loss "fused": seq2seq.training.loss.TrainingObjective, the projection and loss fused a block of rows at a time;
 - allocator "thp": THP_MEM_ALLOC_ENABLE=1, PyTorch's transparent-huge-page allocations for large tensors;
-- allocator "keep": seq2seq.malloc.keep_freed_memory(), glibc keeping freed blocks for the next update;
+- allocator "keep": seq2seq.training.malloc_tuning.keep_freed_memory(), glibc keeping freed blocks for the next update;
 - allocator "thp+keep": both.
 
     python bench/train_step_memory.py --updates 60 --rounds 2
@@ -36,12 +36,12 @@ def child(loss_kind: str, allocator: str, warmup: int, updates: int, vocab: int,
     import torch
 
     from seq2seq.config import ModelConfig, apply_preset
-    from seq2seq.malloc import keep_freed_memory
+    from seq2seq.training.malloc_tuning import keep_freed_memory
 
     if "keep" in allocator:
         assert keep_freed_memory()
-    from seq2seq.loss import TrainingObjective, label_smoothed_loss
-    from seq2seq.model import build_model
+    from seq2seq.model.transformer import build_model
+    from seq2seq.training.loss import TrainingObjective, label_smoothed_loss
 
     torch.manual_seed(0)
     cfg = apply_preset(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab), "tiny")

@@ -45,7 +45,7 @@ def translate_command(model: Path, output: Path, beam: int, threads: int, code: 
 
 
 def bleu(path: Path) -> float:
-    from seq2seq.evaluate import score_corpus
+    from seq2seq.scores import score_corpus
 
     hypotheses = path.read_text(encoding="utf-8").splitlines()
     return score_corpus(hypotheses, [read_lines(REFERENCE)], metrics=("bleu",))[0].score
@@ -61,7 +61,7 @@ def main() -> None:
     a = parser.parse_args()
     runs = dict(item.split("=", 1) for item in a.runs.split(","))
     sentences = len(read_lines(SOURCE))
-    from seq2seq.export import export_ctranslate2
+    from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -20,9 +20,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from safetensors import safe_open
-
 from results import ROOT, S2S, append_entry, machine, run_timed, shown
+from safetensors import safe_open
 
 VARIANTS: dict[str, list[str]] = {
     "sinusoidal": [],

@@ -2,7 +2,7 @@
 
 On the terminal it is a rich table, output pieces down, source pieces across,
 each cell the weight in percent on a shade as dark as the weight; `-o` also
-draws it as a PNG or SVG (the plot extra: seq2seq.heatmap). torch and the
+draws it as a PNG or SVG (the plot extra: seq2seq.inspection.heatmap). torch and the
 translator are imported inside the command, so that `--help` never loads them.
 """
 
@@ -17,9 +17,9 @@ from rich.markup import escape
 from rich.style import Style
 from rich.table import Table
 
-from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
-from seq2seq.files import check_output
+from seq2seq.files.atomic import check_output
+from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 
 from .display import stderr, stdout
 from .options import config_options
@@ -64,7 +64,7 @@ def attention_command(
 ) -> None:
     """Translate one sentence and show the cross-attention behind it: which source pieces each output piece read."""
     cfg = decode_config(decode)
-    from seq2seq.engines import is_exported
+    from seq2seq.search.engines import is_exported
 
     if is_exported(model):
         raise ConfigError(f"{model} is exported to CTranslate2, which keeps no attention weights to show: give -m "
@@ -72,7 +72,7 @@ def attention_command(
     reads = Reads().folder("the run directory", model)
     refuse_stdout_clobbering(reads)  # the translation and the table go there
     if output is not None:
-        from seq2seq.extras import figure_format
+        from seq2seq.optional import figure_format
 
         check_output(output, "--output")
         refuse_clobbering("--output", output, reads)
@@ -89,7 +89,7 @@ def attention_command(
     console = stdout if stdout.is_terminal else Console(highlight=False, width=max(needed, stdout.width))
     console.print(table)
     if output is not None:
-        from seq2seq.heatmap import draw_attention
+        from seq2seq.inspection.heatmap import draw_attention
 
         draw_attention(attention, shown, what, output, "--output")
         stderr.print(f"wrote {escape(str(output))}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_stdout_clobbering
+from seq2seq.files.reads import Reads, refuse_stdout_clobbering
 
 from .display import stderr
 
@@ -22,7 +22,7 @@ def average_command(
 ) -> None:
     """Average the weights of several snapshots of a run; translate with `--weights FILE`."""
     refuse_stdout_clobbering(Reads().folder("the run directory", model))
-    from seq2seq.average import average_output, list_snapshots, select_snapshots, write_average
+    from seq2seq.runs.snapshots import average_output, list_snapshots, select_snapshots, write_average
 
     path = average_output(model, output, last=last, best=best)
     chosen = select_snapshots(list_snapshots(model), last=last, best=best)

@@ -12,13 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:  # only a type here; importing seq2seq.evaluate loads sacrebleu, too slow for `--help`
-    from seq2seq.evaluate import MetricScore
+if TYPE_CHECKING:  # only a type here; importing seq2seq.scores loads sacrebleu, too slow for `--help`
+    from seq2seq.scores import MetricScore
 
 # soft_wrap: a message or a path is never broken across lines.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)

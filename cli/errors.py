@@ -17,7 +17,7 @@ from .display import error, warning
 
 def _exit_on_sigterm(signum, frame) -> None:
     # An exception, unlike the default action, unwinds the stack: a half-written
-    # temporary file is removed on the way out (seq2seq.files.replacing).
+    # temporary file is removed on the way out (seq2seq.files.atomic.replacing).
     raise SystemExit(128 + signum)
 
 

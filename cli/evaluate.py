@@ -11,17 +11,27 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
-from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.extras import printable
-from seq2seq.files import check_output, open_output
-from seq2seq.textio import chunks, read_lines
+from seq2seq.files.atomic import check_output, open_output
+from seq2seq.files.lines import chunks, read_lines
+from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
+from seq2seq.optional import printable
+from seq2seq.search.engines import check_engine_options
 
 from .display import line_progress, score_table, stdout, warning
 from .options import config_options
-from .translate import (DECODE_OPTIONS, DECODE_PANELS, Device, Engine, Threads, Weights,
-                        decode_config, model_label, load_translator, report_translation)
+from .translate import (
+    DECODE_OPTIONS,
+    DECODE_PANELS,
+    Device,
+    Engine,
+    Threads,
+    Weights,
+    decode_config,
+    load_translator,
+    model_label,
+    report_translation,
+)
 
 
 def read_scored_lines(path: Path) -> list[str]:
@@ -75,7 +85,7 @@ def eval_command(
         reads.folder(model_label(model), model)
     refuse_clobbering("--output", output, reads)
     refuse_stdout_clobbering(reads)  # the scores go there
-    from seq2seq.evaluate import METRICS, score_corpus, scores_to_json
+    from seq2seq.scores import METRICS, score_corpus, scores_to_json
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else list(METRICS)
     refs = [read_scored_lines(path) for path in ref]

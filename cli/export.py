@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
+from seq2seq.files.reads import Reads, refuse_stdout_clobbering
 
 from .display import stderr
 
@@ -28,7 +28,7 @@ def export_command(
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     refuse_stdout_clobbering(Reads().folder("the run directory", model))
-    from seq2seq.export import export_ctranslate2
+    from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
     folder = export_ctranslate2(model, output, weights=weights, quantization=quantization, option="--output")
     stderr.print(f"exported {model} to {folder} ({quantization or 'float32'})")

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_stdout_clobbering
-from seq2seq.extras import printable
+from seq2seq.files.reads import Reads, refuse_stdout_clobbering
+from seq2seq.optional import printable
 
 from .display import stdout, warning
 from .translate import model_label
@@ -35,7 +35,7 @@ def _size(size: int) -> str:
 
 
 def printable_data(data: Any) -> Any:
-    """`data` with every string in it made printable (seq2seq.extras.printable): a folder or file
+    """`data` with every string in it made printable (seq2seq.optional.printable): a folder or file
     name that is not UTF-8 would fail on a UTF-8 stdout."""
     if isinstance(data, str):
         return printable(data)
@@ -92,7 +92,7 @@ def info_command(
 ) -> None:
     """What a run holds: languages, model, tokenizer, data, training, best BLEU, files, and how to use it."""
     refuse_stdout_clobbering(Reads().folder(model_label(model), model))
-    from seq2seq.runinfo import describe
+    from seq2seq.inspection.summary import describe
 
     info = printable_data(describe(model))
     if as_json:

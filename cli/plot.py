@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_stdout_clobbering
+from seq2seq.files.reads import Reads, refuse_stdout_clobbering
 
 from .display import warning
 
@@ -29,7 +29,7 @@ def plot_command(
     for run in runs:
         reads.folder("the run directory", run)
     refuse_stdout_clobbering(reads)
-    from seq2seq.plots import write_plot
+    from seq2seq.inspection.curves import write_plot
 
     for metrics in write_plot(runs, output, x=x, labels=label, width=width, height=height):
         if metrics.skipped:  # drawn without them

@@ -1,4 +1,4 @@
-"""`s2s serve`: translate over HTTP, batching concurrent requests (seq2seq.server).
+"""`s2s serve`: translate over HTTP, batching concurrent requests (seq2seq.serving.http_api).
 
 The serving options are ServeConfig's fields and the search defaults
 DecodeConfig's, generated like every command's. FastAPI, uvicorn and torch
@@ -16,29 +16,38 @@ from typing import Annotated, Any
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_stdout_clobbering
 from seq2seq.config import SEARCH, SERVING, ServeConfig
-from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
+from seq2seq.files.reads import Reads, refuse_stdout_clobbering
+from seq2seq.search.engines import check_engine_options
 
 from .display import stderr, warning
 from .options import ConfigOptions, config_options
-from .translate import DECODE_OPTIONS, MODEL_HELP, Device, Engine, Threads, Weights, decode_config, \
-    load_translator, model_label
+from .translate import (
+    DECODE_OPTIONS,
+    MODEL_HELP,
+    Device,
+    Engine,
+    Threads,
+    Weights,
+    decode_config,
+    load_translator,
+    model_label,
+)
 
 SERVE_OPTIONS = ConfigOptions(ServeConfig)
 INSTALL_HINT = "pip install 's2s[serve]'"
 
 
 def import_server():
-    """seq2seq.server, or a ConfigError saying how to install what it needs."""
+    """seq2seq.serving.http_api, or a ConfigError saying how to install what it needs."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
         raise ConfigError(f"s2s serve needs the optional packages fastapi and uvicorn ({err}): {INSTALL_HINT}") \
             from None
-    from seq2seq import server
+    from seq2seq.serving import http_api as server
 
     return server
 

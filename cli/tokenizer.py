@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
-from seq2seq.files import new_folder
+from seq2seq.files.atomic import new_folder
+from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 
 from .display import stderr
 
@@ -38,9 +38,9 @@ def tokenizer_train_command(
     refuse_stdout_clobbering(reads)  # first: it needs none of the imports below
     import datasets
 
-    from seq2seq.data import load_corpus
-    from seq2seq.rundir import CONFIG_FILE
-    from seq2seq.tokenizer import TOKENIZER_FILES, train_tokenizer
+    from seq2seq.data.corpora import load_corpus
+    from seq2seq.data.tokenizer import TOKENIZER_FILES, train_tokenizer
+    from seq2seq.runs.run_dir import CONFIG_FILE
 
     # s2s reports what it does in its own lines; datasets' bars would interleave with them.
     datasets.disable_progress_bars()

@@ -14,10 +14,21 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.clobber import refuse_stdout_clobbering
-from seq2seq.config import (DATA, DISTRIBUTED, MODEL, OPTIMISATION, PRESETS, RUN, VALIDATION,
-                            DistributedConfig, ModelConfig, TrainConfig, resolve_train_configs)
+from seq2seq.config import (
+    DATA,
+    DISTRIBUTED,
+    MODEL,
+    OPTIMISATION,
+    PRESETS,
+    RUN,
+    VALIDATION,
+    DistributedConfig,
+    ModelConfig,
+    TrainConfig,
+    resolve_train_configs,
+)
 from seq2seq.errors import ConfigError
+from seq2seq.files.reads import refuse_stdout_clobbering
 
 from .display import TrainDisplay
 from .options import ConfigOptions, config_options
@@ -66,7 +77,7 @@ def train_command(
     else:
         model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)
         if train_cfg.init_from:  # the model is the run's, with what was given over it
-            from seq2seq.init_from import source_run
+            from seq2seq.training.init_from import source_run
 
             model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags,
                                                          base_model=source_run(train_cfg.init_from).model)
@@ -74,7 +85,7 @@ def train_command(
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_stdout_over_inputs(train_cfg, config, run if resume else None)
     if tensorboard and tensorboard_dir is None:
-        from seq2seq.tensorboard import TENSORBOARD_DIR
+        from seq2seq.inspection.tensorboard import TENSORBOARD_DIR
 
         tensorboard_dir = run / TENSORBOARD_DIR
     run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir,
@@ -84,8 +95,8 @@ def train_command(
 def refuse_stdout_over_inputs(train_cfg: TrainConfig, config: Path | None, resumed: Path | None) -> None:
     """ConfigError if stdout is a file training reads: a corpus, the tokenizer, the --config file, the
     --init-from run, or a file of the run it resumes (but not a log of its own kept beside them)."""
-    from seq2seq.rundir import CHECKPOINTS_DIR, RUN_FILES
-    from seq2seq.train import training_reads
+    from seq2seq.runs.run_dir import CHECKPOINTS_DIR, RUN_FILES
+    from seq2seq.training.trainer import training_reads
 
     reads = training_reads(train_cfg).file("the --config file", config)
     if resumed is not None:
@@ -106,9 +117,9 @@ def resumed_configs(run: Path | None, config: Path | None, preset: str | None, m
         raise ConfigError("--resume needs --run DIR, the run directory to continue")
     if preset or config:
         raise ConfigError("--resume continues a run with its saved config; drop --config and --preset")
-    from seq2seq.rundir import read_run_config
+    from seq2seq.runs.run_dir import read_run_config
 
-    # The flags go onto the saved configs as they are; seq2seq.train.train() refuses any
+    # The flags go onto the saved configs as they are; seq2seq.training.trainer.train() refuses any
     # change outside the stopping budget, naming each field with its saved and given values.
     saved = read_run_config(run)
     return dataclasses.replace(saved.model, **model_flags), dataclasses.replace(saved.train, **train_flags)
@@ -117,17 +128,17 @@ def resumed_configs(run: Path | None, config: Path | None, preset: str | None, m
 def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, resume: bool,
                  tensorboard: Path | None = None, distributed: DistributedConfig | None = None) -> None:
     """Train with the library, drawing its events; under torchrun, one process of the group.
-    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.train.train);
+    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.training.trainer.train);
     `distributed`: the timeouts of the process groups."""
     import datasets
 
-    from seq2seq.distributed import join_process_group, leave_process_group, rank_zeros_object
-    from seq2seq.malloc import keep_freed_memory
-    from seq2seq.train import train
+    from seq2seq.training.distributed import join_process_group, leave_process_group, rank_zeros_object
+    from seq2seq.training.malloc_tuning import keep_freed_memory
+    from seq2seq.training.trainer import train
 
     # s2s draws its own progress; datasets' bars would interleave with it and with error lines.
     datasets.disable_progress_bars()
-    keep_freed_memory()  # on glibc: no page faults for the same tensors every update (seq2seq.malloc)
+    keep_freed_memory()  # on glibc: no page faults for the same tensors every update (seq2seq.training.malloc_tuning)
     torch_device = join_process_group(device, distributed)
     # A default run directory is named after each process's clock, and ranks that straddle a
     # second would disagree: every rank takes rank 0's (and the TensorBoard folder inside it).

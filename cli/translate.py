@@ -13,12 +13,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
-from seq2seq.engines import check_engine_options
 from seq2seq.errors import ConfigError
-from seq2seq.files import check_output, open_output
-from seq2seq.textio import ReadStats, chunks, count_lines, iter_lines, open_binary, tsv_prefixes, with_prefixes
+from seq2seq.files.atomic import check_output, open_output
+from seq2seq.files.lines import ReadStats, chunks, count_lines, iter_lines, open_binary, tsv_prefixes, with_prefixes
+from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
+from seq2seq.search.engines import check_engine_options
 
 from .display import line_progress, warning
 from .options import ConfigOptions, config_options
@@ -29,7 +29,7 @@ DECODE_OPTIONS = ConfigOptions(DecodeConfig, aliases={"beam": ["-b"], "max_token
 DECODE_PANELS = (SEARCH, SAMPLING)
 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-# seq2seq.rundir.WEIGHTS_FILE by default; None here, because naming it would import torch.
+# seq2seq.runs.run_dir.WEIGHTS_FILE by default; None here, because naming it would import torch.
 Weights = Annotated[Optional[str], typer.Option(help="Weights file inside the run directory, such as an "
                                                 "average from `s2s average`.", show_default="the run's model")]
 
@@ -50,26 +50,26 @@ MODEL_HELP = "Run directory, or a folder written by `s2s export` (run with CTran
 
 def model_label(model: Path) -> str:
     """How the clobber checks name the folder -m reads: no output may land inside it either way."""
-    from seq2seq.engines import is_exported
+    from seq2seq.search.engines import is_exported
 
     return "the exported model folder" if is_exported(model) else "the run directory"
 
 
 def load_translator(model: Path, device: str, cfg: DecodeConfig, weights: str | None,
                     engine: str | None = None, threads: int | None = None):
-    """A seq2seq.translator.Translator for the run or exported folder in `model`, on `device`.
+    """A seq2seq.search.translator.Translator for the run or exported folder in `model`, on `device`.
 
     An exported folder is run by CTranslate2, which takes the device by name
     (auto picks CUDA when CTranslate2 sees a GPU, else the CPU) and never loads
     torch: the process starts in a fraction of the time.
     """
-    from seq2seq.engines import engine_for
-    from seq2seq.translator import Translator
+    from seq2seq.search.engines import engine_for
+    from seq2seq.search.translator import Translator
 
     if engine_for(model, engine) == "ctranslate2":
         return Translator.from_run(model, device, cfg, weights, engine="ctranslate2", threads=threads)
     from seq2seq.device import resolve_device
-    from seq2seq.rundir import WEIGHTS_FILE
+    from seq2seq.runs.run_dir import WEIGHTS_FILE
 
     return Translator.from_run(model, resolve_device(device), cfg, weights or WEIGHTS_FILE, engine=engine,
                                threads=threads)

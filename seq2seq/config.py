@@ -26,7 +26,7 @@ FORMAT_VERSION = 2
 # Train-config keys renamed since format version 1: old name -> new name.
 _RENAMED_TRAIN_KEYS = {"valid_bleu_max": "valid_bleu_sentences"}
 
-# How beam search may divide a hypothesis' log-probability by its length (seq2seq.decode).
+# How beam search may divide a hypothesis' log-probability by its length (seq2seq.search.decode).
 LENGTH_PENALTIES = ("gnmt", "average", "none")
 
 # Where `ModelConfig.performer_in` may put FAVOR+: encoder self-attention,
@@ -71,7 +71,7 @@ def settable_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in fields(cls) if not f.metadata.get("derived_from")]
 
 
-# Choices that the library's own modules take as well (seq2seq.device, seq2seq.token_store):
+# Choices that the library's own modules take as well (seq2seq.device, seq2seq.data.token_store):
 # named once here.
 PrecisionChoice = Literal["auto", "float32", "bf16"]
 TokenPlacement = Literal["auto", "device", "mapped"]
@@ -98,11 +98,11 @@ class ModelConfig:
     norm: Literal["pre", "post"] = setting("pre", "Layer norm before (pre) or after (post) each sublayer.",
                                            MODEL)
     max_positions: int = setting(1024, "Longest sequence the model accepts, in tokens, either side.", MODEL)
-    # See seq2seq.positions.
+    # See seq2seq.model.positions.
     positions: Literal["sinusoidal", "learned", "rope"] = setting(
         "sinusoidal", "sinusoidal or learned (a table added to the embeddings), or rope (rotary queries "
         "and keys in every self-attention layer).", MODEL)
-    # See seq2seq.performer.
+    # See seq2seq.model.performer.
     attention: Literal["softmax", "performer"] = setting(
         "softmax", "softmax, or performer (FAVOR+ linear attention, in the places of performer_in).", MODEL)
     performer_in: str = setting("encoder,decoder,cross", "Where Performer attention goes: some of encoder, "
@@ -172,7 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class TrainConfig:
-    """Data and optimisation recipe. Corpus specs are described in `seq2seq.data`."""
+    """Data and optimisation recipe. Corpus specs are described in `seq2seq.data.corpora`."""
 
     train: str = setting("data/multi30k/train", "Training corpus spec (see README).", DATA)
     valid: str = setting("data/multi30k/val", "Validation corpus spec; '' for none.", DATA)

@@ -45,11 +45,10 @@ def trained_run(tmp_path_factory) -> Path:
     length limit. Its max_positions is 64, so that a few sentences joined make a line that must
     be split. Tests only read it."""
     import torch
+    from helpers import tiny_train_config, write_slice
 
     from seq2seq.config import ModelConfig
-    from seq2seq.train import train
-
-    from helpers import tiny_train_config, write_slice
+    from seq2seq.training.trainer import train
 
     folder = tmp_path_factory.mktemp("trained")
     corpus = write_slice(folder / "corpus", "train", 300, "train")
@@ -66,7 +65,7 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
     """`trained_run` exported to CTranslate2 (skipped where ctranslate2 is not installed)."""
     pytest.importorskip("ctranslate2", reason="the CTranslate2 engine needs the optional ctranslate2 package: "
                                               "pip install 's2s[ctranslate2]'")
-    from seq2seq.export import export_ctranslate2
+    from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
     return export_ctranslate2(trained_run, tmp_path_factory.mktemp("exported") / "ct2")
 

@@ -7,19 +7,24 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import make_untrained_run, one_error_line
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.alignment import (default_alignment_layer, format_alignment, hard_alignment, output_words,
-                               word_of_each_byte, words_of_pieces)
-from seq2seq.attention import MultiHeadAttention
 from seq2seq.config import DecodeConfig, ModelConfig, TrainConfig
+from seq2seq.data.tokenizer import load_tokenizers
 from seq2seq.errors import ConfigError
-from seq2seq.model import build_model
-from seq2seq.tokenizer import load_tokenizers
-from seq2seq.translator import Translator, split_sentences
-
-from helpers import make_untrained_run, one_error_line
+from seq2seq.inspection.alignment import (
+    default_alignment_layer,
+    format_alignment,
+    hard_alignment,
+    output_words,
+    word_of_each_byte,
+    words_of_pieces,
+)
+from seq2seq.model.attention import MultiHeadAttention
+from seq2seq.model.transformer import build_model
+from seq2seq.search.translator import Translator, split_sentences
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -215,7 +220,7 @@ COPY_WORDS = "red blue green dog cat bird runs sits near under tree house sun ca
 
 @pytest.fixture(scope="module")
 def copy_run(tmp_path_factory):
-    from seq2seq.train import train
+    from seq2seq.training.trainer import train
 
     folder = tmp_path_factory.mktemp("copy")
     rng = random.Random(0)

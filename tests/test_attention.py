@@ -5,15 +5,14 @@ import struct
 import numpy as np
 import pytest
 import torch
+from helpers import make_untrained_run, one_error_line
 from rich.console import Console
 from typer.testing import CliRunner
 
 from cli.attention import heatmap_table
 from cli.main import app
 from seq2seq.config import DecodeConfig
-from seq2seq.translator import Translator
-
-from helpers import make_untrained_run, one_error_line
+from seq2seq.search.translator import Translator
 
 runner = CliRunner()
 SENTENCE = "A man in a blue shirt is riding a bike."

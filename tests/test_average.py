@@ -1,14 +1,13 @@
 import pytest
 import torch
+from helpers import tiny_model_config, tiny_train_config, write_slice
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.average import Snapshot, average_weights, list_snapshots, select_snapshots
 from seq2seq.errors import ConfigError
-from seq2seq.train import train
-
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from seq2seq.runs.snapshots import Snapshot, average_weights, list_snapshots, select_snapshots
+from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 import typer.main
+from helpers import MULTI30K, make_untrained_run, write_slice
 from typer.testing import CliRunner
 
 from cli.main import app
-
-from helpers import MULTI30K, make_untrained_run, write_slice
 
 runner = CliRunner()
 S2S = str(Path(sys.executable).parent / "s2s")
@@ -322,8 +321,8 @@ def test_eval_output_in_a_missing_folder_fails_before_translating(run, tmp_path)
     ("mine.safetensors", "not an average written by s2s average"),
 ])
 def test_average_writes_only_its_own_files_in_the_run(full_run, name, fragment):
-    from seq2seq.average import save_snapshot
-    from seq2seq.rundir import load_run
+    from seq2seq.runs.run_dir import load_run
+    from seq2seq.runs.snapshots import save_snapshot
 
     model = load_run(full_run, torch.device("cpu"))[0]
     for step in (1, 2):
@@ -335,8 +334,8 @@ def test_average_writes_only_its_own_files_in_the_run(full_run, name, fragment):
 
 
 def test_average_replaces_its_own_earlier_average(full_run):
-    from seq2seq.average import save_snapshot
-    from seq2seq.rundir import load_run
+    from seq2seq.runs.run_dir import load_run
+    from seq2seq.runs.snapshots import save_snapshot
 
     model = load_run(full_run, torch.device("cpu"))[0]
     for step in (1, 2, 3):
@@ -557,8 +556,8 @@ def test_unreadable_weights_say_why(run, tmp_path, damage):
 def test_a_write_refused_by_the_system_is_one_error_line(run, tmp_path):
     """A real failed write (the file-size limit, as a full disk would): safetensors raises its own
     error type, which must still come out as one error line with the old file intact."""
-    from seq2seq.average import save_snapshot
-    from seq2seq.rundir import load_run
+    from seq2seq.runs.run_dir import load_run
+    from seq2seq.runs.snapshots import save_snapshot
 
     target = copy_run(run, tmp_path / "m")
     model = load_run(target, torch.device("cpu"))[0]

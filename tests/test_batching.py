@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from seq2seq.batching import EpochBatches, collate, cut_batches, token_batches
-from seq2seq.decode import length_batches
-from seq2seq.token_store import DeviceTokenStore, MappedTokenStore, resolve_placement, token_store
+from seq2seq.data.batching import EpochBatches, collate, cut_batches, token_batches
+from seq2seq.data.token_store import DeviceTokenStore, MappedTokenStore, resolve_placement, token_store
+from seq2seq.search.decode import length_batches
 
 # Every behaviour of a token store holds for both: each test runs on each.
 STORES = pytest.mark.parametrize("store_class", [DeviceTokenStore, MappedTokenStore])
@@ -191,7 +191,7 @@ def test_token_store_places_ids_as_asked(placement, expected):
 
 
 def test_auto_placement_copies_small_corpora_to_an_accelerator_and_maps_the_rest(monkeypatch):
-    import seq2seq.token_store
+    import seq2seq.data.token_store
 
     column = pa.array([[5, 3], [6, 6, 3]], type=pa.list_(pa.int32()))  # 5 ids, 20 bytes
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
@@ -200,7 +200,7 @@ def test_auto_placement_copies_small_corpora_to_an_accelerator_and_maps_the_rest
     assert isinstance(token_store(column, cpu), MappedTokenStore)
     for asked in ("device", "mapped"):
         assert resolve_placement(column, cpu, asked) == resolve_placement(column, gpu, asked) == asked
-    monkeypatch.setattr(seq2seq.token_store, "DEVICE_STORE_MAX_BYTES", 19)
+    monkeypatch.setattr(seq2seq.data.token_store, "DEVICE_STORE_MAX_BYTES", 19)
     assert resolve_placement(column, gpu) == "mapped"
 
 

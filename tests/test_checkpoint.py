@@ -3,12 +3,18 @@ import json
 import pytest
 import torch
 
-from seq2seq.checkpoint import (LAST_POINTER, has_trainer_state, load_trainer_state, remove_unfinished_writes,
-                                rng_tensors, save_trainer_state)
 from seq2seq.config import ModelConfig
 from seq2seq.errors import RunDirError
-from seq2seq.model import build_model
-from seq2seq.rundir import CHECKPOINTS_DIR
+from seq2seq.model.transformer import build_model
+from seq2seq.runs.checkpoint import (
+    LAST_POINTER,
+    has_trainer_state,
+    load_trainer_state,
+    remove_unfinished_writes,
+    rng_tensors,
+    save_trainer_state,
+)
+from seq2seq.runs.run_dir import CHECKPOINTS_DIR
 
 CFG = ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, n_heads=2, ffn_dim=32,
                   encoder_layers=1, decoder_layers=1)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import write_slice
 
 S2S = str(Path(sys.executable).parent / "s2s")

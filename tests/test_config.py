@@ -5,8 +5,16 @@ import sys
 
 import pytest
 
-from seq2seq.config import (FORMAT_VERSION, DecodeConfig, ModelConfig, RunConfig, TrainConfig, from_dict,
-                            resolve_train_configs, settable_fields)
+from seq2seq.config import (
+    FORMAT_VERSION,
+    DecodeConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    resolve_train_configs,
+    settable_fields,
+)
 from seq2seq.errors import ConfigError
 
 

@@ -15,19 +15,26 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import EosFirst, LogitsAsStates
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from seq2seq.config import DecodeConfig, ModelConfig
-from seq2seq.decode import (Hypothesis, length_batches, beam_search, greedy_search,
-                            length_penalty_factor, nbest_ids, sample_search, sampling_distribution,
-                            translate_ids)
 from seq2seq.errors import ConfigError
-from seq2seq.attention import KeyValueState
-from seq2seq.model import DecoderCache, LayerCache, build_model
-
-from helpers import EosFirst, LogitsAsStates
+from seq2seq.model.attention import KeyValueState
+from seq2seq.model.transformer import DecoderCache, LayerCache, build_model
+from seq2seq.search.decode import (
+    Hypothesis,
+    beam_search,
+    greedy_search,
+    length_batches,
+    length_penalty_factor,
+    nbest_ids,
+    sample_search,
+    sampling_distribution,
+    translate_ids,
+)
 
 VOCAB = 24
 PAD, BOS, EOS = 0, 2, 3
@@ -636,7 +643,7 @@ def test_sampling_settings_are_validated(changes):
 @pytest.mark.parametrize("width", [6, 64 * 40, 8000, 8000 + 37])
 @pytest.mark.parametrize("k", [1, 2, 10])
 def test_top_k_per_row_finds_what_topk_finds(width, k):
-    from seq2seq.next_token import top_k_per_row
+    from seq2seq.search.next_token import top_k_per_row
 
     k = min(k, width)
     g = torch.Generator().manual_seed(width + k)
@@ -656,7 +663,7 @@ def test_top_k_per_row_finds_what_topk_finds(width, k):
 
 def test_blocks_of_rows_do_not_change_the_search(monkeypatch):
     """Beam and greedy search give the same hypotheses whatever the number of rows projected at a time."""
-    import seq2seq.next_token as next_token
+    import seq2seq.search.next_token as next_token
 
     model = build_model(ModelConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=16, n_heads=2, ffn_dim=32,
                                     encoder_layers=1, decoder_layers=1, max_positions=32)).eval()

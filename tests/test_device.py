@@ -9,15 +9,14 @@ import math
 
 import pytest
 import torch
+from helpers import make_untrained_run, tiny_model_config, tiny_train_config, write_slice
 
 from seq2seq.config import DecodeConfig
 from seq2seq.device import resolve_device
-from seq2seq.distributed import join_process_group
 from seq2seq.errors import ConfigError
-from seq2seq.train import Trainer
-from seq2seq.translator import Translator
-
-from helpers import make_untrained_run, tiny_model_config, tiny_train_config, write_slice
+from seq2seq.search.translator import Translator
+from seq2seq.training.distributed import join_process_group
+from seq2seq.training.trainer import Trainer
 
 AVAILABLE = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])
@@ -127,8 +126,8 @@ def test_the_cpu_and_mps_compute_in_float32(kind):
 @pytest.mark.parametrize("search", ["greedy", "beam", "sampling"])
 def test_decoding_logits_are_float32_even_under_bf16_autocast(monkeypatch, search):
     """bf16 logits flip near-ties: the search projects and normalises in float32 whatever autocast says."""
-    from seq2seq.decode import nbest_ids
-    from seq2seq.model import build_model
+    from seq2seq.model.transformer import build_model
+    from seq2seq.search.decode import nbest_ids
 
     cfg = tiny_model_config()
     cfg.src_vocab_size = cfg.tgt_vocab_size = 60
@@ -231,7 +230,7 @@ def test_bf16_training_on_the_cpu_runs_its_layers_and_loss_in_bf16(monkeypatch, 
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
 def test_validation_decodes_in_the_precision_training_runs_in(monkeypatch, tmp_path, precision):
     from seq2seq import device as device_module
-    from seq2seq.engines.torch_engine import TorchEngine
+    from seq2seq.search.engines.torch_engine import TorchEngine
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     seen = []

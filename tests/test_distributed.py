@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, write_slice
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -159,7 +158,7 @@ def test_a_killed_node_fails_the_other_instead_of_hanging(tmp_path, killed):
 
 RANKS_AGREE = """
 import torch.distributed as dist
-from seq2seq.distributed import (is_main_process, join_process_group, rank_and_world_size, rank_zeros_decision,
+from seq2seq.training.distributed import (is_main_process, join_process_group, rank_and_world_size, rank_zeros_decision,
                                  rank_zeros_object, rank_zeros_signal, wait_for_all_ranks)
 
 device = join_process_group("cpu")

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MULTI30K, make_untrained_run
 from typer.testing import CliRunner
 
 from cli.main import app
 from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError
-from seq2seq.translator import Translator
-
-from helpers import MULTI30K, make_untrained_run
+from seq2seq.search.translator import Translator
 
 CPU = torch.device("cpu")
 SENTENCES = 30
@@ -234,7 +233,7 @@ def test_an_exported_model_runs_without_loading_torch(exported, tmp_path):
 @pytest.mark.parametrize(("name", "expected"), [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:1", ("cuda", 1))])
 def test_ctranslate2_devices_by_name(name, expected):
     ctranslate2 = pytest.importorskip("ctranslate2")
-    from seq2seq.engines.ctranslate2_engine import ctranslate2_device
+    from seq2seq.search.engines.ctranslate2_engine import ctranslate2_device
 
     assert ctranslate2_device(name, ctranslate2) == expected
     assert ctranslate2_device("auto", ctranslate2)[0] == ("cuda" if ctranslate2.get_cuda_device_count() else "cpu")

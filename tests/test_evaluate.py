@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 
 from seq2seq.errors import ConfigError, DataError, S2SError
-from seq2seq.evaluate import METRICS, MetricScore, score_corpus, scores_to_json
+from seq2seq.scores import METRICS, MetricScore, score_corpus, scores_to_json
 
 HYPS = ["The cat sat on the mat.", "A dog runs in the park", "it is raining today"]
 REFS_A = ["The cat sat on a mat.", "The dog runs in the park.", "It is raining today."]

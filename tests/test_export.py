@@ -14,17 +14,16 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from helpers import MULTI30K, make_untrained_run, tiny_train_config, write_slice  # noqa: E402
 
 from seq2seq.config import DecodeConfig, ModelConfig, RunConfig  # noqa: E402
-from seq2seq.decode import length_penalty_factor, nbest_ids  # noqa: E402
 from seq2seq.errors import ConfigError, WriteError  # noqa: E402
-from seq2seq.export import EXPORT_FILE, EXPORT_FORMAT_VERSION, QUANTIZATIONS, export_ctranslate2  # noqa: E402
-from seq2seq.files import atomic_write_text  # noqa: E402
-from seq2seq.model import build_model  # noqa: E402
-from seq2seq.rundir import load_run, save_weights  # noqa: E402
-from seq2seq.train import train  # noqa: E402
-
-from helpers import MULTI30K, make_untrained_run, tiny_train_config, write_slice  # noqa: E402
+from seq2seq.files.atomic import atomic_write_text  # noqa: E402
+from seq2seq.model.transformer import build_model  # noqa: E402
+from seq2seq.runs.ctranslate2_export import EXPORT_FILE, EXPORT_FORMAT_VERSION, QUANTIZATIONS, export_ctranslate2  # noqa: E402
+from seq2seq.runs.run_dir import load_run, save_weights  # noqa: E402
+from seq2seq.search.decode import length_penalty_factor, nbest_ids  # noqa: E402
+from seq2seq.training.trainer import train  # noqa: E402
 
 CPU = torch.device("cpu")
 SENTENCES = 30  # validation sentences each exported variant translates
@@ -49,8 +48,8 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizer_folders(corpus, tmp_path_factory):
     """A shared tokenizer and a pair of separate ones, trained once for every run of the module."""
-    from seq2seq.data import load_corpus
-    from seq2seq.tokenizer import train_tokenizer
+    from seq2seq.data.corpora import load_corpus
+    from seq2seq.data.tokenizer import train_tokenizer
 
     pairs = load_corpus(corpus, "en", "de")
     shared, separate = tmp_path_factory.mktemp("shared"), tmp_path_factory.mktemp("separate")
@@ -93,7 +92,7 @@ def ct2_search(translator, src_ids: list[list[int]], limits: list[int], src_voca
 
     Beyond greedy search, all `beam` hypotheses come back with their raw log-probabilities
     (length_penalty 0) and are re-ranked with s2s's GNMT penalty, as DecodeConfig's defaults say.
-    No suppress_sequences: see seq2seq.export on why.
+    No suppress_sequences: see seq2seq.runs.ctranslate2_export on why.
     """
     decode = DecodeConfig()
     found: dict[int, list[int]] = {}

@@ -16,17 +16,16 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from helpers import MULTI30K, one_error_line, write_slice  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cli.main import app  # noqa: E402
 from seq2seq.config import DecodeConfig  # noqa: E402
 from seq2seq.errors import RunDirError, S2SError  # noqa: E402
-from seq2seq.export import export_ctranslate2  # noqa: E402
-from seq2seq.exported import EXPORT_FILE, EXPORT_FORMAT_VERSION  # noqa: E402
-from seq2seq.runinfo import describe  # noqa: E402
-from seq2seq.translator import Translator  # noqa: E402
-
-from helpers import MULTI30K, one_error_line, write_slice  # noqa: E402
+from seq2seq.inspection.summary import describe  # noqa: E402
+from seq2seq.runs.ctranslate2_export import export_ctranslate2  # noqa: E402
+from seq2seq.runs.exported_folder import EXPORT_FILE, EXPORT_FORMAT_VERSION  # noqa: E402
+from seq2seq.search.translator import Translator  # noqa: E402
 
 runner = CliRunner()
 SENTENCES = 5
@@ -53,8 +52,8 @@ def texts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def other_tokenizer(exported_run, tmp_path_factory) -> Path:
     """A real sentencepiece model with as many pieces as the export's, trained on other sentences."""
-    from seq2seq.data import load_corpus
-    from seq2seq.tokenizer import train_tokenizer
+    from seq2seq.data.corpora import load_corpus
+    from seq2seq.data.tokenizer import train_tokenizer
 
     pieces = len(json.loads((exported_run / "shared_vocabulary.json").read_text(encoding="utf-8")))
     folder = tmp_path_factory.mktemp("other-tokenizer")

@@ -7,8 +7,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from seq2seq.config import ModelConfig
-from seq2seq.flops import forward_flops, training_flops
-from seq2seq.model import build_model
+from seq2seq.model.flops import forward_flops, training_flops
+from seq2seq.model.transformer import build_model
 
 
 def counted_by_torch(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int, backward: bool) -> int:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from seq2seq.errors import TrainingDiverged
-from seq2seq.guards import NonFiniteUpdates, OutOfMemorySplits, check_finite_weights
+from seq2seq.training.bad_updates import NonFiniteUpdates, OutOfMemorySplits, check_finite_weights
 
 CPU = torch.device("cpu")
 

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from cli.info import render, sparkline
 from cli.main import app
-from seq2seq.model import build_model, count_parameters
-from seq2seq.rundir import read_run_config
+from seq2seq.model.transformer import build_model, count_parameters
+from seq2seq.runs.run_dir import read_run_config
 
 runner = CliRunner()
 
@@ -51,7 +51,7 @@ def test_info_of_an_exported_folder(trained_run, exported_run):
 
 
 def test_the_panel_renders(trained_run):
-    from seq2seq.runinfo import describe
+    from seq2seq.inspection.summary import describe
 
     console = Console(record=True, width=100)
     console.print(render(describe(trained_run)))
@@ -82,7 +82,7 @@ def test_the_translate_line_pastes_into_a_shell_whatever_the_folder_name(name):
     import os
     import subprocess
 
-    from seq2seq.runinfo import shell_word
+    from seq2seq.inspection.summary import shell_word
 
     path = os.fsdecode(b"/tmp/" + name)
     echoed = subprocess.run(["bash", "-c", f"printf %s {shell_word(path)}"], capture_output=True, check=True).stdout

@@ -6,17 +6,16 @@ from dataclasses import replace
 import pyarrow as pa
 import pytest
 import torch
+from helpers import one_error_line, tiny_model_config, tiny_train_config, write_slice
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.batching import collate
-from seq2seq.token_store import DeviceTokenStore
+from seq2seq.data.batching import collate
+from seq2seq.data.token_store import DeviceTokenStore
 from seq2seq.errors import ConfigError
-from seq2seq.loss import projected_smoothed_loss
-from seq2seq.rundir import load_run, read_run_config
-from seq2seq.train import train
-
-from helpers import one_error_line, tiny_model_config, tiny_train_config, write_slice
+from seq2seq.runs.run_dir import load_run, read_run_config
+from seq2seq.training.loss import projected_smoothed_loss
+from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
 runner = CliRunner()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from seq2seq import loss as loss_module
-from seq2seq.loss import label_smoothed_loss
+from seq2seq.training import loss as loss_module
+from seq2seq.training.loss import label_smoothed_loss
 
 
 def test_loss_matches_torch_cross_entropy():

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from seq2seq.malloc import keep_freed_memory
+from seq2seq.training.malloc_tuning import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")

@@ -11,20 +11,31 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model_config, tiny_train_config, write_slice
 from rich.console import Console
 from typer.testing import CliRunner
 
 from cli.info import render
 from cli.main import app
-from seq2seq.extras import printable
-from seq2seq.metrics_records import (COUNT, FLAG, NUMBER, NUMBER_OR_NULL, RECORD_OR_NULL, RECORDS, TEXT, TEXTS, BadRecord,
-                                     check_record, parse_record, read_metrics)
-from seq2seq.plots import draw, read_curves, run_labels
-from seq2seq.runinfo import describe
-from seq2seq.tensorboard import SCALARS
-from seq2seq.train import train
-
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from seq2seq.inspection.curves import draw, read_curves, run_labels
+from seq2seq.inspection.metrics_records import (
+    COUNT,
+    FLAG,
+    NUMBER,
+    NUMBER_OR_NULL,
+    RECORD_OR_NULL,
+    RECORDS,
+    TEXT,
+    TEXTS,
+    BadRecord,
+    check_record,
+    parse_record,
+    read_metrics,
+)
+from seq2seq.inspection.summary import describe
+from seq2seq.inspection.tensorboard import SCALARS
+from seq2seq.optional import printable
+from seq2seq.training.trainer import train
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -286,8 +297,8 @@ def test_an_interval_of_only_skipped_updates_logs_no_loss_and_is_not_plotted(tmp
     never a made-up number; readers take the record, and the loss curve has no point there."""
     import torch
 
-    from seq2seq.plots import read_curves
-    from seq2seq.train import LogInterval, UpdateOutcome
+    from seq2seq.inspection.curves import read_curves
+    from seq2seq.training.trainer import LogInterval, UpdateOutcome
 
     interval = LogInterval(torch.device("cpu"))
     nothing = torch.zeros(())

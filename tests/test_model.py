@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from seq2seq.config import PRESETS, ModelConfig, apply_preset
-from seq2seq.model import DecoderCache, build_model, count_parameters
-from seq2seq.positions import sinusoidal_table
+from seq2seq.model.positions import sinusoidal_table
+from seq2seq.model.transformer import DecoderCache, build_model, count_parameters
 
 
 def tiny_model(**overrides) -> torch.nn.Module:

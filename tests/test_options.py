@@ -18,10 +18,10 @@ import typer.main
 from typer.testing import CliRunner
 
 import cli.train
-import seq2seq.init_from
+import seq2seq.training.init_from
 from cli.main import app
 from seq2seq.config import DecodeConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig, settable_fields
-from seq2seq.translator import Translator
+from seq2seq.search.translator import Translator
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ def received(monkeypatch):
 
     monkeypatch.setattr(cli.train, "run_training", run_training)
     # --init-from's run gives the model config; a default one changes nothing the tests compare.
-    monkeypatch.setattr(seq2seq.init_from, "source_run", lambda path: RunConfig())
+    monkeypatch.setattr(seq2seq.training.init_from, "source_run", lambda path: RunConfig())
     monkeypatch.setattr(Translator, "from_run", classmethod(from_run))
     return configs
 
@@ -248,7 +248,7 @@ def test_help_lists_the_flags_by_group():
 
 
 def test_weights_default_to_the_runs_model(received, tmp_path):
-    from seq2seq.rundir import WEIGHTS_FILE
+    from seq2seq.runs.run_dir import WEIGHTS_FILE
 
     invoke("translate", [], tmp_path)
     assert received["weights"] == WEIGHTS_FILE

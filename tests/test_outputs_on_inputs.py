@@ -3,7 +3,7 @@
 A shell can hand a command one of its inputs as an output without naming
 it: `-o /dev/fd/3 3<>in.txt`, `1<>in.txt`, `>> in.txt`. Every output, stdout
 included, is compared by (device, inode) with every input and with every file
-of the folders the command reads (seq2seq.clobber). Each command runs here as
+of the folders the command reads (seq2seq.files.reads). Each command runs here as
 a real process, whose descriptors really are the input, and must refuse with
 one error line, before it loads torch where it can, leaving every file as it
 was. What is no input (a pipe, /dev/null, a FIFO, another file) is written.
@@ -21,12 +21,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import make_untrained_run, one_error_line, write_slice
 from typer.testing import CliRunner
 
 from cli.main import app
-from helpers import make_untrained_run, one_error_line, write_slice
-from seq2seq.clobber import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.errors import ConfigError
+from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 
 S2S = Path(sys.executable).parent / "s2s"
 LINES = "a dog runs\n\ntwo men\n"
@@ -57,13 +57,13 @@ COMMANDS = {
     "info": (["info", "run"], [], RUN_FILES, STDOUT_NAMINGS, ()),
     "plot": (["plot", "run", "run2"], ["-o", "curves.png"],
              {**RUN_FILES, "the second run's metrics.jsonl": "run2/metrics.jsonl"}, NAMINGS,
-             # seq2seq.plots checks -o, and imports seq2seq.rundir (torch) for a file name
+             # seq2seq.inspection.curves checks -o, and imports seq2seq.runs.run_dir (torch) for a file name
              (PROC_FD, DEV_FD)),
     "attention": (["attention", "-m", "run", "a dog", "--device", "cpu"], [], RUN_FILES, NAMINGS, ()),
     "serve": (["serve", "-m", "run"], [], RUN_FILES, STDOUT_NAMINGS, ()),
 }
 
-# Training imports torch to learn what it reads (seq2seq.train.training_reads): each start costs
+# Training imports torch to learn what it reads (seq2seq.training.trainer.training_reads): each start costs
 # seconds, so each of its inputs is tried with one naming, and each naming with some input.
 TRAIN = ["train", "--train", "corpus/c", "--valid", "", "--config", "run/config.json", "--tokenizer", "tok-in",
          "--run", "new-run", "--device", "cpu"]

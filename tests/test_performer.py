@@ -5,10 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.attention import FavorState, MultiHeadAttention
-from seq2seq.performer import (FavorKernel, causal_favor_attention, favor_attention,
-                               orthogonal_gaussian)
-from seq2seq.positions import RotaryEmbedding
+from seq2seq.model.attention import FavorState, MultiHeadAttention
+from seq2seq.model.performer import FavorKernel, causal_favor_attention, favor_attention, orthogonal_gaussian
+from seq2seq.model.positions import RotaryEmbedding
 
 
 def random_qkv(seed: int, b=2, h=2, length=12, dh=16, scale=0.6):

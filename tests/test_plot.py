@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model_config, tiny_train_config, write_slice
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.plots import current_records, draw, read_curves, training_seconds
-from seq2seq.train import train
-
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from seq2seq.inspection.curves import current_records, draw, read_curves, training_seconds
+from seq2seq.training.trainer import train
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

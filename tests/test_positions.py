@@ -3,8 +3,8 @@
 import torch
 
 from seq2seq.config import ModelConfig
-from seq2seq.model import build_model
-from seq2seq.positions import RotaryEmbedding
+from seq2seq.model.positions import RotaryEmbedding
+from seq2seq.model.transformer import build_model
 
 
 def rotated_at(rotary: RotaryEmbedding, vector: torch.Tensor, position: int) -> torch.Tensor:

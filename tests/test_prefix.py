@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MULTI30K, EosFirst
 from typer.testing import CliRunner
 
 from cli.main import app
 from seq2seq.config import DecodeConfig
-from seq2seq.decode import beam_search, greedy_search
 from seq2seq.errors import DataError
-from seq2seq.textio import clean_output
-from seq2seq.translator import Translator
-
-from helpers import MULTI30K, EosFirst
+from seq2seq.files.lines import clean_output
+from seq2seq.search.decode import beam_search, greedy_search
+from seq2seq.search.translator import Translator
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -144,10 +143,11 @@ def test_prefix_lengths_at_and_over_the_model_limit(model_folder):
 
 def test_prefix_overrides_the_model_and_min_len_counts_it():
     """Even a model that wants to end at once writes the prefix; min_len counts the whole output."""
-    from helpers import make_untrained_run
-    from seq2seq.rundir import load_run
-
     import tempfile
+
+    from helpers import make_untrained_run
+
+    from seq2seq.runs.run_dir import load_run
     with tempfile.TemporaryDirectory() as folder:
         model, _, _ = load_run(make_untrained_run(Path(folder) / "run"), CPU)
     eos_first = EosFirst(model.eval()).eval()

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq.textio import ReadStats, count_lines, iter_lines, open_binary
+from seq2seq.files.lines import ReadStats, count_lines, iter_lines, open_binary
 
 S2S = [sys.executable, "-m", "cli.main"]
 runner = CliRunner()

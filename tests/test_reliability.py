@@ -12,22 +12,21 @@ from dataclasses import replace
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import seq2seq.checkpoint as checkpoint
-import seq2seq.loss as loss_module
-import seq2seq.rundir as rundir
-from seq2seq.checkpoint import load_trainer_state
-from seq2seq.files import RunLock
-from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, TrainingInterrupted, WriteError
-from seq2seq.loss import TrainingObjective
-from seq2seq.model import build_model
-from seq2seq.rundir import WEIGHTS_FILE, read_run_config
-from seq2seq.train import train
-from seq2seq.translator import Translator
-
 from helpers import ROOT, tiny_model_config, tiny_train_config, write_slice
 from kill_harness import check_everything_loads, deterministic_env, last_logged_step, run_kill_test, train_args
+from safetensors.torch import load_file
+
+import seq2seq.runs.checkpoint as checkpoint
+import seq2seq.runs.run_dir as rundir
+import seq2seq.training.loss as loss_module
+from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, TrainingInterrupted, WriteError
+from seq2seq.files.atomic import RunLock
+from seq2seq.model.transformer import build_model
+from seq2seq.runs.checkpoint import load_trainer_state
+from seq2seq.runs.run_dir import WEIGHTS_FILE, read_run_config
+from seq2seq.search.translator import Translator
+from seq2seq.training.loss import TrainingObjective
+from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
 
@@ -224,7 +223,7 @@ SLOW_TO_STOP = """
 import sys, time
 import torch
 sys.path.insert(0, sys.argv[3])
-import seq2seq.train as train_module
+import seq2seq.training.trainer as train_module
 from helpers import tiny_model_config, tiny_train_config
 
 real_stop = train_module.Trainer.stop_if_signalled

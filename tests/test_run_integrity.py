@@ -1,4 +1,4 @@
-"""A run directory checks itself, for every command that opens it (seq2seq.rundir.open_run).
+"""A run directory checks itself, for every command that opens it (seq2seq.runs.run_dir.open_run).
 
 Each damage (a tokenizer that is not the one config.json records, bytes of the weights zeroed,
 a NaN weight saved with a valid hash, vocabulary sizes edited in config.json) is refused by every
@@ -21,17 +21,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, one_error_line, tiny_model_config, tiny_train_config, write_slice
 from typer.testing import CliRunner
 
-import seq2seq.loss as loss_module
+import seq2seq.training.loss as loss_module
 from cli.main import app
-from seq2seq.data import load_corpus
+from seq2seq.data.corpora import load_corpus
+from seq2seq.data.tokenizer import train_tokenizer
 from seq2seq.errors import RunDirError
-from seq2seq.rundir import DATA_SHA256_KEY, open_run, read_metadata, read_tensors, save_tensors, save_weights
-from seq2seq.tokenizer import train_tokenizer
-from seq2seq.train import train
-
-from helpers import ROOT, one_error_line, tiny_model_config, tiny_train_config, write_slice
+from seq2seq.runs.run_dir import DATA_SHA256_KEY, open_run, read_metadata, read_tensors, save_tensors, save_weights
+from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -321,7 +320,7 @@ def test_a_run_folder_that_holds_anything_of_value_is_still_refused(base, corpus
 # A run folder whose name is not UTF-8 (POSIX paths are bytes).
 
 # eval's score table is titled with the run's path, which a strict UTF-8 stdout cannot encode:
-# cli/evaluate.py must make it printable (seq2seq.extras.printable), as cli/info.py does.
+# cli/evaluate.py must make it printable (seq2seq.optional.printable), as cli/info.py does.
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_run_folder_whose_name_is_not_utf8_works_with_every_command(base, corpus, tmp_path, command):
     run = copy_of(base, tmp_path / os.fsdecode(b"r\xff"))

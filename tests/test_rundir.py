@@ -5,17 +5,16 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT, make_untrained_run, write_slice
 from safetensors import safe_open
 
-from seq2seq.rundir import load_run, load_weights, save_weights
-from seq2seq.files import atomic_write_text
 from seq2seq.config import ModelConfig
+from seq2seq.data.corpora import load_corpus
+from seq2seq.data.tokenizer import train_tokenizer
 from seq2seq.errors import RunDirError
-from seq2seq.model import build_model
-from seq2seq.tokenizer import train_tokenizer
-from seq2seq.data import load_corpus
-
-from helpers import ROOT, make_untrained_run, write_slice
+from seq2seq.files.atomic import atomic_write_text
+from seq2seq.model.transformer import build_model
+from seq2seq.runs.run_dir import load_run, load_weights, save_weights
 
 CPU = torch.device("cpu")
 
@@ -117,8 +116,8 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         tmp.write_text("half")
         raise OSError(28, "No space left on device")
 
-    from seq2seq.files import atomic_write
     from seq2seq.errors import WriteError
+    from seq2seq.files.atomic import atomic_write
     with pytest.raises(WriteError, match="No space left on device"):
         atomic_write(path, fail)
     assert path.read_text() == "old"
@@ -134,8 +133,8 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
 def test_the_same_weights_give_the_same_bytes_in_any_process(tmp_path):
     """safetensors orders metadata differently in each process; save_weights sorts it."""
-    script = ("import sys, torch; from seq2seq.config import ModelConfig; from seq2seq.model import build_model; "
-              "from seq2seq.rundir import save_weights; torch.manual_seed(0); "
+    script = ("import sys, torch; from seq2seq.config import ModelConfig; from seq2seq.model.transformer import build_model; "
+              "from seq2seq.runs.run_dir import save_weights; torch.manual_seed(0); "
               "cfg = ModelConfig(d_model=16, n_heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=1, "
               "src_vocab_size=50, tgt_vocab_size=50); "
               "save_weights(build_model(cfg), sys.argv[1], metadata={'step': '3', 'valid_bleu': '1.5', 'z': 'x'})")

@@ -2,10 +2,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from seq2seq.schedule import cosine_lr, inverse_sqrt_lr, learning_rate, planned_updates, redraw_features_if_due
-
 from helpers import tiny_train_config
+
+from seq2seq.training.schedule import cosine_lr, inverse_sqrt_lr, learning_rate, planned_updates, redraw_features_if_due
 
 
 def test_schedule_warms_up_then_decays():

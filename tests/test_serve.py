@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import MULTI30K, ROOT
 
 from seq2seq.config import DecodeConfig, ServeConfig
-from seq2seq.translator import Translator
-
-from helpers import MULTI30K, ROOT
+from seq2seq.search.translator import Translator
 
 pytest.importorskip("fastapi", reason="s2s serve needs the optional fastapi and uvicorn: pip install 's2s[serve]'")
 pytest.importorskip("uvicorn", reason="s2s serve needs the optional fastapi and uvicorn: pip install 's2s[serve]'")

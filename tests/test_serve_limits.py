@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import make_untrained_run, one_error_line
+from test_serve import get, post, server
 from typer.testing import CliRunner
 
 from seq2seq.config import DecodeConfig
-from seq2seq.translator import Translator
-
-from helpers import make_untrained_run, one_error_line
-from test_serve import get, post, server
+from seq2seq.search.translator import Translator
 
 pytest.importorskip("fastapi", reason="s2s serve needs the optional fastapi and uvicorn: pip install 's2s[serve]'")
 pytest.importorskip("uvicorn", reason="s2s serve needs the optional fastapi and uvicorn: pip install 's2s[serve]'")
@@ -169,7 +168,7 @@ def test_a_large_request_is_spread_over_batches_that_later_ones_share(long_run):
     """The batcher itself, around the real translator: a request larger than the budget goes in
     several batches, each within the budget; one that arrives meanwhile joins the next batch; each
     gets exactly its own lines, as translated offline."""
-    from seq2seq.batcher import DynamicBatcher
+    from seq2seq.serving.request_batching import DynamicBatcher
 
     translator = Translator.from_run(long_run, "cpu", DecodeConfig(beam=1), threads=1)
     big = [f"{n} dogs run in the park." for n in range(8)]

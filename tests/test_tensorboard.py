@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model_config, tiny_train_config, write_slice
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 import cli.train
 from cli.main import app
 from seq2seq.config import ModelConfig
-from seq2seq.tensorboard import TensorBoardSink
-from seq2seq.train import train
-
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from seq2seq.inspection.tensorboard import TensorBoardSink
+from seq2seq.training.trainer import train
 
 runner = CliRunner()
 CPU = torch.device("cpu")

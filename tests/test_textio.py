@@ -4,7 +4,7 @@ import io
 import pytest
 
 from seq2seq.errors import DataError
-from seq2seq.textio import ReadStats, chunks, clean_output, iter_lines, read_lines
+from seq2seq.files.lines import ReadStats, chunks, clean_output, iter_lines, read_lines
 
 
 def test_lines_split_on_newline_only():

@@ -7,10 +7,21 @@ import datasets
 import pytest
 import sentencepiece as spm
 
-from seq2seq.data import load_corpus
+from seq2seq.data.corpora import load_corpus
+from seq2seq.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SHARED_FILE,
+    SRC_FILE,
+    TGT_FILE,
+    UNK_ID,
+    Tokenizer,
+    TokenizerPair,
+    load_tokenizers,
+    train_tokenizer,
+)
 from seq2seq.errors import TokenizerError
-from seq2seq.tokenizer import (BOS_ID, EOS_ID, PAD_ID, SHARED_FILE, SRC_FILE, TGT_FILE, UNK_ID,
-                               Tokenizer, TokenizerPair, load_tokenizers, train_tokenizer)
 
 VOCAB = 200
 

@@ -5,14 +5,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import tiny_model_config, tiny_train_config, write_slice
 from safetensors.torch import load_file
 
 from seq2seq.config import ModelConfig
 from seq2seq.errors import ConfigError, RunDirError
-from seq2seq.schedule import cosine_lr
-from seq2seq.train import train
-
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from seq2seq.training.schedule import cosine_lr
+from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
 
@@ -127,9 +126,9 @@ def test_max_time_stops_cleanly_and_keeps_a_model(corpus, tmp_path):
 
 def test_separate_vocabularies_untie_the_embeddings_and_translate(corpus, tmp_path):
     from seq2seq.config import DecodeConfig
-    from seq2seq.data import load_corpus
-    from seq2seq.tokenizer import train_tokenizer
-    from seq2seq.translator import Translator
+    from seq2seq.data.corpora import load_corpus
+    from seq2seq.data.tokenizer import train_tokenizer
+    from seq2seq.search.translator import Translator
 
     train_prefix, valid_prefix = corpus
     train_tokenizer(load_corpus(train_prefix, "en", "de"), tmp_path / "tok", vocab_size=150, shared=False)
@@ -146,8 +145,8 @@ def test_separate_vocabularies_untie_the_embeddings_and_translate(corpus, tmp_pa
 
 @pytest.fixture(scope="module")
 def shared_tokenizer(corpus, tmp_path_factory):
-    from seq2seq.data import load_corpus
-    from seq2seq.tokenizer import train_tokenizer
+    from seq2seq.data.corpora import load_corpus
+    from seq2seq.data.tokenizer import train_tokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(load_corpus(corpus[0], "en", "de"), folder, vocab_size=200)
@@ -173,7 +172,7 @@ def test_every_position_and_attention_variant_trains(corpus, shared_tokenizer, t
 
 def test_a_performer_run_translates_with_the_features_it_saved(corpus, shared_tokenizer, tmp_path):
     from seq2seq.config import DecodeConfig
-    from seq2seq.translator import Translator
+    from seq2seq.search.translator import Translator
 
     model_cfg = replace(tiny_model_config(), positions="rope", attention="performer",
                         performer_in="encoder,decoder", performer_features=16, performer_redraw_every=4)
@@ -207,7 +206,7 @@ def test_the_time_budget_leaves_room_for_each_final_validation(average_last, val
     --average-last, the average's: an average left unvalidated at the deadline is never kept."""
     from types import SimpleNamespace
 
-    from seq2seq.train import Trainer
+    from seq2seq.training.trainer import Trainer
 
     now = time.monotonic()
     for has_data, reserved in ((True, validations_reserved * 30.0), (False, 0.0)):

@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import make_untrained_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli.main import app
-
-from helpers import make_untrained_run
 
 runner = CliRunner()
 
@@ -36,7 +35,7 @@ def model_folder(request, run, tmp_path_factory) -> Path:
         return run
     pytest.importorskip("ctranslate2", reason="the CTranslate2 engine needs the optional ctranslate2 package: "
                                               "pip install 's2s[ctranslate2]'")
-    from seq2seq.export import export_ctranslate2
+    from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
     return export_ctranslate2(run, tmp_path_factory.mktemp("exported") / "ct2")
 
@@ -121,8 +120,8 @@ pairs = st.lists(st.tuples(st.text(_cell), st.text(_cell, max_size=8)), max_size
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=pairs)
 def test_with_prefixes_one_line_per_line_each_starting_with_its_prefix(model_folder, rows):
-    from seq2seq.textio import clean_output
-    from seq2seq.tokenizer import load_tokenizers
+    from seq2seq.data.tokenizer import load_tokenizers
+    from seq2seq.files.lines import clean_output
 
     data = "".join(f"{source}\t{prefix}\n" for source, prefix in rows).encode("utf-8")
     out = translate(model_folder, data, "--prefix-tsv").stdout_bytes.decode("utf-8").split("\n")

@@ -2,14 +2,13 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import EosFirst, make_untrained_run
 
 from seq2seq.config import DecodeConfig
-from seq2seq.decode import translate_ids
 from seq2seq.errors import ConfigError
-from seq2seq.textio import clean_output
-from seq2seq.translator import Translator, cut_ids, split_sentences
-
-from helpers import EosFirst, make_untrained_run
+from seq2seq.files.lines import clean_output
+from seq2seq.search.decode import translate_ids
+from seq2seq.search.translator import Translator, cut_ids, split_sentences
 
 CPU = torch.device("cpu")
 

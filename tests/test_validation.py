@@ -1,4 +1,4 @@
-from seq2seq.validation import EarlyStopping
+from seq2seq.training.validation import EarlyStopping
 
 
 def test_early_stopping_counts_validations_without_improvement():

@@ -1,0 +1,1 @@
+"""Data: corpora, their columns, tokenizers, encoding, token stores and batches."""

@@ -1,0 +1,1 @@
+"""Looking inside runs: summaries, metrics records, curves, heatmaps, TensorBoard, alignments."""

@@ -1,0 +1,1 @@
+"""Serving: dynamic batching of concurrent requests, and the HTTP API over it."""

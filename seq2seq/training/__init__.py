@@ -1,0 +1,1 @@
+"""Training: the trainer, its data, loss, schedule, validation, bad updates, signals and ranks."""

@@ -1,0 +1,172 @@
+"""How good the model is on the validation set, and whether it is the best yet.
+
+A validation measures loss, perplexity and BLEU (through the same Translator
+as `s2s translate`), a chunk at a time so that a stop signal or the --max-time
+deadline is answered within seconds; a validation cut short records nothing
+(`ValidationCut`) and is redone on resume. Early stopping counts validations
+without improvement. At the end of a run, the average of the last snapshots
+replaces the model only if it validates at least as well.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DecodeConfig, ModelConfig, TrainConfig
+from ..data.batching import collate, token_batches
+from ..device import mixed_precision
+from ..files.atomic import atomic_write
+from ..model.transformer import Seq2SeqTransformer, build_model
+from ..runs.run_dir import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event, load_weights
+from ..runs.snapshots import list_snapshots, write_average
+from ..scores import score_corpus
+from ..search.translator import Translator
+from .loss import projected_smoothed_loss
+from .prepare import PreparedData
+from .stop_signals import StopSignals
+
+# Validation sentences translated between checks for a stop signal or the --max-time deadline.
+VALIDATION_CHUNK = 128
+
+
+class ValidationCut(Exception):
+    """A validation stopped part-way by a signal or by --max-time; its scores would not be comparable."""
+
+    def __init__(self, reason: str, stage: str, done: int):
+        super().__init__(reason)
+        self.reason, self.stage, self.done = reason, stage, done
+
+
+class EarlyStopping:
+    """Tracks the best validation score and how many validations since it improved."""
+
+    def __init__(self, metric: str, patience: int):
+        self.metric, self.patience = metric, patience
+        self.best: dict[str, Any] | None = None
+        self.bad_validations = 0
+
+    def improved(self, record: dict[str, Any]) -> bool:
+        """Record a validation; True if it is the best so far."""
+        value = record[f"valid_{self.metric}"]
+        if self.best is not None:
+            best = self.best[f"valid_{self.metric}"]
+            if (value <= best) if self.metric == "bleu" else (value >= best):
+                self.bad_validations += 1
+                return False
+        self.best, self.bad_validations = record, 0
+        return True
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_validations >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_validations": self.bad_validations}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_validations = state["best"], state["bad_validations"]
+
+
+class Validation:
+    """The validations of one run: each measured in chunks, the best remembered, a cut one redone.
+
+    Between chunks, a validation stops for a signal in `signals` or once the
+    --max-time `deadline` (a time.monotonic() value) has passed.
+    """
+
+    def __init__(self, data: PreparedData, cfg: TrainConfig, signals: StopSignals, deadline: float = math.inf):
+        self.data, self.cfg, self.signals, self.deadline = data, cfg, signals, deadline
+        self.early_stopping = EarlyStopping(cfg.early_stop_metric, cfg.patience)
+        self.seconds = 0.0  # how long the last complete validation took
+        self.pending = False  # a validation was cut short by a signal: redo it on resume
+
+    @property
+    def has_data(self) -> bool:
+        return self.data.valid_src is not None
+
+    def validate(self, model: Seq2SeqTransformer, step: int, epoch: float) -> Event:
+        """The "valid" record of `model`'s scores, with "best" from early stopping; or, for a
+        validation cut short, the "valid_cut" event, and nothing is recorded."""
+        started = time.monotonic()
+        try:
+            scores = self.measure(model)
+        except ValidationCut as cut:
+            # Part of the set would not be comparable with other validations: nothing is recorded,
+            # and a resumed run validates this step again before it trains on.
+            self.pending = True
+            return {"event": "valid_cut", "step": step, "reason": cut.reason, "stage": cut.stage,
+                    "done": cut.done, "sentences": len(self.data.valid_src_lines)}
+        self.seconds = time.monotonic() - started
+        self.pending = False
+        record = {"event": "valid", "step": step, "epoch": epoch, **scores}
+        record["best"] = self.early_stopping.improved(record)
+        return record
+
+    def check_cut(self, stage: str, done: int) -> None:
+        """Stop a validation part-way (`done` sentences into `stage`) for a signal, or when the
+        --max-time deadline has passed."""
+        if self.signals.received:
+            raise ValidationCut("a stop signal", stage, done)
+        if time.monotonic() >= self.deadline:
+            raise ValidationCut("--max-time", stage, done)
+
+    @torch.no_grad()
+    def measure(self, model: Seq2SeqTransformer) -> dict[str, Any]:
+        """Validation loss (NLL per target token), perplexity and BLEU of `model`."""
+        model.eval()
+        cfg, data = self.cfg, self.data
+        device = next(model.parameters()).device
+        autocast = mixed_precision(device, cfg.precision)
+        nll_sum = torch.zeros((), device=device)
+        tokens = 0
+        lengths = (data.valid_src.lengths, data.valid_tgt.lengths)
+        for index in token_batches(*lengths, cfg.max_tokens, rng=None):
+            self.check_cut("loss", 0)
+            batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id)
+            with autocast:
+                states = model.teacher_forced_states(batch.src, batch.tgt_in)  # (B, T, D)
+            nll_sum += projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id,
+                                               0.0)[1]
+            tokens += batch.n_tgt_tokens
+        nll = nll_sum.item() / max(tokens, 1)
+        # The same path as `s2s translate`: empty lines, long lines and detokenising alike.
+        translator = Translator.for_model(model, data.tokenizers, DecodeConfig(beam=cfg.valid_beam), cfg.precision)
+        hyps: list[str] = []
+        # A chunk at a time, so that a signal or --max-time is answered within seconds.
+        for start in range(0, len(data.valid_src_lines), VALIDATION_CHUNK):
+            self.check_cut("BLEU", len(hyps))
+            hyps += translator.translate(data.valid_src_lines[start:start + VALIDATION_CHUNK])
+        bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
+        return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
+                "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
+
+    def average_last_snapshots(self, run_dir: Path, last: int, step: int, model_cfg: ModelConfig,
+                               device: torch.device) -> Event | None:
+        """Average the last `last` snapshots; keep the average as the model if it validates at least
+        as well. Returns the "average" event, or None with fewer than two snapshots."""
+        snapshots = list_snapshots(run_dir)[-last:]
+        if len(snapshots) < 2:
+            return None
+        steps = ",".join(str(s.step) for s in snapshots)
+        path = run_dir / TRAINING_AVERAGE_FILE
+        write_average([s.path for s in snapshots], path, metadata={"averaged_steps": steps})
+        record: Event = {"event": "average", "step": step, "averaged_steps": steps, "kept": True}
+        if self.has_data:
+            averaged = build_model(model_cfg).to(device)
+            load_weights(averaged, path)
+            try:
+                record.update(self.measure(averaged))
+            except ValidationCut as cut:  # unmeasured, it cannot be shown to be better
+                record.update(kept=False, cut=cut.reason)
+            else:
+                best = self.early_stopping.best
+                record["kept"] = best is None or record["valid_bleu"] >= best["valid_bleu"]
+        if record["kept"]:
+            atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: shutil.copyfile(path, tmp))
+        return record
