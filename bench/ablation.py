@@ -28,7 +28,8 @@ from pathlib import Path
 
 from results import ROOT, S2S, append_entry, machine, run_timed, shown
 
-from seq2seq.runs.run_dir import WEIGHTS_FILE, read_run_config
+from seq2seq.files.run_layout import WEIGHTS_FILE
+from seq2seq.runs.run_dir import read_run_config
 from seq2seq.runs.snapshots import list_snapshots
 
 

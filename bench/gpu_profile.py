@@ -30,11 +30,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results import ROOT, read_lines  # noqa: E402
 
-from seq2seq.training import loss as loss_module  # noqa: E402
-from seq2seq.search import next_token as next_token_module  # noqa: E402
 from seq2seq.config import PRESETS, DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from seq2seq.device import resolve_device  # noqa: E402
+from seq2seq.search import next_token as next_token_module  # noqa: E402
 from seq2seq.search.translator import Translator  # noqa: E402
+from seq2seq.training import loss as loss_module  # noqa: E402
 from seq2seq.training.trainer import Trainer  # noqa: E402
 
 

@@ -35,8 +35,9 @@ from results import ROOT, S2S, append_entry, machine, read_lines, run_timed, sho
 
 from seq2seq.config import DecodeConfig
 from seq2seq.device import resolve_device
-from seq2seq.runs.run_dir import load_run, load_weights
+from seq2seq.runs.run_dir import load_run
 from seq2seq.runs.snapshots import list_snapshots
+from seq2seq.runs.weights import load_weights
 from seq2seq.scores import score_corpus
 from seq2seq.search.translator import Translator
 

@@ -18,7 +18,7 @@ from rich.style import Style
 from rich.table import Table
 
 from seq2seq.errors import ConfigError
-from seq2seq.files.atomic import check_output
+from seq2seq.files.outputs import check_output
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 
 from .display import stderr, stdout
@@ -72,7 +72,7 @@ def attention_command(
     reads = Reads().folder("the run directory", model)
     refuse_stdout_clobbering(reads)  # the translation and the table go there
     if output is not None:
-        from seq2seq.optional import figure_format
+        from seq2seq.inspection.figures import figure_format
 
         check_output(output, "--output")
         refuse_clobbering("--output", output, reads)

@@ -12,10 +12,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.files.atomic import check_output, open_output
-from seq2seq.files.lines import chunks, read_lines
+from seq2seq.files.lines import chunks, printable, read_lines
+from seq2seq.files.outputs import check_output, open_output
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
-from seq2seq.optional import printable
 from seq2seq.search.engines import check_engine_options
 
 from .display import line_progress, score_table, stdout, warning

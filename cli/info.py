@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from seq2seq.files.lines import printable
 from seq2seq.files.reads import Reads, refuse_stdout_clobbering
-from seq2seq.optional import printable
 
 from .display import stdout, warning
 from .translate import model_label
@@ -35,7 +35,7 @@ def _size(size: int) -> str:
 
 
 def printable_data(data: Any) -> Any:
-    """`data` with every string in it made printable (seq2seq.optional.printable): a folder or file
+    """`data` with every string in it made printable (seq2seq.files.lines.printable): a folder or file
     name that is not UTF-8 would fail on a UTF-8 stdout."""
     if isinstance(data, str):
         return printable(data)

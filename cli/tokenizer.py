@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from seq2seq.errors import ConfigError
-from seq2seq.files.atomic import new_folder
+from seq2seq.files.outputs import new_folder
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 
 from .display import stderr
@@ -39,8 +39,8 @@ def tokenizer_train_command(
     import datasets
 
     from seq2seq.data.corpora import load_corpus
-    from seq2seq.data.tokenizer import TOKENIZER_FILES, train_tokenizer
-    from seq2seq.runs.run_dir import CONFIG_FILE
+    from seq2seq.data.tokenizer import train_tokenizer
+    from seq2seq.files.run_layout import CONFIG_FILE, TOKENIZER_FILES
 
     # s2s reports what it does in its own lines; datasets' bars would interleave with them.
     datasets.disable_progress_bars()

@@ -85,7 +85,7 @@ def train_command(
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_stdout_over_inputs(train_cfg, config, run if resume else None)
     if tensorboard and tensorboard_dir is None:
-        from seq2seq.inspection.tensorboard import TENSORBOARD_DIR
+        from seq2seq.files.run_layout import TENSORBOARD_DIR
 
         tensorboard_dir = run / TENSORBOARD_DIR
     run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir,
@@ -95,7 +95,7 @@ def train_command(
 def refuse_stdout_over_inputs(train_cfg: TrainConfig, config: Path | None, resumed: Path | None) -> None:
     """ConfigError if stdout is a file training reads: a corpus, the tokenizer, the --config file, the
     --init-from run, or a file of the run it resumes (but not a log of its own kept beside them)."""
-    from seq2seq.runs.run_dir import CHECKPOINTS_DIR, RUN_FILES
+    from seq2seq.files.run_layout import CHECKPOINTS_DIR, RUN_FILES
     from seq2seq.training.trainer import training_reads
 
     reads = training_reads(train_cfg).file("the --config file", config)

@@ -15,8 +15,8 @@ import typer
 
 from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
 from seq2seq.errors import ConfigError
-from seq2seq.files.atomic import check_output, open_output
 from seq2seq.files.lines import ReadStats, chunks, count_lines, iter_lines, open_binary, tsv_prefixes, with_prefixes
+from seq2seq.files.outputs import check_output, open_output
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 from seq2seq.search.engines import check_engine_options
 
@@ -29,7 +29,7 @@ DECODE_OPTIONS = ConfigOptions(DecodeConfig, aliases={"beam": ["-b"], "max_token
 DECODE_PANELS = (SEARCH, SAMPLING)
 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-# seq2seq.runs.run_dir.WEIGHTS_FILE by default; None here, because naming it would import torch.
+# seq2seq.files.run_layout.WEIGHTS_FILE by default; None here, because naming it would import torch.
 Weights = Annotated[Optional[str], typer.Option(help="Weights file inside the run directory, such as an "
                                                 "average from `s2s average`.", show_default="the run's model")]
 
@@ -69,7 +69,7 @@ def load_translator(model: Path, device: str, cfg: DecodeConfig, weights: str | 
     if engine_for(model, engine) == "ctranslate2":
         return Translator.from_run(model, device, cfg, weights, engine="ctranslate2", threads=threads)
     from seq2seq.device import resolve_device
-    from seq2seq.runs.run_dir import WEIGHTS_FILE
+    from seq2seq.files.run_layout import WEIGHTS_FILE
 
     return Translator.from_run(model, resolve_device(device), cfg, weights or WEIGHTS_FILE, engine=engine,
                                threads=threads)

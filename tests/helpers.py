@@ -47,7 +47,7 @@ def make_untrained_run(folder: Path, max_positions: int = 1024, **model_fields) 
     from seq2seq.data.tokenizer import train_tokenizer
     from seq2seq.files.atomic import atomic_write_text
     from seq2seq.model.transformer import build_model
-    from seq2seq.runs.run_dir import save_weights
+    from seq2seq.runs.weights import save_weights
 
     tokenizers = train_tokenizer(load_corpus(write_slice(folder / "corpus", "val", 300), "en", "de"), folder,
                                  vocab_size=150)

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from seq2seq.files.run_layout import CHECKPOINTS_DIR, WEIGHTS_FILE
 from seq2seq.model.transformer import build_model
 from seq2seq.runs.checkpoint import LAST_POINTER, load_trainer_state
-from seq2seq.runs.run_dir import CHECKPOINTS_DIR, WEIGHTS_FILE, load_run, read_run_config
+from seq2seq.runs.run_dir import load_run, read_run_config
 
 S2S = str(Path(sys.executable).parent / "s2s")
 CPU = torch.device("cpu")

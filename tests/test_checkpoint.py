@@ -5,6 +5,7 @@ import torch
 
 from seq2seq.config import ModelConfig
 from seq2seq.errors import RunDirError
+from seq2seq.files.run_layout import CHECKPOINTS_DIR
 from seq2seq.model.transformer import build_model
 from seq2seq.runs.checkpoint import (
     LAST_POINTER,
@@ -14,7 +15,6 @@ from seq2seq.runs.checkpoint import (
     rng_tensors,
     save_trainer_state,
 )
-from seq2seq.runs.run_dir import CHECKPOINTS_DIR
 
 CFG = ModelConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, n_heads=2, ffn_dim=32,
                   encoder_layers=1, decoder_layers=1)

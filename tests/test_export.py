@@ -21,7 +21,8 @@ from seq2seq.errors import ConfigError, WriteError  # noqa: E402
 from seq2seq.files.atomic import atomic_write_text  # noqa: E402
 from seq2seq.model.transformer import build_model  # noqa: E402
 from seq2seq.runs.ctranslate2_export import EXPORT_FILE, EXPORT_FORMAT_VERSION, QUANTIZATIONS, export_ctranslate2  # noqa: E402
-from seq2seq.runs.run_dir import load_run, save_weights  # noqa: E402
+from seq2seq.runs.run_dir import load_run  # noqa: E402
+from seq2seq.runs.weights import save_weights
 from seq2seq.search.decode import length_penalty_factor, nbest_ids  # noqa: E402
 from seq2seq.training.trainer import train  # noqa: E402
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cli.info import render
 from cli.main import app
+from seq2seq.files.lines import printable
 from seq2seq.inspection.curves import draw, read_curves, run_labels
 from seq2seq.inspection.metrics_records import (
     COUNT,
@@ -34,7 +35,6 @@ from seq2seq.inspection.metrics_records import (
 )
 from seq2seq.inspection.summary import describe
 from seq2seq.inspection.tensorboard import SCALARS
-from seq2seq.optional import printable
 from seq2seq.training.trainer import train
 
 runner = CliRunner()

@@ -248,7 +248,7 @@ def test_help_lists_the_flags_by_group():
 
 
 def test_weights_default_to_the_runs_model(received, tmp_path):
-    from seq2seq.runs.run_dir import WEIGHTS_FILE
+    from seq2seq.files.run_layout import WEIGHTS_FILE
 
     invoke("translate", [], tmp_path)
     assert received["weights"] == WEIGHTS_FILE

@@ -17,13 +17,14 @@ from kill_harness import check_everything_loads, deterministic_env, last_logged_
 from safetensors.torch import load_file
 
 import seq2seq.runs.checkpoint as checkpoint
-import seq2seq.runs.run_dir as rundir
+import seq2seq.runs.weights as weights_files
 import seq2seq.training.loss as loss_module
 from seq2seq.errors import ConfigError, RunLockedError, TrainingDiverged, TrainingInterrupted, WriteError
-from seq2seq.files.atomic import RunLock
+from seq2seq.files.run_layout import WEIGHTS_FILE
+from seq2seq.files.run_lock import RunLock
 from seq2seq.model.transformer import build_model
 from seq2seq.runs.checkpoint import load_trainer_state
-from seq2seq.runs.run_dir import WEIGHTS_FILE, read_run_config
+from seq2seq.runs.run_dir import read_run_config
 from seq2seq.search.translator import Translator
 from seq2seq.training.loss import TrainingObjective
 from seq2seq.training.trainer import train
@@ -60,7 +61,7 @@ def test_a_second_trainer_on_the_same_run_stops_at_once(corpus, tmp_path):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
-    real_atomic_write = rundir.atomic_write
+    real_atomic_write = weights_files.atomic_write
     calls = []
 
     def fill_the_disk(tmp):
@@ -74,7 +75,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch
                 write = fill_the_disk
         return real_atomic_write(path, write)
 
-    monkeypatch.setattr(rundir, "atomic_write", atomic_write_until_the_disk_fills)
+    monkeypatch.setattr(weights_files, "atomic_write", atomic_write_until_the_disk_fills)
     run = tmp_path / "run"
     with pytest.raises(WriteError, match="No space left on device.*previous version of the file is intact"):
         train(run, tiny_model_config(), tiny_train_config(corpus, "", max_steps=9, valid_every=3), CPU)

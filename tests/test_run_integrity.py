@@ -29,7 +29,8 @@ from cli.main import app
 from seq2seq.data.corpora import load_corpus
 from seq2seq.data.tokenizer import train_tokenizer
 from seq2seq.errors import RunDirError
-from seq2seq.runs.run_dir import DATA_SHA256_KEY, open_run, read_metadata, read_tensors, save_tensors, save_weights
+from seq2seq.runs.run_dir import open_run
+from seq2seq.runs.weights import DATA_SHA256_KEY, read_metadata, read_tensors, save_tensors, save_weights
 from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
@@ -320,7 +321,7 @@ def test_a_run_folder_that_holds_anything_of_value_is_still_refused(base, corpus
 # A run folder whose name is not UTF-8 (POSIX paths are bytes).
 
 # eval's score table is titled with the run's path, which a strict UTF-8 stdout cannot encode:
-# cli/evaluate.py must make it printable (seq2seq.optional.printable), as cli/info.py does.
+# cli/evaluate.py must make it printable (seq2seq.files.lines.printable), as cli/info.py does.
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_run_folder_whose_name_is_not_utf8_works_with_every_command(base, corpus, tmp_path, command):
     run = copy_of(base, tmp_path / os.fsdecode(b"r\xff"))

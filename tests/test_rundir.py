@@ -14,7 +14,8 @@ from seq2seq.data.tokenizer import train_tokenizer
 from seq2seq.errors import RunDirError
 from seq2seq.files.atomic import atomic_write_text
 from seq2seq.model.transformer import build_model
-from seq2seq.runs.run_dir import load_run, load_weights, save_weights
+from seq2seq.runs.run_dir import load_run
+from seq2seq.runs.weights import load_weights, save_weights
 
 CPU = torch.device("cpu")
 
@@ -134,7 +135,7 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 def test_the_same_weights_give_the_same_bytes_in_any_process(tmp_path):
     """safetensors orders metadata differently in each process; save_weights sorts it."""
     script = ("import sys, torch; from seq2seq.config import ModelConfig; from seq2seq.model.transformer import build_model; "
-              "from seq2seq.runs.run_dir import save_weights; torch.manual_seed(0); "
+              "from seq2seq.runs.weights import save_weights; torch.manual_seed(0); "
               "cfg = ModelConfig(d_model=16, n_heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=1, "
               "src_vocab_size=50, tgt_vocab_size=50); "
               "save_weights(build_model(cfg), sys.argv[1], metadata={'step': '3', 'valid_bleu': '1.5', 'z': 'x'})")

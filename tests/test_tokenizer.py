@@ -12,9 +12,6 @@ from seq2seq.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
-    SHARED_FILE,
-    SRC_FILE,
-    TGT_FILE,
     UNK_ID,
     Tokenizer,
     TokenizerPair,
@@ -22,6 +19,7 @@ from seq2seq.data.tokenizer import (
     train_tokenizer,
 )
 from seq2seq.errors import TokenizerError
+from seq2seq.files.run_layout import SHARED_FILE, SRC_FILE, TGT_FILE
 
 VOCAB = 200
 

@@ -22,16 +22,11 @@ import sentencepiece as spm
 
 from ..errors import TokenizerError
 from ..files.atomic import atomic_write_bytes
+from ..files.run_layout import SHARED_FILE, SRC_FILE, TGT_FILE
 
 if TYPE_CHECKING:  # a tokenizer is trained from a `datasets` corpus; loading one never imports datasets
     import datasets
 
-SHARED_FILE = "tokenizer.model"
-SRC_FILE = "tokenizer.src.model"
-TGT_FILE = "tokenizer.tgt.model"
-# Every file a tokenizer folder may hold: the models and their readable .vocab lists.
-TOKENIZER_FILES = tuple(name for model in (SHARED_FILE, SRC_FILE, TGT_FILE)
-                        for name in (model, model.removesuffix(".model") + ".vocab"))
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
 

@@ -7,6 +7,7 @@
   the lines affected are counted, never dropped.
 - An output line never contains a line break of any kind: `clean_output`
   turns them into spaces, so one line in is always one line out.
+- A label meant for a person (a file name in a title) is made `printable`.
 """
 
 from __future__ import annotations
@@ -145,3 +146,22 @@ def with_prefixes(lines: Iterable[str], prefixes: Iterable[str], name: str, pref
 def clean_output(text: str) -> str:
     """One output line: line breaks and control characters become spaces."""
     return _LINE_BREAKING.sub(" ", text)
+
+
+# Control characters, which would break a label's line or drive a terminal, and lone surrogates, which
+# no UTF-8 output and no font takes: Python holds each byte of a file name that is not UTF-8 as one
+# (os.fsdecode).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # the byte os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(match.group())[1:-1]  # as Python writes it: "\\t", "\\x1b", "\\ud800"
+
+
+def printable(text: str) -> str:
+    """`text` (a label, a file name) as one line that any UTF-8 output and matplotlib can show: a
+    byte of a file name that is not UTF-8 as a backslash escape, "\\xff", and so are control characters."""
+    return _UNPRINTABLE.sub(_escaped, text)

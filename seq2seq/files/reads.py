@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .atomic import writes_through
+from .outputs import writes_through
 
 
 @dataclass

@@ -16,7 +16,7 @@ Labels are drawn as plain text: a folder's name is made printable, and a "$"
 in it does not start matplotlib's mathtext.
 
 matplotlib (the `plot` extra) is imported only to draw, through
-seq2seq.optional.new_figure, which renders headless without pyplot.
+seq2seq.inspection.figures.new_figure, which renders headless without pyplot.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError, RunDirError
-from ..files.atomic import check_output
+from ..files.lines import printable
+from ..files.outputs import check_output
 from ..files.reads import Reads, refuse_clobbering
-from ..optional import figure_format, new_figure, printable, save_figure
-from ..runs.run_dir import METRICS_FILE
+from ..files.run_layout import METRICS_FILE
+from .figures import figure_format, new_figure, save_figure
 from .metrics_records import MetricsRecords, read_metrics
 
 X_AXES = ("steps", "time")

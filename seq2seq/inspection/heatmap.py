@@ -1,6 +1,6 @@
 """An attention map (`seq2seq.inspection.alignment.AttentionMap`) drawn as a labelled heatmap, PNG or SVG.
 
-matplotlib is the optional `plot` extra, drawn headless (`seq2seq.optional.new_figure`).
+matplotlib is the optional `plot` extra, drawn headless (`seq2seq.inspection.figures.new_figure`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..optional import new_figure, save_figure
 from .alignment import AttentionMap
+from .figures import new_figure, save_figure
 
 _CELL_PX = 26  # one source or output piece
 _MARGIN_PX = 170  # room for the piece labels, the title and the colour bar

@@ -1,7 +1,7 @@
-"""Which records a run's metrics.jsonl holds, and reading them back.
+"""Which records a run's metrics.jsonl holds: writing them, and reading them back.
 
-The trainer appends one JSON object per line (seq2seq.runs.run_dir.MetricsLog),
-whose "event" names its kind: the data read, a "train" record every
+The trainer appends one JSON object per line (`MetricsLog`), whose "event"
+names its kind: the data read, a "train" record every
 --log-every updates, a "valid" record per validation, a validation cut short,
 skipped or split updates, a resume, the average of the last snapshots, and
 the stop. RECORDS states every kind's fields and their types: what the
@@ -12,22 +12,24 @@ one that is not UTF-8 or not JSON, not an object, of an unknown kind, without
 a field that kind always has, with a field of another type, or with a number
 that is not finite. The trainer writes no such number: an update whose loss
 or gradients are not finite is skipped and left out of the logged loss
-(seq2seq.training.bad_updates), and validation runs only on finite weights. A damaged line
-costs its own record, not the run's history, and the reader says how many it
-skipped.
+(seq2seq.training.bad_updates), and validation runs only on finite weights.
+A damaged line costs its own record, not the run's history, and the reader
+says how many it skipped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files.atomic import FILE_MODE
 from ..files.lines import open_binary, raw_lines
-from ..runs.run_dir import METRICS_FILE, Event
+from ..files.run_layout import METRICS_FILE, Event
 
 
 @dataclass(frozen=True)
@@ -169,3 +171,19 @@ def read_metrics(folder: Path | str) -> MetricsRecords:
             except BadRecord as bad:
                 metrics.skip(number, str(bad))
     return metrics
+
+
+class MetricsLog:
+    """Appends one JSON record per line to metrics.jsonl."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def write(self, record: Event) -> None:
+        # One write() on an O_APPEND descriptor: a process killed at any moment
+        # leaves whole records only, never half a line.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)

@@ -24,10 +24,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files.reads import Reads, is_inside, same_file
+from ..files.run_layout import CHECKPOINTS_DIR, RUN_FILES, TENSORBOARD_DIR
 from ..optional import require_extra
-from ..runs.run_dir import CHECKPOINTS_DIR, RUN_FILES
-
-TENSORBOARD_DIR = "tensorboard"  # the folder in a run directory that `--tensorboard` writes to
 
 # Which fields of which records become which scalars. Tags are grouped by
 # prefix, as TensorBoard shows them: one panel group for training, one for validation.

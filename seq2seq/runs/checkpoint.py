@@ -29,11 +29,18 @@ import torch
 from torch import nn
 
 from ..errors import RunDirError
-from ..files.atomic import LOCK_FILE, TMP_SUFFIX, atomic_write_text
-from .run_dir import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, SNAPSHOTS_DIR, WEIGHTS_FILE, assign_weights,
-                      check_weights_fit, read_tensors, save_tensors, save_weights)
-from ..inspection.tensorboard import TENSORBOARD_DIR
-from ..data.tokenizer import TOKENIZER_FILES
+from ..files.atomic import TMP_SUFFIX, atomic_write_text
+from ..files.run_layout import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    SNAPSHOTS_DIR,
+    TENSORBOARD_DIR,
+    TOKENIZER_FILES,
+    WEIGHTS_FILE,
+)
+from .weights import assign_weights, check_weights_fit, read_tensors, save_tensors, save_weights
 
 LAST_POINTER = "last.json"
 TRAINER_TENSORS = "trainer.safetensors"
@@ -187,7 +194,7 @@ class TrainerState:
 
 def read_trainer_state(run_dir: Path, model: nn.Module) -> TrainerState:
     """The last trainer state of the run in `run_dir`, checked before anything is restored from it:
-    a RunDirError names the file that is unreadable, damaged or not finite (seq2seq.runs.run_dir.read_tensors),
+    a RunDirError names the file that is unreadable, damaged or not finite (seq2seq.runs.weights.read_tensors),
     or weights that do not fit `model` (which may live on the meta device)."""
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     pointer = ckpt_root / LAST_POINTER

@@ -62,12 +62,14 @@ import torch
 from torch import nn
 
 from ..config import DecodeConfig, ModelConfig, RunConfig, to_dict
+from ..data.tokenizer import TokenizerPair
 from ..errors import ConfigError, WriteError
-from .exported_folder import EXPORT_FILE, EXPORT_FORMAT_VERSION, file_hashes, import_ctranslate2
-from ..files.atomic import fsync_dir, new_folder
+from ..files.atomic import fsync_dir
+from ..files.outputs import new_folder
+from ..files.run_layout import SHARED_FILE, SRC_FILE, TGT_FILE, WEIGHTS_FILE
 from ..model.transformer import Seq2SeqTransformer
-from .run_dir import WEIGHTS_FILE, load_run, read_run_config
-from ..data.tokenizer import SHARED_FILE, SRC_FILE, TGT_FILE, TokenizerPair
+from .exported_folder import EXPORT_FILE, EXPORT_FORMAT_VERSION, file_hashes, import_ctranslate2
+from .run_dir import load_run, read_run_config
 
 # The weight types CTranslate2's `ModelSpec.optimize` accepts (None is float32, as trained).
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",

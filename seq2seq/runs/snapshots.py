@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .run_dir import (CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE, open_run, read_metadata,
-                      read_tensors, save_tensors, save_weights)
 from ..errors import ConfigError, RunDirError
+from ..files.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE
 from ..model.performer import RANDOM_FEATURES_BUFFER
+from .run_dir import open_run
+from .weights import read_metadata, read_tensors, save_tensors, save_weights
 
 
 @dataclass

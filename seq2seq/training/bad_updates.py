@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import TrainingDiverged
+from ..files.run_layout import Event
 from ..runs.checkpoint import has_trainer_state
-from ..runs.run_dir import Event
 from .loss import UpdateGradients
 
 

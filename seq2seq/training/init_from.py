@@ -71,7 +71,8 @@ def init_tokenizer(init_from: str, source: RunConfig, cfg: TrainConfig) -> Train
 
 def load_init_weights(model, init_from: str) -> None:
     """The source run's model.safetensors into `model` (strict: every tensor, every shape; checked again
-    as it is read, by `seq2seq.runs.run_dir.load_weights`)."""
-    from ..runs.run_dir import WEIGHTS_FILE, load_weights
+    as it is read, by `seq2seq.runs.weights.load_weights`)."""
+    from ..files.run_layout import WEIGHTS_FILE
+    from ..runs.weights import load_weights
 
     load_weights(model, Path(init_from) / WEIGHTS_FILE)

@@ -24,7 +24,7 @@ from ..data.encode import encode_corpus, filter_pairs
 from ..data.token_store import TokenStore, token_store
 from ..data.tokenizer import TokenizerPair, load_tokenizers, train_tokenizer
 from ..files.atomic import atomic_write
-from ..runs.run_dir import CONFIG_FILE, Event
+from ..files.run_layout import CONFIG_FILE, Event
 from .distributed import in_turns, is_main_process
 
 

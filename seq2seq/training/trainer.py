@@ -34,8 +34,12 @@ from ..data.batching import EpochBatches
 from ..data.corpora import resolve_corpus_spec
 from ..device import precision_policy
 from ..errors import ConfigError, RunDirError, TrainingInterrupted
-from ..files.atomic import RunLock, atomic_write_text, new_folder
+from ..files.atomic import atomic_write_text
+from ..files.outputs import new_folder
 from ..files.reads import Reads, is_inside, refuse_clobbering
+from ..files.run_layout import CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILES, WEIGHTS_FILE, Event
+from ..files.run_lock import RunLock
+from ..inspection.metrics_records import MetricsLog
 from ..inspection.tensorboard import TensorBoardSink, refuse_tensorboard_folder, require_tensorboard, tensorboard_folder
 from ..model.flops import training_flops
 from ..model.transformer import Seq2SeqTransformer, build_model, count_parameters
@@ -49,18 +53,9 @@ from ..runs.checkpoint import (
     rng_tensors,
     save_trainer_state,
 )
-from ..runs.run_dir import (
-    CHECKPOINTS_DIR,
-    CONFIG_FILE,
-    RUN_FILES,
-    WEIGHTS_FILE,
-    Event,
-    MetricsLog,
-    open_run,
-    save_weights,
-    shape_of,
-)
+from ..runs.run_dir import open_run
 from ..runs.snapshots import prune_snapshots, save_snapshot
+from ..runs.weights import save_weights, shape_of
 from .bad_updates import NonFiniteUpdates, OutOfMemorySplits, check_finite_weights
 from .distributed import (
     StopAgreement,

@@ -22,9 +22,10 @@ from ..config import DecodeConfig, ModelConfig, TrainConfig
 from ..data.batching import collate, token_batches
 from ..device import mixed_precision
 from ..files.atomic import atomic_write
+from ..files.run_layout import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event
 from ..model.transformer import Seq2SeqTransformer, build_model
-from ..runs.run_dir import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event, load_weights
 from ..runs.snapshots import list_snapshots, write_average
+from ..runs.weights import load_weights
 from ..scores import score_corpus
 from ..search.translator import Translator
 from .loss import projected_smoothed_loss

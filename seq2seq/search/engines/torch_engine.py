@@ -11,9 +11,10 @@ from ...config import DecodeConfig, to_dict
 from ...data.tokenizer import TokenizerPair
 from ...device import mixed_precision
 from ...errors import ConfigError
+from ...files.run_layout import WEIGHTS_FILE
 from ...inspection.alignment import check_layer
 from ...model.transformer import Seq2SeqTransformer, count_parameters
-from ...runs.run_dir import WEIGHTS_FILE, load_run
+from ...runs.run_dir import load_run
 from ..decode import Hypothesis, check_decode_config, length_batches, nbest_ids, seeded_generator
 
 

@@ -1,0 +1,1 @@
+"""Model folders: run directories (weights, checkpoints, snapshots) and exported CTranslate2 folders."""
