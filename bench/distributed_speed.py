@@ -64,8 +64,9 @@ def train(args: list[str], run: Path, threads: int) -> None:
 
 def gradient_bytes(preset: str, vocab: int) -> tuple[int, int]:
     """(parameters, bytes of their float32 gradients) of `preset` with a shared `vocab`-piece vocabulary."""
-    from seq2seq.config import PRESETS, ModelConfig
+    from seq2seq.config import ModelConfig
     from seq2seq.model.transformer import build_model, count_parameters
+    from seq2seq.presets import PRESETS
 
     model = build_model(ModelConfig(**PRESETS[preset], src_vocab_size=vocab, tgt_vocab_size=vocab))
     return count_parameters(model), sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
@@ -74,8 +75,9 @@ def gradient_bytes(preset: str, vocab: int) -> tuple[int, int]:
 def update_flops(preset: str, vocab: int, max_tokens: int) -> float:
     """Model FLOPs of one GPU's batch of `max_tokens` padded tokens of Multi30k-like pairs
     (13 source and 15 target pieces, the means with an 8k vocabulary)."""
-    from seq2seq.config import PRESETS, ModelConfig
+    from seq2seq.config import ModelConfig
     from seq2seq.model.flops import training_flops
+    from seq2seq.presets import PRESETS
 
     cfg = ModelConfig(**PRESETS[preset], src_vocab_size=vocab, tgt_vocab_size=vocab)
     pairs = max_tokens // 15

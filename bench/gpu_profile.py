@@ -30,12 +30,13 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results import ROOT, read_lines  # noqa: E402
 
-from seq2seq.config import PRESETS, DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
+from seq2seq.config import DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from seq2seq.device import resolve_device  # noqa: E402
+from seq2seq.presets import PRESETS  # noqa: E402
 from seq2seq.search import next_token as next_token_module  # noqa: E402
 from seq2seq.search.translator import Translator  # noqa: E402
 from seq2seq.training import loss as loss_module  # noqa: E402
-from seq2seq.training.trainer import Trainer  # noqa: E402
+from seq2seq.training.run import make_trainer  # noqa: E402
 
 
 def synchronise(device: torch.device) -> None:
@@ -99,9 +100,9 @@ def main() -> None:
 
     data = ROOT / "data" / "multi30k"
     began = time.perf_counter()
-    trainer = Trainer(out / "run", ModelConfig(**PRESETS[a.preset]),
-                      TrainConfig(train=str(data / "train"), valid="", max_tokens=a.max_tokens, seed=1),
-                      device, on_event=lambda event: None)
+    trainer = make_trainer(out / "run", ModelConfig(**PRESETS[a.preset]),
+                           TrainConfig(train=str(data / "train"), valid="", max_tokens=a.max_tokens, seed=1),
+                           device, on_event=lambda event: None)
     summary["prepare_s"] = time.perf_counter() - began
     batches = trainer.batches.shards(1)[0][:a.updates]
     lengths = trainer.data.train_tgt.lengths

@@ -35,7 +35,8 @@ def child(loss_kind: str, allocator: str, warmup: int, updates: int, vocab: int,
 
     import torch
 
-    from seq2seq.config import ModelConfig, apply_preset
+    from seq2seq.config import ModelConfig
+    from seq2seq.presets import apply_preset
     from seq2seq.training.malloc_tuning import keep_freed_memory
 
     if "keep" in allocator:

@@ -17,13 +17,14 @@ from rich.markup import escape
 from rich.style import Style
 from rich.table import Table
 
+from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError
 from seq2seq.files.outputs import check_output
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
 
 from .display import stderr, stdout
+from .model_options import DECODE_OPTIONS, DECODE_PANELS, Device, Weights, load_translator
 from .options import config_options
-from .translate import DECODE_OPTIONS, DECODE_PANELS, Device, Weights, decode_config, load_translator
 
 
 def _shade(weight: float, darkest: float) -> Style:
@@ -63,7 +64,7 @@ def attention_command(
     weights: Weights = None,
 ) -> None:
     """Translate one sentence and show the cross-attention behind it: which source pieces each output piece read."""
-    cfg = decode_config(decode)
+    cfg = DecodeConfig(**decode)
     from seq2seq.search.engines import is_exported
 
     if is_exported(model):

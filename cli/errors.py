@@ -13,6 +13,7 @@ import typer
 from seq2seq.errors import S2SError, TrainingInterrupted
 
 from .display import error, warning
+from .options import flag
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -40,7 +41,7 @@ def user_errors(command):
             with sigterm_unwinds():
                 return command(*args, **kwargs)
         except S2SError as err:
-            error(str(err))
+            error(err.named(flag))  # the library names settings; here they are flags
             raise typer.Exit(1) from None
         except TrainingInterrupted as err:
             warning(str(err))

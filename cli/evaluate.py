@@ -11,26 +11,25 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.files.lines import chunks, printable, read_lines
 from seq2seq.files.outputs import check_output, open_output
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
-from seq2seq.search.engines import check_engine_options
 
 from .display import line_progress, score_table, stdout, warning
-from .options import config_options
-from .translate import (
+from .model_options import (
     DECODE_OPTIONS,
     DECODE_PANELS,
     Device,
     Engine,
     Threads,
     Weights,
-    decode_config,
     load_translator,
     model_label,
     report_translation,
 )
+from .options import config_options
 
 
 def read_scored_lines(path: Path) -> list[str]:
@@ -74,7 +73,6 @@ def eval_command(
                           "to write")
     if hyp is not None and (engine is not None or threads is not None):
         raise ConfigError("--engine and --threads go with --model; with --hyp nothing is translated")
-    check_engine_options(engine, threads)
     if output is not None:
         check_output(output, "--output")
     reads = Reads().file("the hypotheses", hyp).file("the source file", src)
@@ -92,7 +90,7 @@ def eval_command(
         hyps = read_scored_lines(hyp)
         described = str(hyp)
     else:
-        cfg = decode_config(decode)
+        cfg = DecodeConfig(**decode)
         sources = read_scored_lines(src)
         for path, lines in zip(ref, refs):
             if len(lines) != len(sources):

@@ -16,24 +16,22 @@ from typing import Annotated, Any
 
 import typer
 
-from seq2seq.config import SEARCH, SERVING, ServeConfig
+from seq2seq.config import SEARCH, SERVING, DecodeConfig, ServeConfig
 from seq2seq.errors import ConfigError
 from seq2seq.files.reads import Reads, refuse_stdout_clobbering
-from seq2seq.search.engines import check_engine_options
 
 from .display import stderr, warning
-from .options import ConfigOptions, config_options
-from .translate import (
+from .model_options import (
     DECODE_OPTIONS,
     MODEL_HELP,
     Device,
     Engine,
     Threads,
     Weights,
-    decode_config,
     load_translator,
     model_label,
 )
+from .options import ConfigOptions, config_options
 
 SERVE_OPTIONS = ConfigOptions(ServeConfig)
 INSTALL_HINT = "pip install 's2s[serve]'"
@@ -80,9 +78,7 @@ def serve_command(
 ) -> None:
     """Serve translations over HTTP: POST /translate, GET /health, GET /info, and the API at /docs."""
     settings = ServeConfig(**serve)
-    settings.validate()
-    cfg = decode_config(decode)
-    check_engine_options(engine, threads)
+    cfg = DecodeConfig(**decode)
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"--log-level must be critical, error, warning, info, debug or trace, got {log_level!r}")
     refuse_stdout_clobbering(Reads().folder(model_label(model), model))  # uvicorn's access log goes there

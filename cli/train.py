@@ -1,8 +1,9 @@
 """`s2s train`: a flag for every settable field of ModelConfig and TrainConfig.
 
-The precedence is defaults, then --config, then --preset, then flags
-(seq2seq.config.resolve_train_configs). torch and the trainer are imported in
-`run_training`, not here, so that `s2s --help` never loads them.
+The precedence is defaults, then --config, then --preset, then flags; with
+--init-from, its run's model config takes the defaults' place
+(seq2seq.training.init_from.new_run_configs). torch and the trainer are
+imported in `run_training`, not here, so that `s2s --help` never loads them.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from seq2seq.config import (
     DISTRIBUTED,
     MODEL,
     OPTIMISATION,
-    PRESETS,
     RUN,
     VALIDATION,
     DistributedConfig,
     ModelConfig,
     TrainConfig,
-    resolve_train_configs,
 )
 from seq2seq.errors import ConfigError
 from seq2seq.files.reads import refuse_stdout_clobbering
+from seq2seq.presets import PRESETS
+from seq2seq.training.init_from import new_run_configs
 
 from .display import TrainDisplay
 from .options import ConfigOptions, config_options
@@ -71,16 +72,10 @@ def train_command(
 ) -> None:
     """Train a Transformer. With no options: English to German on the bundled Multi30k, into runs/."""
     distributed = DistributedConfig(**distributed_flags)
-    distributed.validate()
     if resume:
         model_cfg, train_cfg = resumed_configs(run, config, preset, model_flags, train_flags)
     else:
-        model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags)
-        if train_cfg.init_from:  # the model is the run's, with what was given over it
-            from seq2seq.training.init_from import source_run
-
-            model_cfg, train_cfg = resolve_train_configs(config, preset, model_flags, train_flags,
-                                                         base_model=source_run(train_cfg.init_from).model)
+        model_cfg, train_cfg = new_run_configs(config, preset, model_flags, train_flags)
     if run is None:
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_stdout_over_inputs(train_cfg, config, run if resume else None)
@@ -96,7 +91,7 @@ def refuse_stdout_over_inputs(train_cfg: TrainConfig, config: Path | None, resum
     """ConfigError if stdout is a file training reads: a corpus, the tokenizer, the --config file, the
     --init-from run, or a file of the run it resumes (but not a log of its own kept beside them)."""
     from seq2seq.files.run_layout import CHECKPOINTS_DIR, RUN_FILES
-    from seq2seq.training.trainer import training_reads
+    from seq2seq.training.inputs import training_reads
 
     reads = training_reads(train_cfg).file("the --config file", config)
     if resumed is not None:
@@ -119,7 +114,7 @@ def resumed_configs(run: Path | None, config: Path | None, preset: str | None, m
         raise ConfigError("--resume continues a run with its saved config; drop --config and --preset")
     from seq2seq.runs.run_dir import read_run_config
 
-    # The flags go onto the saved configs as they are; seq2seq.training.trainer.train() refuses any
+    # The flags go onto the saved configs as they are; seq2seq.training.run.train() refuses any
     # change outside the stopping budget, naming each field with its saved and given values.
     saved = read_run_config(run)
     return dataclasses.replace(saved.model, **model_flags), dataclasses.replace(saved.train, **train_flags)
@@ -128,13 +123,13 @@ def resumed_configs(run: Path | None, config: Path | None, preset: str | None, m
 def run_training(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, resume: bool,
                  tensorboard: Path | None = None, distributed: DistributedConfig | None = None) -> None:
     """Train with the library, drawing its events; under torchrun, one process of the group.
-    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.training.trainer.train);
+    `tensorboard`: the folder for TensorBoard event files, if any (seq2seq.training.run.train);
     `distributed`: the timeouts of the process groups."""
     import datasets
 
     from seq2seq.training.distributed import join_process_group, leave_process_group, rank_zeros_object
     from seq2seq.training.malloc_tuning import keep_freed_memory
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     # s2s draws its own progress; datasets' bars would interleave with it and with error lines.
     datasets.disable_progress_bars()

@@ -13,83 +13,27 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from seq2seq.config import SAMPLING, SEARCH, DecodeConfig
+from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError
 from seq2seq.files.lines import ReadStats, chunks, count_lines, iter_lines, open_binary, tsv_prefixes, with_prefixes
 from seq2seq.files.outputs import check_output, open_output
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
-from seq2seq.search.engines import check_engine_options
+from seq2seq.search.hypotheses import check_nbest
 
 from .display import line_progress, warning
-from .options import ConfigOptions, config_options
-
-# The old names stay, for the README's examples and users' scripts: --batch-tokens, --sample and -b.
-DECODE_OPTIONS = ConfigOptions(DecodeConfig, aliases={"beam": ["-b"], "max_tokens": ["--batch-tokens"],
-                                                      "sampling": ["--sample"]})
-DECODE_PANELS = (SEARCH, SAMPLING)
-
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-# seq2seq.files.run_layout.WEIGHTS_FILE by default; None here, because naming it would import torch.
-Weights = Annotated[Optional[str], typer.Option(help="Weights file inside the run directory, such as an "
-                                                "average from `s2s average`.", show_default="the run's model")]
-
-
-def decode_config(given: dict[str, Any]) -> DecodeConfig:
-    """The search settings given on the command line, over DecodeConfig's defaults, validated."""
-    cfg = DecodeConfig(**given)
-    cfg.validate()
-    return cfg
-
-
-Engine = Annotated[Optional[str], typer.Option(help="torch (a run directory) or ctranslate2 (a folder from "
-                                                "`s2s export`).", show_default="found from -m")]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the search (torch's, or CTranslate2's "
-                                                "intra_threads).", show_default="the engine's own")]
-MODEL_HELP = "Run directory, or a folder written by `s2s export` (run with CTranslate2)."
-
-
-def model_label(model: Path) -> str:
-    """How the clobber checks name the folder -m reads: no output may land inside it either way."""
-    from seq2seq.search.engines import is_exported
-
-    return "the exported model folder" if is_exported(model) else "the run directory"
-
-
-def load_translator(model: Path, device: str, cfg: DecodeConfig, weights: str | None,
-                    engine: str | None = None, threads: int | None = None):
-    """A seq2seq.search.translator.Translator for the run or exported folder in `model`, on `device`.
-
-    An exported folder is run by CTranslate2, which takes the device by name
-    (auto picks CUDA when CTranslate2 sees a GPU, else the CPU) and never loads
-    torch: the process starts in a fraction of the time.
-    """
-    from seq2seq.search.engines import engine_for
-    from seq2seq.search.translator import Translator
-
-    if engine_for(model, engine) == "ctranslate2":
-        return Translator.from_run(model, device, cfg, weights, engine="ctranslate2", threads=threads)
-    from seq2seq.device import resolve_device
-    from seq2seq.files.run_layout import WEIGHTS_FILE
-
-    return Translator.from_run(model, resolve_device(device), cfg, weights or WEIGHTS_FILE, engine=engine,
-                               threads=threads)
-
-
-def report_translation(translator) -> None:
-    """What the translator had to do to keep one line out per line in, on stderr."""
-    stats = translator.stats
-    if stats.split:
-        warning(f"{stats.split} line(s) were longer than the model's {translator.max_source_tokens} "
-                "source tokens and were translated in pieces split at sentence ends")
-    if stats.truncated:
-        warning(f"{stats.truncated} line(s) were longer than the model's {translator.max_source_tokens} "
-                "source tokens and were truncated")
-    if stats.length_limited:
-        warning(f"{stats.length_limited} translation(s) reached the output length limit (--max-len-a "
-                "x source tokens + --max-len-b) and were cut there")
-    if stats.empty_outputs:
-        warning(f"{stats.empty_outputs} non-empty line(s) were translated to an empty line")
-
+from .model_options import (
+    DECODE_OPTIONS,
+    DECODE_PANELS,
+    MODEL_HELP,
+    Device,
+    Engine,
+    Threads,
+    Weights,
+    load_translator,
+    model_label,
+    report_translation,
+)
+from .options import config_options
 
 # Characters at which `str.splitlines` breaks but which JSON leaves unescaped.
 _JSON_UNESCAPED_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
@@ -129,24 +73,6 @@ def best_lines(hypotheses) -> str:
                    for h in hypotheses)
 
 
-def check_nbest(nbest: int, nbest_format: str, cfg: DecodeConfig) -> None:
-    """ConfigError for an n-best request the search cannot meet.
-
-    Translator.translate_nbest checks this too, but only once the model is
-    loaded and a non-empty line is read, and in the library's terms; here it
-    is refused up front, naming the flags.
-    """
-    if nbest < 0:
-        raise ConfigError(f"--nbest must be positive, got {nbest}")
-    if nbest and cfg.sampling:
-        raise ConfigError("--nbest needs beam search; --sampling (--sample) gives one output per line")
-    if nbest > cfg.beam:
-        raise ConfigError(f"--nbest {nbest} is more than --beam {cfg.beam}; beam search finds at most "
-                          "--beam hypotheses")
-    if nbest_format not in ("jsonl", "tsv"):
-        raise ConfigError(f"--nbest-format must be jsonl or tsv, got {nbest_format!r}")
-
-
 @config_options(panels=DECODE_PANELS, decode=DECODE_OPTIONS)
 def translate_command(
     decode: dict[str, Any],
@@ -179,11 +105,13 @@ def translate_command(
     threads: Threads = None,
 ) -> None:
     """Translate one line out for every line in, in order. Empty lines give empty lines."""
-    cfg = decode_config(decode)
-    check_engine_options(engine, threads)
+    cfg = DecodeConfig(**decode)
     if buffer_lines <= 0:
         raise ConfigError(f"--buffer-lines must be positive, got {buffer_lines}")
-    check_nbest(nbest, nbest_format, cfg)
+    if nbest:
+        check_nbest(nbest, cfg)
+    if nbest_format not in ("jsonl", "tsv"):
+        raise ConfigError(f"--nbest-format must be jsonl or tsv, got {nbest_format!r}")
     if prefix_file is not None and prefix_tsv:
         raise ConfigError("--prefix-file and --prefix-tsv are two ways to give the prefixes: use one")
     if alignment_layer is not None and not alignment:
@@ -210,7 +138,7 @@ def translate_command(
     translator = load_translator(model, device, cfg, weights, engine, threads)
     layer = None
     if alignment:
-        layer = translator.alignment_layer(alignment_layer, "--alignment" if alignment_layer is None else "--alignment-layer")
+        layer = translator.alignment_layer(alignment_layer)
     if interactive or (from_stdin and sys.stdin.isatty()):
         buffer_lines = 1
     read = ReadStats()

@@ -1,51 +1,40 @@
-"""Configs as dataclasses, saved as JSON with a format version.
+"""The schema of every setting: config dataclasses that check themselves, saved as JSON.
 
 `ModelConfig` is everything needed to rebuild the network; `TrainConfig` is
-the data and optimisation recipe; `DecodeConfig` is the search. A run
-directory's `config.json` holds the first two plus a format version, so a
-model can be rebuilt from it without the flags that trained it.
+the data and optimisation recipe; `DecodeConfig` is the search; `ServeConfig`
+and `DistributedConfig` say how the server and a torchrun job run. A run
+directory's `config.json` holds the first two plus a format version
+(`RunConfig`), so a model can be rebuilt from it without the flags that
+trained it.
+
+A config checks itself when it is made, and when `dataclasses.replace` makes a
+changed copy: a config that exists is valid, and the code below trusts it.
+Its messages name the fields as `{field}` (seq2seq.errors.ConfigError), so the
+command line names the flag and a config file's reader `model.field`.
+Parsing JSON into configs and merging defaults, a file, a preset and flags is
+seq2seq.config_merge's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, field_error
 
 # Bump when the run-directory layout or a config field changes meaning or name.
 # 2: train.valid_bleu_max became train.valid_bleu_sentences (version 1 runs still load).
 FORMAT_VERSION = 2
 
-# Train-config keys renamed since format version 1: old name -> new name.
-_RENAMED_TRAIN_KEYS = {"valid_bleu_max": "valid_bleu_sentences"}
-
-# How beam search may divide a hypothesis' log-probability by its length (seq2seq.search.decode).
-LENGTH_PENALTIES = ("gnmt", "average", "none")
-
 # Where `ModelConfig.performer_in` may put FAVOR+: encoder self-attention,
 # decoder self-attention and cross-attention.
 PERFORMER_PLACES = ("encoder", "decoder", "cross")
-
-
-def require_finite(cfg: Any, name_of: Callable[[str], str]) -> None:
-    """ConfigError unless every float of a config (tuples included) is a finite number.
-
-    NaN passes every `<` and `>` check unnoticed, and an infinite learning
-    rate or clip norm turns the weights into NaN: both are refused up front.
-    """
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(f"{name_of(f.name)} must be a finite number, got {item}")
-
 
 # Headings under which `s2s train`, `translate` and `eval` list the settings (a field's group).
 DATA, MODEL, OPTIMISATION, VALIDATION, RUN = "Data", "Model", "Optimisation", "Validation", "Run"
@@ -71,14 +60,84 @@ def settable_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in fields(cls) if not f.metadata.get("derived_from")]
 
 
-# Choices that the library's own modules take as well (seq2seq.device, seq2seq.data.token_store):
-# named once here.
+# Choices that the library's own modules take as well (seq2seq.device, seq2seq.data.token_store,
+# the searches): named once here.
 PrecisionChoice = Literal["auto", "float32", "bf16"]
 TokenPlacement = Literal["auto", "device", "mapped"]
+# How beam search may divide a hypothesis' log-probability by its length (seq2seq.search.hypotheses).
+LengthPenalty = Literal["gnmt", "average", "none"]
+LENGTH_PENALTIES: tuple[str, ...] = typing.get_args(LengthPenalty)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """`value` as field `name` of type `hint` holds it (an int where a float is declared becomes one, a
+    list where a tuple is declared becomes one), or a ConfigError naming the field."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise field_error(name, f"must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        item_types = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise field_error(name, f"must be a list of {len(item_types)} values, got {value!r}")
+        return tuple(_typed(item, item_type, name) for item, item_type in zip(value, item_types))
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return value
+        return _typed(value, next(option for option in options if option is not type(None)), name)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = {bool: lambda: isinstance(value, bool), int: lambda: isinstance(value, int) and not isinstance(value, bool),
+          float: lambda: isinstance(value, float), str: lambda: isinstance(value, str)}.get(hint, lambda: True)()
+    if not ok:
+        raise field_error(name, f"must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+class SelfChecking:
+    """What every config dataclass does when it is made: its types, then that every float is a
+    finite number (NaN passes every `<` and `>` unnoticed, and an infinite learning rate turns the
+    weights into NaN), then its own rules (`check`)."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = _typed(getattr(self, f.name), hints[f.name], f.name)
+            object.__setattr__(self, f.name, value)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise field_error(f.name, f"must be a finite number, got {item}")
+        self.check()
+
+    def check(self) -> None:
+        """The rules between this config's values; a ConfigError naming its fields."""
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name) > 0:
+                raise field_error(name, f"must be positive, got {getattr(self, name)}")
+
+    def _not_negative(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 0:
+                raise field_error(name, f"must not be negative, got {getattr(self, name)}")
+
+    def _fraction(self, *names: str) -> None:
+        for name in names:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise field_error(name, f"must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(SelfChecking):
     """Shape of the encoder-decoder Transformer."""
 
     src_vocab_size: int = setting(8000, "Source vocabulary size.", MODEL, derived_from="the tokenizer")
@@ -91,7 +150,7 @@ class ModelConfig:
     dropout: float = setting(0.1, "Dropout on embeddings and residual branches.", MODEL)
     attention_dropout: float = setting(0.0, "Dropout on softmax attention probabilities.", MODEL)
     # Off by default, as in fairseq: the FFN hidden layer is the largest
-    # activation, and drawing its mask costs ~15% of a CPU training step.
+    # activation, and drawing its mask is a large part of a CPU training step.
     activation_dropout: float = setting(0.0, "Dropout on the feed-forward hidden layer.", MODEL)
     activation: Literal["relu", "gelu"] = setting("relu", "Feed-forward activation: relu or gelu.", MODEL)
     # Pre-norm trains stably without a long warm-up.
@@ -119,59 +178,34 @@ class ModelConfig:
     bos_id: int = setting(2, "Id of the begin-of-sentence token.", MODEL, derived_from="the tokenizer")
     eos_id: int = setting(3, "Id of the end-of-sentence token.", MODEL, derived_from="the tokenizer")
 
-    def validate(self) -> None:
-        require_finite(self, lambda name: f"model.{name}")
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "ffn_dim",
-                     "encoder_layers", "decoder_layers", "max_positions"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+    def check(self) -> None:
+        self._positive("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "ffn_dim", "encoder_layers",
+                       "decoder_layers", "max_positions")
         if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})")
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+            raise ConfigError(f"{{n_heads}} ({self.n_heads}) must divide {{d_model}} ({self.d_model})",
+                              ("n_heads", "d_model"))
+        self._fraction("dropout", "attention_dropout", "activation_dropout")
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
-            raise ConfigError(f"rope positions rotate channel pairs, so the head dimension "
-                              f"(d_model / n_heads = {self.d_model // self.n_heads}) must be even")
+            raise ConfigError(f"rope positions rotate channel pairs, so the head dimension ({{d_model}} / "
+                              f"{{n_heads}} = {self.d_model // self.n_heads}) must be even", ("d_model", "n_heads"))
         if self.attention == "performer":
             places = self.performer_in.split(",")
-            unknown = [p for p in places if p not in PERFORMER_PLACES]
-            if unknown or not places:
-                raise ConfigError(f"model.performer_in must list some of {', '.join(PERFORMER_PLACES)}, "
-                                  f"comma-separated; got {self.performer_in!r}")
-            if self.performer_features <= 0:
-                raise ConfigError(f"model.performer_features must be positive, got {self.performer_features}")
-            if self.performer_redraw_every < 0:
-                raise ConfigError("model.performer_redraw_every must not be negative, "
-                                  f"got {self.performer_redraw_every}")
+            if any(place not in PERFORMER_PLACES for place in places):
+                raise field_error("performer_in", f"must list some of {', '.join(PERFORMER_PLACES)}, "
+                                                  f"comma-separated; got {self.performer_in!r}")
+            self._positive("performer_features")
+            self._not_negative("performer_redraw_every")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ConfigError("model.share_embeddings needs one vocabulary for both languages, "
-                              f"but the sizes differ ({self.src_vocab_size} vs {self.tgt_vocab_size})")
+            raise field_error("share_embeddings", "needs one vocabulary for both languages, but the sizes "
+                                                  f"differ ({self.src_vocab_size} vs {self.tgt_vocab_size})")
 
     def performer_places(self) -> set[str]:
         """Where FAVOR+ replaces softmax attention: a subset of PERFORMER_PLACES."""
         return set(self.performer_in.split(",")) if self.attention == "performer" else set()
 
 
-# Architecture presets; vocabulary sizes come from the tokenizer. Parameter
-# counts are for a shared 8k vocabulary.
-PRESETS: dict[str, dict[str, Any]] = {
-    # ~2.0M parameters: for tests and quick CPU runs.
-    "tiny": dict(d_model=128, n_heads=4, ffn_dim=512, encoder_layers=2, decoder_layers=2),
-    # ~7.6M: the CPU demo.
-    "small": dict(d_model=256, n_heads=4, ffn_dim=1024, encoder_layers=3, decoder_layers=3),
-    # ~9.4M: the shape of the transformers peer's small model (4+4, d 256, FFN 1024).
-    "peer-small": dict(d_model=256, n_heads=4, ffn_dim=1024, encoder_layers=4, decoder_layers=4),
-    # ~26M.
-    "medium": dict(d_model=512, n_heads=8, ffn_dim=2048, encoder_layers=3, decoder_layers=3),
-    # ~48M with 8k shared vocabulary, ~60M with 32k: transformer-base (Vaswani et al. 2017).
-    "base": dict(d_model=512, n_heads=8, ffn_dim=2048, encoder_layers=6, decoder_layers=6),
-}
-
-
 @dataclass
-class TrainConfig:
+class TrainConfig(SelfChecking):
     """Data and optimisation recipe. Corpus specs are described in `seq2seq.data.corpora`."""
 
     train: str = setting("data/multi30k/train", "Training corpus spec (see README).", DATA)
@@ -228,46 +262,40 @@ class TrainConfig:
                              "schedule start afresh. '' starts from random weights.", RUN)
     precision: PrecisionChoice = setting(
         "auto", "auto (bf16 autocast on GPUs from Ampere on, float32 elsewhere), float32, or bf16 (also on "
-        "CPUs with AVX512-BF16 or AMX, where matrix products run about 4x faster; refused where it would "
-        "be emulated).", RUN)
+        "CPUs with AVX512-BF16 or AMX, whose matrix products run several times faster; refused where it "
+        "would be emulated).", RUN)
     # With dynamic shapes, one graph serves every batch shape.
-    compile: bool = setting(False, "torch.compile the training step: it pays on a GPU, and measured 9% "
-                            "slower on the CPU.", RUN)
+    compile: bool = setting(False, "torch.compile the training step: meant for GPUs; on the CPU it runs "
+                            "slower (bench/RESULTS.md).", RUN)
 
-    def validate(self) -> None:
-        require_finite(self, lambda name: f"train.{name}")
+    def check(self) -> None:
         if not self.src_lang or not self.tgt_lang:
-            raise ConfigError("train.src_lang and train.tgt_lang must be set")
+            raise ConfigError("{src_lang} and {tgt_lang} must be set", ("src_lang", "tgt_lang"))
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"source and target language are both {self.src_lang!r}")
-        for name in ("vocab_size", "max_len", "max_tokens", "accum_steps", "log_every", "num_proc",
-                     "max_bad_updates"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps", "max_time", "warmup_steps", "valid_every",
-                     "patience", "clip_norm", "weight_decay", "valid_bleu_sentences", "keep_snapshots",
-                     "average_last"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        self._positive("vocab_size", "max_len", "max_tokens", "accum_steps", "log_every", "num_proc",
+                       "max_bad_updates", "lr")
+        self._not_negative("epochs", "max_steps", "max_time", "warmup_steps", "valid_every", "patience", "clip_norm",
+                           "weight_decay", "valid_bleu_sentences", "keep_snapshots", "average_last")
         if self.lr_schedule == "cosine" and not (self.epochs or self.max_steps):
-            raise ConfigError("train.lr_schedule cosine needs epochs or max_steps: it decays to 0 "
-                              "at the last update, and max_time alone does not say which that is")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError("{lr_schedule} cosine needs {epochs} or {max_steps}: it decays to 0 at the last "
+                              "update, and max_time alone does not say which that is",
+                              ("lr_schedule", "epochs", "max_steps"))
+        self._fraction("label_smoothing")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise field_error("betas", f"must each be in [0, 1), got {self.betas}")
         if self.valid_beam < 1:
-            raise ConfigError(f"train.valid_beam must be at least 1, got {self.valid_beam}")
+            raise field_error("valid_beam", f"must be at least 1, got {self.valid_beam}")
         if self.average_last > self.keep_snapshots:
-            raise ConfigError(f"train.average_last ({self.average_last}) needs at least as many kept "
-                              f"snapshots, but train.keep_snapshots is {self.keep_snapshots}")
+            raise ConfigError(f"{{average_last}} ({self.average_last}) needs at least as many kept snapshots, but "
+                              f"{{keep_snapshots}} is {self.keep_snapshots}", ("average_last", "keep_snapshots"))
         if self.max_tokens < self.max_len:
-            raise ConfigError(f"train.max_tokens ({self.max_tokens}) must be at least "
-                              f"train.max_len ({self.max_len}) so that every kept pair fits a batch")
+            raise ConfigError(f"{{max_tokens}} ({self.max_tokens}) must be at least {{max_len}} ({self.max_len}) "
+                              "so that every kept pair fits a batch", ("max_tokens", "max_len"))
 
 
 @dataclass
-class DistributedConfig:
+class DistributedConfig(SelfChecking):
     """How the processes of a torchrun job wait for each other. How a run is executed, not what it
     computes: it is not saved with the run, and a resumed run may change it."""
 
@@ -279,11 +307,8 @@ class DistributedConfig:
         6 * 3600.0, "Seconds the other processes wait while rank 0 trains the tokenizer, encodes the corpus "
         "or validates: long enough for the largest corpus.", DISTRIBUTED)
 
-    def validate(self) -> None:
-        require_finite(self, lambda name: f"--{name.replace('_', '-')}")
-        for name in ("dist_timeout", "prepare_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+    def check(self) -> None:
+        self._positive("dist_timeout", "prepare_timeout")
 
 
 # The TrainConfig fields a resumed run may change: its stopping budget. The
@@ -292,14 +317,14 @@ RESUME_BUDGET_FIELDS = ("epochs", "max_steps", "max_time", "patience")
 
 
 @dataclass
-class DecodeConfig:
+class DecodeConfig(SelfChecking):
     """Search settings for `s2s translate` and validation."""
 
     beam: int = setting(5, "Beam size; 1 is greedy search.", SEARCH)
     # Hypothesis score = log-probability / penalty(len); gnmt is Wu et al. 2016's. The default,
     # the mean log-probability per token (as fairseq's and CTranslate2's), was chosen on the
     # validation set (bench/length_penalty.py): +0.4 BLEU over gnmt 0.6 for the demo model.
-    length_penalty: Literal["gnmt", "average", "none"] = setting(
+    length_penalty: LengthPenalty = setting(
         "average", "gnmt ((5+len)/6)^alpha, average len^alpha, or none.", SEARCH)
     alpha: float = setting(1.0, "Length penalty exponent.", SEARCH)
     max_len_a: float = setting(1.5, "Output length limit: a x source tokens + b.", SEARCH)
@@ -322,35 +347,22 @@ class DecodeConfig:
     seed: int | None = setting(None, "With sampling: seed, for repeatable samples; none draws a fresh one.",
                                SAMPLING)
 
-    def validate(self) -> None:
-        require_finite(self, lambda name: f"--{name.replace('_', '-')}")
+    def check(self) -> None:
         if self.beam < 1:
-            raise ConfigError(f"beam size must be at least 1, got {self.beam}")
-        if self.length_penalty not in LENGTH_PENALTIES:
-            raise ConfigError(f"--length-penalty must be gnmt, average or none, got {self.length_penalty!r}")
-        if self.long_lines not in ("split", "truncate"):
-            raise ConfigError(f"long lines must be split or truncate, got {self.long_lines!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+            raise field_error("beam", f"must be at least 1, got {self.beam}")
+        self._positive("temperature", "max_tokens")
         if self.top_k < 0:
-            raise ConfigError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+            raise field_error("top_k", f"must be 0 (off) or positive, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.alpha < 0:
-            raise ConfigError(f"length penalty alpha must not be negative, got {self.alpha}")
-        if self.max_len_a < 0 or self.max_len_b < 0:
-            raise ConfigError("max length a and b must not be negative, "
-                              f"got a={self.max_len_a}, b={self.max_len_b}")
+            raise field_error("top_p", f"must be in (0, 1], got {self.top_p}")
+        self._not_negative("alpha", "max_len_a", "max_len_b", "min_len")
         if self.max_len_a == 0 and self.max_len_b == 0:
-            raise ConfigError("max length a and b are both 0: no output could be produced")
-        if self.min_len < 0:
-            raise ConfigError(f"--min-len must not be negative, got {self.min_len}")
-        if self.max_tokens <= 0:
-            raise ConfigError(f"decode max_tokens must be positive, got {self.max_tokens}")
+            raise ConfigError("{max_len_a} and {max_len_b} are both 0: no output could be produced",
+                              ("max_len_a", "max_len_b"))
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(SelfChecking):
     """How `s2s serve` listens, what one request may ask, how requests are batched, and how long
     anything may take.
 
@@ -379,21 +391,18 @@ class ServeConfig:
     shutdown_timeout_s: float = setting(10.0, "On SIGTERM or Ctrl-C, how long the requests in flight may take "
                                         "to finish; then they get 503 and the server exits.", SERVING)
 
-    def validate(self) -> None:
-        require_finite(self, lambda name: f"--{name.replace('_', '-')}")
+    def check(self) -> None:
         if not 1 <= self.port <= 65535:
-            raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
+            raise field_error("port", f"must be between 1 and 65535, got {self.port}")
         for name in ("max_lines", "max_bytes", "max_request_tokens", "max_queue_lines"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
-        for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s", "shutdown_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise field_error(name, f"must be at least 1, got {getattr(self, name)}")
+        self._not_negative("max_wait_ms")
+        self._positive("request_timeout_s", "read_timeout_s", "keep_alive_s", "shutdown_timeout_s")
         if self.max_queue_lines < self.max_lines:
-            raise ConfigError(f"--max-queue-lines ({self.max_queue_lines}) must be at least --max-lines "
-                              f"({self.max_lines}): an empty queue must take the largest request")
+            raise ConfigError(f"{{max_queue_lines}} ({self.max_queue_lines}) must be at least {{max_lines}} "
+                              f"({self.max_lines}): an empty queue must take the largest request",
+                              ("max_queue_lines", "max_lines"))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -401,64 +410,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict[str, Any], source: str | None = None) -> Any:
-    """Build and validate `cls` (ModelConfig or TrainConfig) from `data`.
-
-    Unknown keys, wrong types and inconsistent values raise ConfigError; its
-    message names the field ("model.d_model ...") and, when given, the
-    `source` it came from (a file).
-    """
-    section = "model" if cls is ModelConfig else "train"
-    try:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{section}: expected an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
-                              f"known keys are {', '.join(sorted(known))}")
-        hints = typing.get_type_hints(cls)
-        cfg = cls(**{name: _coerce(value, hints[name], f"{section}.{name}") for name, value in data.items()})
-        cfg.validate()
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
-    return cfg
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a field's type hint; JSON lists become tuples where declared."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            choices = ", ".join(repr(c) for c in typing.get_args(hint))
-            raise ConfigError(f"{where} must be one of {choices}, got {value!r}")
-        return value
-    if origin is tuple:
-        item_types = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
-            raise ConfigError(f"{where} must be a list of {len(item_types)} values, got {value!r}")
-        return tuple(_coerce(v, t, where) for v, t in zip(value, item_types))
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    else:
-        ok = True
-    if not ok:
-        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
-    return value
-
-
 @dataclass
 class RunConfig:
-    """What `config.json` in a run directory holds."""
+    """What `config.json` in a run directory holds (read back by seq2seq.config_merge.run_config_from_json)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -473,84 +427,3 @@ class RunConfig:
             "train": to_dict(self.train),
             "tokenizer_sha256": self.tokenizer_sha256,
         }, indent=2) + "\n"
-
-    @classmethod
-    def from_json_dict(cls, data: dict[str, Any], where: str) -> "RunConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a JSON object")
-        version = data.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-            raise ConfigError(f"{where}: format version {version!r} is not supported by this "
-                              f"s2s (it reads versions 1 to {FORMAT_VERSION}); upgrade s2s")
-        unknown = sorted(set(data) - {"format_version", "model", "train", "tokenizer_sha256"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                              "known keys are format_version, model, train, tokenizer_sha256")
-        sha = data.get("tokenizer_sha256", {})
-        if not isinstance(sha, dict):
-            raise ConfigError(f"{where}.tokenizer_sha256 must be an object")
-        train = data.get("train", {})
-        if version < 2 and isinstance(train, dict):
-            train = {_RENAMED_TRAIN_KEYS.get(key, key): value for key, value in train.items()}
-        return cls(model=from_dict(ModelConfig, data.get("model", {}), where),
-                   train=from_dict(TrainConfig, train, where), tokenizer_sha256=dict(sha))
-
-
-def read_json(path: Path | str) -> dict[str, Any]:
-    """Parse a JSON file, turning every failure into a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: not valid JSON ({err})") from None
-
-
-def preset_values(preset: str) -> dict[str, Any]:
-    """The architecture fields of a named preset."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[preset]
-
-
-def apply_preset(model: ModelConfig, preset: str) -> ModelConfig:
-    """A copy of `model` with the architecture fields of a named preset."""
-    return dataclasses.replace(model, **preset_values(preset))
-
-
-def resolve_train_configs(config_file: Path | str | None, preset: str | None,
-                          model_flags: dict[str, Any], train_flags: dict[str, Any],
-                          base_model: ModelConfig | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Merge defaults < config file < preset < explicit flags into validated configs.
-
-    A config file is JSON shaped like a run's config.json: {"model": {...},
-    "train": {...}}, so a saved run's config can seed a new run. `base_model`,
-    when given, takes the defaults' place for the model (`--init-from`'s run).
-    """
-    model_values: dict[str, Any] = {} if base_model is None else to_dict(base_model)
-    train_values: dict[str, Any] = {}
-    if config_file is not None:
-        data = read_json(config_file)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{config_file}: expected a JSON object with 'model' and 'train'")
-        unknown = sorted(set(data) - {"model", "train", "format_version", "tokenizer_sha256"})
-        if unknown:
-            raise ConfigError(f"{config_file}: unknown key(s) {', '.join(unknown)}; "
-                              "expected 'model' and 'train'")
-        # Check the file's own keys now, so an error names the file rather than a flag.
-        from_dict(ModelConfig, data.get("model", {}), str(config_file))
-        from_dict(TrainConfig, data.get("train", {}), str(config_file))
-        model_values.update(data.get("model", {}))
-        train_values.update(data.get("train", {}))
-    if preset is not None:
-        model_values.update(preset_values(preset))
-    model_values.update(model_flags)
-    train_values.update(train_flags)
-    model = from_dict(ModelConfig, model_values)
-    performer_flags = [name for name in ("performer_in", "performer_features", "performer_redraw_every")
-                       if name in model_flags]
-    if performer_flags and model.attention != "performer":
-        raise ConfigError(f"--{performer_flags[0].replace('_', '-')} only applies to Performer attention; "
-                          "add --attention performer")
-    return model, from_dict(TrainConfig, train_values)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import PrecisionChoice
-from .errors import ConfigError
+from .errors import ConfigError, field_error
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
     """
     kind = name.split(":", 1)[0]
     if kind not in DEVICE_CHOICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
+        raise field_error("device", f"must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
     mps = getattr(torch.backends, "mps", None)
     mps_ok = mps is not None and mps.is_available()
     if kind == "auto":
@@ -29,10 +29,10 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if mps_ok else torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available "
-                          "(torch.cuda.is_available() is False); use --device cpu or auto")
+        raise ConfigError("{device} cuda was asked for, but no CUDA GPU is available "
+                          "(torch.cuda.is_available() is False); use {device} cpu or auto", ("device",))
     if kind == "mps" and not mps_ok:
-        raise ConfigError("--device mps was asked for, but Apple's MPS backend is not available")
+        raise ConfigError("{device} mps was asked for, but Apple's MPS backend is not available", ("device",))
     return torch.device(name)
 
 
@@ -71,11 +71,11 @@ def precision_policy(device: torch.device, requested: str = "auto") -> Precision
 
     bf16 asks for bf16 autocast where the hardware has it: Ampere+ GPUs, and
     CPUs with AVX512-BF16 or AMX (`cpu_has_bf16`), where its matrix products
-    run about 4x faster than float32's. Elsewhere it is refused, not emulated.
+    run several times faster than float32's. Elsewhere it is refused, not emulated.
     float32 turns autocast and TF32 off.
     """
     if requested not in PRECISION_CHOICES:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+        raise field_error("precision", f"must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
     if requested == "float32":
         return Precision(None, False, "float32, as asked")
     if device.type == "cuda":
@@ -83,8 +83,8 @@ def precision_policy(device: torch.device, requested: str = "auto") -> Precision
         if major >= 8:
             return Precision(torch.bfloat16, True, "bf16 autocast, float32 matmuls on TF32")
         if requested == "bf16":
-            raise ConfigError(f"--precision bf16: this GPU (compute capability {major}.{minor}) has no bf16; "
-                              "use float32 or auto")
+            raise ConfigError(f"{{precision}} bf16: this GPU (compute capability {major}.{minor}) has no bf16; "
+                              "use float32 or auto", ("precision",))
         return Precision(None, False, f"float32 (this GPU, compute capability {major}.{minor}, has no bf16; "
                                       "fp16 would need loss scaling)")
     if requested == "auto":
@@ -92,7 +92,7 @@ def precision_policy(device: torch.device, requested: str = "auto") -> Precision
     if device.type == "cpu" and cpu_has_bf16():
         return Precision(torch.bfloat16, False, "bf16 autocast on the CPU (AVX512-BF16 or AMX)")
     why = "has no bf16 instructions (AVX512-BF16 or AMX)" if device.type == "cpu" else "is not supported"
-    raise ConfigError(f"--precision bf16: {device.type} {why}; use float32 or auto")
+    raise ConfigError(f"{{precision}} bf16: {device.type} {why}; use float32 or auto", ("precision",))
 
 
 def mixed_precision(device: torch.device, requested: str = "auto") -> contextlib.AbstractContextManager:

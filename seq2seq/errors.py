@@ -7,15 +7,44 @@ signal.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 
 class S2SError(Exception):
-    """Base class: the message names the file or option at fault and what is wrong."""
+    """Base class: the message names the file or setting at fault and what is wrong.
+
+    A message that names settings (config fields, or a function's parameters
+    that a command takes as options) writes each one as `{name}` in its
+    template, so that every reader sees the name it knows (`named`): the
+    library's own message gives the setting (`beam`), a config file's reader
+    `train.lr`, and the command line the flag (`--lr`).
+    """
+
+    def __init__(self, template: str, fields: tuple[str, ...] = ()):
+        self.template, self.fields = template, tuple(fields)
+        super().__init__(self.named(str))
+
+    def named(self, name_of: Callable[[str], str]) -> str:
+        """The message with each setting written as `name_of(setting)`."""
+        if not self.fields:
+            return self.template
+        return re.sub(r"\{(\w+)\}", lambda m: name_of(m[1]) if m[1] in self.fields else m[0], self.template)
 
 
 class ConfigError(S2SError):
-    """A config file or option is invalid."""
+    """A config value, file or option is invalid."""
+
+    def in_file(self, source: str, name_of: Callable[[str], str]) -> "ConfigError":
+        """This error as the reader of the file `source` says it: the file first, its fields named by `name_of`."""
+        return ConfigError(f"{source}: {self.named(name_of)}")
+
+
+def field_error(field: str, problem: str) -> ConfigError:
+    """A ConfigError "`field` `problem`" ("beam must be at least 1, got 0"), the setting named as each reader
+    names it."""
+    return ConfigError("{" + field + "} " + problem, (field,))
 
 
 class DataError(S2SError):

@@ -48,7 +48,7 @@ def trained_run(tmp_path_factory) -> Path:
     from helpers import tiny_train_config, write_slice
 
     from seq2seq.config import ModelConfig
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     folder = tmp_path_factory.mktemp("trained")
     corpus = write_slice(folder / "corpus", "train", 300, "train")

@@ -220,7 +220,7 @@ COPY_WORDS = "red blue green dog cat bird runs sits near under tree house sun ca
 
 @pytest.fixture(scope="module")
 def copy_run(tmp_path_factory):
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     folder = tmp_path_factory.mktemp("copy")
     rng = random.Random(0)
@@ -285,7 +285,8 @@ def test_performer_cross_attention_is_refused_and_softmax_is_not(tmp_path, place
         check_in_range("a dog runs", hypothesis.text, hypothesis.alignment)
 
 
-def test_the_library_refuses_as_the_command_does(trained_run):
+def test_the_library_refuses_a_layer_where_it_is_chosen(trained_run):
     translator = Translator.from_run(trained_run, CPU, DecodeConfig(beam=1))
-    with pytest.raises(ConfigError, match="from 1 to 2"):
-        translator.translate_best(["a dog"], alignment_layer=5)
+    with pytest.raises(ConfigError, match="alignment_layer must be a decoder layer from 1 to 2, got 5"):
+        translator.alignment_layer(5)
+    assert translator.alignment_layer() == 1  # the penultimate of 2

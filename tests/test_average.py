@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from seq2seq.errors import ConfigError
 from seq2seq.runs.snapshots import Snapshot, average_weights, list_snapshots, select_snapshots
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 CPU = torch.device("cpu")
 

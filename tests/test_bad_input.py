@@ -71,8 +71,12 @@ def tokenizer_train(corpus, out, *extra):
 def test_missing_file(run, tmp_path):
     fails_cleanly(["eval", "--hyp", tmp_path / "nope.txt", "--ref", tmp_path / "nope.txt"], "nope.txt: no such file")
     fails_cleanly(["translate", "-m", run, "-i", tmp_path / "nope.txt"], "nope.txt: no such file")
+    # An earlier tokenizer in the output folder outlives the failed command.
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "tokenizer.model").write_bytes(b"the earlier tokenizer")
     fails_cleanly(tokenizer_train(tmp_path / "nothing", tmp_path / "t"), "no such corpus", "nothing")
-    assert not (tmp_path / "t").exists()
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["tokenizer.model"]
+    assert (tmp_path / "t" / "tokenizer.model").read_bytes() == b"the earlier tokenizer"
 
 
 def test_unreadable_file(run, tmp_path):
@@ -146,18 +150,19 @@ def test_bad_config_file(tmp_path, config, fragment):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--d-model", "-5"], "d_model must be positive"),
-    (["--d-model", "100", "--heads", "8"], "must divide"),
-    (["--max-len", "-1"], "max_len must be positive"),
+    (["--d-model", "-5"], "--d-model must be positive"),
+    (["--d-model", "100", "--heads", "8"], "--n-heads (8) must divide --d-model (100)"),
+    (["--max-len", "-1"], "--max-len must be positive"),
     (["--norm", "sideways"], "must be one of 'pre', 'post'"),
     (["--positions", "absolute"], "must be one of 'sinusoidal', 'learned', 'rope'"),
     (["--attention", "linear"], "must be one of 'softmax', 'performer'"),
     (["--performer-in", "encoder"], "--performer-in only applies to Performer attention"),
-    (["--attention", "performer", "--performer-in", "encoder,memory"], "performer_in must list"),
-    (["--attention", "performer", "--performer-features", "0"], "performer_features must be positive"),
+    (["--attention", "performer", "--performer-in", "encoder,memory"], "--performer-in must list"),
+    (["--attention", "performer", "--performer-features", "0"], "--performer-features must be positive"),
     (["--positions", "rope", "--d-model", "30", "--heads", "2"], "head dimension"),
     (["--lr-schedule", "linear"], "must be one of 'inverse_sqrt', 'cosine'"),
-    (["--lr-schedule", "cosine", "--epochs", "0", "--max-time", "60"], "cosine needs epochs or max_steps"),
+    (["--lr-schedule", "cosine", "--epochs", "0", "--max-time", "60"],
+     "--lr-schedule cosine needs --epochs or --max-steps"),
 ])
 def test_bad_training_flags(tmp_path, flags, fragment):
     fails_cleanly(["train", "--run", tmp_path / "r", *flags], fragment)
@@ -166,7 +171,7 @@ def test_bad_training_flags(tmp_path, flags, fragment):
 
 @pytest.mark.parametrize("beam", ["0", "-1"])
 def test_bad_beam(run, beam):
-    fails_cleanly(["translate", "-m", run, "--beam", beam], f"beam size must be at least 1, got {beam}")
+    fails_cleanly(["translate", "-m", run, "--beam", beam], f"--beam must be at least 1, got {beam}")
 
 
 def test_negative_max_len(run):

@@ -24,17 +24,10 @@ from seq2seq.config import DecodeConfig, ModelConfig
 from seq2seq.errors import ConfigError
 from seq2seq.model.attention import KeyValueState
 from seq2seq.model.transformer import DecoderCache, LayerCache, build_model
-from seq2seq.search.decode import (
-    Hypothesis,
-    beam_search,
-    greedy_search,
-    length_batches,
-    length_penalty_factor,
-    nbest_ids,
-    sample_search,
-    sampling_distribution,
-    translate_ids,
-)
+from seq2seq.search.beam import beam_search
+from seq2seq.search.decode import length_batches, nbest_ids
+from seq2seq.search.hypotheses import Hypothesis, check_search, length_penalty_factor
+from seq2seq.search.stepwise import greedy_search, sample_search, sampling_distribution
 
 VOCAB = 24
 PAD, BOS, EOS = 0, 2, 3
@@ -134,11 +127,11 @@ def test_length_penalty_forms():
     assert length_penalty_factor(7, "gnmt", 0.0) == 1.0
 
 
-def test_unknown_length_penalty_is_a_config_error(model):
-    with pytest.raises(ConfigError, match="gnmt"):
+def test_an_unknown_length_penalty_is_refused_where_it_is_set():
+    with pytest.raises(ConfigError, match="length_penalty must be one of 'gnmt', 'average', 'none', got 'wu'"):
+        DecodeConfig(length_penalty="wu")
+    with pytest.raises(ValueError, match="gnmt"):
         length_penalty_factor(3, "wu", 0.6)
-    with pytest.raises(ConfigError):
-        beam_search(model, pad([[5, EOS]]), torch.tensor([3]), beam=2, length_penalty="wu")
 
 
 # --- equivalences on a tiny Transformer ---------------------------------------------
@@ -240,22 +233,21 @@ def test_search_refuses_a_model_in_training_mode():
         beam_search(model.train(), pad([[5, EOS]]), torch.tensor([3]), beam=2)
 
 
-def test_beam_size_must_be_positive(model):
-    with pytest.raises(ConfigError):
-        beam_search(model, pad([[5, EOS]]), torch.tensor([3]), beam=0)
+def test_beam_size_must_be_positive():
+    with pytest.raises(ConfigError, match="beam must be at least 1, got 0"):
+        DecodeConfig(beam=0)
 
 
 def test_beam_may_not_exceed_the_target_vocabulary(model):
     src, max_len = pad([[5, EOS]]), torch.tensor([3])
     assert len(beam_search(model, src, max_len, beam=VOCAB)[0]) == VOCAB
-    message = r"--beam 25 is more than the target vocabulary \(24 pieces\); use at most 24"
-    with pytest.raises(ConfigError, match=message):
-        beam_search(model, src, max_len, beam=VOCAB + 1)
-    with pytest.raises(ConfigError, match=message):
-        nbest_ids(model, [[5, EOS]], DecodeConfig(beam=VOCAB + 1))
-    with pytest.raises(ConfigError, match="target vocabulary"):  # refused before any work
-        beam_search(model, src, max_len, beam=10 ** 9)
+    check_search(DecodeConfig(beam=VOCAB), VOCAB)
+    for beam in (VOCAB + 1, 10 ** 9):
+        with pytest.raises(ConfigError, match=rf"beam {beam} is more than the target vocabulary \(24 pieces\); "
+                                              "use at most 24"):
+            check_search(DecodeConfig(beam=beam), VOCAB)
     # Sampling ignores the beam.
+    check_search(DecodeConfig(beam=VOCAB + 1, sampling=True), VOCAB)
     assert len(nbest_ids(model, [[5, EOS]], DecodeConfig(beam=VOCAB + 1, sampling=True, seed=0))[0]) == 1
 
 
@@ -491,13 +483,18 @@ def test_small_beam_never_beats_the_optimum():
         assert best.score <= optimum + 1e-5
 
 
-# --- translate_ids / nbest_ids -----------------------------------------------------
+# --- nbest_ids -------------------------------------------------------------------------
+
+
+def best_ids(model, rows, cfg):
+    """The best output ids of each row, as nbest_ids finds them."""
+    return [hypotheses[0].tokens for hypotheses in nbest_ids(model, rows, cfg)]
 
 
 def test_translate_ids_keeps_order_and_matches_per_row_greedy(model):
     rows = random_sources(9, seed=8, max_len=14)
     cfg = DecodeConfig(beam=1, max_len_a=1.0, max_len_b=2, max_tokens=30)  # several batches
-    out = translate_ids(model, rows, cfg)
+    out = best_ids(model, rows, cfg)
     assert len(out) == len(rows)
     for row, tokens in zip(rows, out):
         limit = int(1.0 * len(row) + 2)
@@ -508,19 +505,19 @@ def test_translate_ids_keeps_order_and_matches_per_row_greedy(model):
 @pytest.mark.parametrize("beam", [1, 3])
 def test_translate_ids_does_not_depend_on_batching(model, beam):
     rows = random_sources(11, seed=9, max_len=14)
-    one_batch = translate_ids(model, rows, DecodeConfig(beam=beam, max_tokens=10_000))
-    many = translate_ids(model, rows, DecodeConfig(beam=beam, max_tokens=12))
+    one_batch = best_ids(model, rows, DecodeConfig(beam=beam, max_tokens=10_000))
+    many = best_ids(model, rows, DecodeConfig(beam=beam, max_tokens=12))
     assert one_batch == many
 
 
 def test_translate_ids_empty_rows(model):
     rows = [[], [5, 6, EOS], [], [7, EOS]]
-    out = translate_ids(model, rows, DecodeConfig(beam=2))
+    out = best_ids(model, rows, DecodeConfig(beam=2))
     assert out[0] == [] and out[2] == []
-    assert out[1] == translate_ids(model, [rows[1]], DecodeConfig(beam=2))[0]
-    assert out[3] == translate_ids(model, [rows[3]], DecodeConfig(beam=2))[0]
-    assert translate_ids(model, [], DecodeConfig()) == []
-    assert translate_ids(model, [[], []], DecodeConfig()) == [[], []]
+    assert out[1] == best_ids(model, [rows[1]], DecodeConfig(beam=2))[0]
+    assert out[3] == best_ids(model, [rows[3]], DecodeConfig(beam=2))[0]
+    assert best_ids(model, [], DecodeConfig()) == []
+    assert best_ids(model, [[], []], DecodeConfig()) == [[], []]
 
 
 @pytest.mark.parametrize("beam", [1, 3])
@@ -533,25 +530,24 @@ def test_translate_ids_respects_max_len(beam):
         best = [hyps[0] for hyps in nbest_ids(model, rows, cfg)]
         assert [len(h.tokens) for h in best] == lengths
         assert all(h.hit_limit for h in best)
-        assert translate_ids(model, rows, cfg) == [h.tokens for h in best]
+        assert best_ids(model, rows, cfg) == [h.tokens for h in best]
 
 
 def test_translate_ids_refuses_sources_beyond_max_positions():
     model = tiny_model(max_positions=8)
     with pytest.raises(ValueError, match="row 2 has 9 tokens"):
-        translate_ids(model, [[5, EOS], [5] * 8 + [EOS]], DecodeConfig(beam=1))
+        best_ids(model, [[5, EOS], [5] * 8 + [EOS]], DecodeConfig(beam=1))
 
 
 def test_translate_ids_validates_the_config(model):
     with pytest.raises(ConfigError):
-        translate_ids(model, [[5, EOS]], DecodeConfig(beam=0))
+        best_ids(model, [[5, EOS]], DecodeConfig(beam=0))
 
 
-def test_nbest_ids_matches_translate_ids(model):
+def test_nbest_ids_are_ranked_and_an_empty_row_is_answered_without_the_model(model):
     rows = random_sources(5, seed=10) + [[]]
     cfg = DecodeConfig(beam=4)
     nbest = nbest_ids(model, rows, cfg)
-    assert [hyps[0].tokens for hyps in nbest] == translate_ids(model, rows, cfg)
     for hyps in nbest[:-1]:
         assert 1 <= len(hyps) <= 4
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
@@ -593,9 +589,9 @@ def test_sampling_with_top_k_one_equals_greedy(model):
 def test_sampling_is_repeatable_with_a_seed_and_varies_without(model):
     rows = random_sources(8, seed=12)
     cfg = DecodeConfig(sampling=True, seed=5, temperature=2.0, max_len_b=8)
-    first, again = translate_ids(model, rows, cfg), translate_ids(model, rows, cfg)
+    first, again = best_ids(model, rows, cfg), best_ids(model, rows, cfg)
     assert first == again
-    other = translate_ids(model, rows, DecodeConfig(sampling=True, seed=6, temperature=2.0, max_len_b=8))
+    other = best_ids(model, rows, DecodeConfig(sampling=True, seed=6, temperature=2.0, max_len_b=8))
     assert other != first  # 8 rows at temperature 2: equal draws would be a vanishing coincidence
 
 
@@ -634,7 +630,7 @@ def test_top_k_and_temperature():
 @pytest.mark.parametrize("changes", [{"temperature": 0.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
 def test_sampling_settings_are_validated(changes):
     with pytest.raises(ConfigError):
-        DecodeConfig(sampling=True, **changes).validate()
+        DecodeConfig(sampling=True, **changes)
 
 
 # --- the pieces of a search step ------------------------------------------------------

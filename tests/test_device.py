@@ -16,7 +16,7 @@ from seq2seq.device import resolve_device
 from seq2seq.errors import ConfigError
 from seq2seq.search.translator import Translator
 from seq2seq.training.distributed import join_process_group
-from seq2seq.training.trainer import Trainer
+from seq2seq.training.run import make_trainer
 
 AVAILABLE = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])
@@ -67,10 +67,10 @@ def same_device(tensor: torch.Tensor, device: torch.device) -> bool:
 def test_the_trainer_puts_every_tensor_on_the_device(tmp_path, name):
     device = resolve_device(name)
     corpus = write_slice(tmp_path / "data", "train", 100, "train")
-    trainer = Trainer(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", max_steps=1), device,
+    trainer = make_trainer(tmp_path / "run", tiny_model_config(), tiny_train_config(corpus, "", max_steps=1), device,
                       on_event=lambda event: None)
     shards = trainer.batches.shards(1)  # every rank's batches of epoch 1: here, one rank's
-    trainer.update(shards[0][:1], trainer.update_tokens(shards))
+    trainer.update(shards[0][:1], trainer.batches.update_tokens(1, 0, 1))
     tensors = {**{f"model.{k}": v for k, v in trainer.model.state_dict().items()},
                **{f"optimizer.{i}.{k}": v for i, state in trainer.optimizer.state_dict()["state"].items()
                   for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() > 0},
@@ -164,7 +164,7 @@ def test_the_cpu_trains_in_bf16_only_when_asked_and_only_with_bf16_instructions(
     if has_bf16:
         assert precision_policy(cpu, "bf16").autocast_dtype is torch.bfloat16
     else:  # emulated bf16 is many times slower than float32: refused, saying why
-        with pytest.raises(ConfigError, match="--precision bf16: cpu has no bf16 instructions"):
+        with pytest.raises(ConfigError, match="precision bf16: cpu has no bf16 instructions"):
             precision_policy(cpu, "bf16")
 
 
@@ -196,8 +196,8 @@ def test_training_refuses_an_unavailable_precision_before_preparing_data(monkeyp
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
     cfg = tiny_train_config(str(tmp_path / "never-read"), "", precision="bf16")
-    with pytest.raises(ConfigError, match="--precision bf16"):
-        Trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None)
+    with pytest.raises(ConfigError, match="precision bf16"):
+        make_trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None)
     assert not (tmp_path / "run").exists()
 
 
@@ -209,7 +209,7 @@ def test_bf16_training_on_the_cpu_runs_its_layers_and_loss_in_bf16(monkeypatch, 
     corpus = write_slice(tmp_path / "data", "train", 100, "train")
     events = []
     cfg = tiny_train_config(corpus, "", max_steps=3, log_every=1, precision="bf16")
-    trainer = Trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=events.append)
+    trainer = make_trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=events.append)
     matmul_dtypes = set()
     real_mm = torch.Tensor.__matmul__
 
@@ -244,5 +244,5 @@ def test_validation_decodes_in_the_precision_training_runs_in(monkeypatch, tmp_p
     corpus = write_slice(tmp_path / "data", "train", 60, "train")
     valid = write_slice(tmp_path / "data", "val", 10, "val")
     cfg = tiny_train_config(corpus, valid, max_steps=1, precision=precision)
-    Trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None).run()
+    make_trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None).run()
     assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else None}

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError
+from seq2seq.search.hypotheses import check_nbest
 from seq2seq.search.translator import Translator
 
 CPU = torch.device("cpu")
@@ -93,8 +94,8 @@ def test_sampling_maps_onto_ctranslate2_and_a_seed_repeats_it(exported, sources)
     # top_k 1 is greedy whatever the seed.
     assert Translator.from_run(exported, CPU, DecodeConfig(sampling=True, seed=1, top_k=1)).translate(
         sources[:10]) == greedy
-    with pytest.raises(ConfigError, match="n-best lists need beam search"):
-        Translator.from_run(exported, CPU, cfg).translate_nbest(sources[:1], 1)
+    with pytest.raises(ConfigError, match="nbest needs beam search; sampling gives one output per line"):
+        check_nbest(1, cfg)
 
 
 def test_threads(run, exported, sources):
@@ -106,7 +107,7 @@ def test_threads(run, exported, sources):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(ConfigError, match="--threads must be at least 1"):
+    with pytest.raises(ConfigError, match="threads must be at least 1, got 0"):
         Translator.from_run(exported, CPU, DecodeConfig(), threads=0)
 
 
@@ -114,7 +115,7 @@ def test_the_wrong_engine_for_the_folder_is_refused(tmp_path):
     run = make_untrained_run(tmp_path / "run")
     with pytest.raises(ConfigError, match="not an exported model.*export first"):
         Translator.from_run(run, CPU, DecodeConfig(), engine="ctranslate2")
-    with pytest.raises(ConfigError, match="--engine must be torch or ctranslate2"):
+    with pytest.raises(ConfigError, match="engine must be torch or ctranslate2, got 'onnx'"):
         Translator.from_run(run, CPU, DecodeConfig(), engine="onnx")
     result = runner.invoke(app, ["translate", "-m", str(run), "--engine", "ctranslate2", "--device", "cpu"],
                            input=b"A dog.\n")
@@ -208,8 +209,9 @@ def test_with_config_shares_the_loaded_model(run, exported, sources, engine):
     assert greedy.translate(sources[:8]) == Translator.from_run(folder, CPU, DecodeConfig(beam=1)).translate(
         sources[:8])
     assert beam.stats.lines == 8 and greedy.stats.lines == 8  # each keeps its own count
-    with pytest.raises(ConfigError, match="beam size must be at least 1"):
-        greedy.with_config(DecodeConfig(beam=0))
+    wide = greedy.tokenizers.tgt.vocab_size + 1
+    with pytest.raises(ConfigError, match=f"beam {wide} is more than the target vocabulary"):
+        greedy.with_config(DecodeConfig(beam=wide))  # opening an engine checks the search against the model
 
 
 def test_an_exported_model_runs_without_loading_torch(exported, tmp_path):

@@ -16,15 +16,17 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from helpers import MULTI30K, make_untrained_run, tiny_train_config, write_slice  # noqa: E402
 
-from seq2seq.config import DecodeConfig, ModelConfig, RunConfig  # noqa: E402
+from seq2seq.config import DecodeConfig, ModelConfig  # noqa: E402
+from seq2seq.config_merge import run_config_from_json  # noqa: E402
 from seq2seq.errors import ConfigError, WriteError  # noqa: E402
 from seq2seq.files.atomic import atomic_write_text  # noqa: E402
 from seq2seq.model.transformer import build_model  # noqa: E402
 from seq2seq.runs.ctranslate2_export import EXPORT_FILE, EXPORT_FORMAT_VERSION, QUANTIZATIONS, export_ctranslate2  # noqa: E402
 from seq2seq.runs.run_dir import load_run  # noqa: E402
 from seq2seq.runs.weights import save_weights
-from seq2seq.search.decode import length_penalty_factor, nbest_ids  # noqa: E402
-from seq2seq.training.trainer import train  # noqa: E402
+from seq2seq.search.decode import nbest_ids
+from seq2seq.search.hypotheses import length_penalty_factor  # noqa: E402
+from seq2seq.training.run import train  # noqa: E402
 
 CPU = torch.device("cpu")
 SENTENCES = 30  # validation sentences each exported variant translates
@@ -231,7 +233,7 @@ def test_a_bad_quantization_is_refused_before_anything_is_written(tmp_path):
 
 def write_run_with(run: Path, **overrides) -> None:
     """Replace the config and weights of the untrained run in `run` with a model changed by `overrides`."""
-    config = RunConfig.from_json_dict(json.loads((run / "config.json").read_text()), "config.json")
+    config = run_config_from_json(json.loads((run / "config.json").read_text()), "config.json")
     config.model = replace(config.model, **overrides)
     atomic_write_text(run / "config.json", config.to_json())
     save_weights(build_model(config.model), run / "model.safetensors")

@@ -1,7 +1,9 @@
 """`s2s train --init-from RUN`: a new run from another run's weights, tokenizer and model shape."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
+
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -13,9 +15,11 @@ from cli.main import app
 from seq2seq.data.batching import collate
 from seq2seq.data.token_store import DeviceTokenStore
 from seq2seq.errors import ConfigError
+from seq2seq.runs import run_dir as run_dir_module
 from seq2seq.runs.run_dir import load_run, read_run_config
+from seq2seq.training.init_from import new_run_configs
 from seq2seq.training.loss import projected_smoothed_loss
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -30,6 +34,12 @@ def source(tmp_path_factory):
     torch.manual_seed(0)
     train(folder / "source", tiny_model_config(), tiny_train_config(corpus, "", epochs=0, max_steps=40), CPU)
     return folder / "source", domain
+
+
+def init_from_configs(run, corpus, model_flags=None, **train_fields):
+    """The configs of a new run from `run` on `corpus`, as `s2s train --init-from RUN` makes them."""
+    train_flags = asdict(tiny_train_config(corpus, "", init_from=str(run), **train_fields))
+    return new_run_configs(None, None, model_flags or {}, train_flags)
 
 
 def slice_loss(run, prefix) -> float:
@@ -51,8 +61,8 @@ def slice_loss(run, prefix) -> float:
 def test_fine_tuning_on_an_in_domain_slice_lowers_its_loss(source, tmp_path):
     run, domain = source
     events = []
-    cfg = tiny_train_config(domain, "", epochs=0, max_steps=30, init_from=str(run), log_every=1)
-    train(tmp_path / "tuned", tiny_model_config(), cfg, CPU, on_event=events.append)
+    model_cfg, cfg = init_from_configs(run, domain, epochs=0, max_steps=30, log_every=1)
+    train(tmp_path / "tuned", model_cfg, cfg, CPU, on_event=events.append)
     assert slice_loss(tmp_path / "tuned", domain) < slice_loss(run, domain) - 0.3
     # It started from the run's weights: its first update's loss is the run's, far below a fresh model's.
     fresh = []
@@ -135,5 +145,36 @@ def test_the_new_run_never_lands_in_the_run_it_starts_from(source, tmp_path, ins
 def test_the_library_refuses_as_the_command_does(source, tmp_path):
     run, domain = source
     with pytest.raises(ConfigError, match="ffn_dim"):
-        train(tmp_path / "x", replace(tiny_model_config(), ffn_dim=128),
-              tiny_train_config(domain, "", init_from=str(run)), CPU)
+        init_from_configs(run, domain, {"ffn_dim": 128})
+
+
+def test_the_configs_are_the_runs_with_what_is_given_over_them(source, tmp_path):
+    """One resolution: the run's model config in the defaults' place, under a config file, a preset's
+    absence and flags alike; its tokenizer as the new run's; without init_from, the plain merge."""
+    run, domain = source
+    original = read_run_config(run)
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"model": {"dropout": 0.25}, "train": {"lr": 1e-4}}))
+    model_cfg, train_cfg = new_run_configs(config_file, None, {"attention_dropout": 0.05},
+                                           {"train": domain, "init_from": str(run)})
+    assert model_cfg == replace(original.model, dropout=0.25, attention_dropout=0.05)
+    assert (train_cfg.lr, train_cfg.tokenizer, train_cfg.init_from) == (1e-4, str(run), str(run))
+    plain_model, plain_train = new_run_configs(config_file, None, {}, {"train": domain})
+    assert plain_model.d_model != original.model.d_model and plain_train.tokenizer == ""
+
+
+def test_the_command_opens_the_run_it_starts_from_once(source, tmp_path, monkeypatch):
+    run, domain = source
+    opened = []
+    real_open_run = run_dir_module.open_run
+
+    def counting_open_run(folder, *args, **kwargs):
+        opened.append(Path(folder).resolve())
+        return real_open_run(folder, *args, **kwargs)
+
+    monkeypatch.setattr(run_dir_module, "open_run", counting_open_run)
+    result = runner.invoke(app, ["train", "--init-from", str(run), "--run", str(tmp_path / "tuned"), "--train", domain,
+                                 "--valid", "", "--max-steps", "1", "--epochs", "0", "--max-tokens", "600",
+                                 "--max-len", "64", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert opened.count(run.resolve()) == 1

@@ -35,7 +35,7 @@ from seq2seq.inspection.metrics_records import (
 )
 from seq2seq.inspection.summary import describe
 from seq2seq.inspection.tensorboard import SCALARS
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -298,7 +298,8 @@ def test_an_interval_of_only_skipped_updates_logs_no_loss_and_is_not_plotted(tmp
     import torch
 
     from seq2seq.inspection.curves import read_curves
-    from seq2seq.training.trainer import LogInterval, UpdateOutcome
+    from seq2seq.training.events import LogInterval
+    from seq2seq.training.trainer import UpdateOutcome
 
     interval = LogInterval(torch.device("cpu"))
     nothing = torch.zeros(())

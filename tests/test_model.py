@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from seq2seq.config import PRESETS, ModelConfig, apply_preset
+from seq2seq.config import ModelConfig
 from seq2seq.model.positions import sinusoidal_table
 from seq2seq.model.transformer import DecoderCache, build_model, count_parameters
+from seq2seq.presets import PRESETS, apply_preset
 
 
 def tiny_model(**overrides) -> torch.nn.Module:

@@ -92,7 +92,8 @@ NON_DEFAULT = {
         "max_bad_updates": (["--max-bad-updates", "2"], {"max_bad_updates": 2}),
         "seed": (["--seed", "2"], {"seed": 2}),
         "num_proc": (["--num-proc", "2"], {"num_proc": 2}),
-        "init_from": (["--init-from", "runs/base"], {"init_from": "runs/base"}),
+        # The run's tokenizer comes with it (seq2seq.training.init_from.new_run_configs).
+        "init_from": (["--init-from", "runs/base"], {"init_from": "runs/base", "tokenizer": "runs/base"}),
         "compile": (["--compile"], {"compile": True}),
         "precision": (["--precision", "float32"], {"precision": "float32"}),
         "token_store": (["--token-store", "mapped"], {"token_store": "mapped"}),
@@ -248,10 +249,8 @@ def test_help_lists_the_flags_by_group():
 
 
 def test_weights_default_to_the_runs_model(received, tmp_path):
-    from seq2seq.files.run_layout import WEIGHTS_FILE
-
     invoke("translate", [], tmp_path)
-    assert received["weights"] == WEIGHTS_FILE
+    assert received["weights"] is None  # the engine opens the run's own WEIGHTS_FILE
     invoke("eval", ["--weights", "average-last-5.safetensors"], tmp_path)
     assert received["weights"] == "average-last-5.safetensors"
 
@@ -279,8 +278,8 @@ def test_the_makefiles_demo_flags_still_parse(received, tmp_path):
 @pytest.mark.parametrize("value, fragments", [
     ("0.9", ["--betas takes 2 comma-separated values, FLOAT,FLOAT; got '0.9'"]),
     ("0.9,x", ["--betas takes 2", "'0.9,x'"]),
-    ("nan,0.98", ["train.betas must be a finite number, got nan"]),
-    ("0.9,inf", ["train.betas must be a finite number, got inf"]),
+    ("nan,0.98", ["--betas must be a finite number, got nan"]),
+    ("0.9,inf", ["--betas must be a finite number, got inf"]),
 ])
 def test_bad_betas_are_one_error_line(value, fragments, received, tmp_path):
     result = runner.invoke(app, ["train", "--run", str(tmp_path / "r"), "--betas", value])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from seq2seq.inspection.curves import current_records, draw, read_curves, training_seconds
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

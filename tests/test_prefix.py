@@ -15,7 +15,8 @@ from cli.main import app
 from seq2seq.config import DecodeConfig
 from seq2seq.errors import DataError
 from seq2seq.files.lines import clean_output
-from seq2seq.search.decode import beam_search, greedy_search
+from seq2seq.search.beam import beam_search
+from seq2seq.search.stepwise import greedy_search
 from seq2seq.search.translator import Translator
 
 CPU = torch.device("cpu")

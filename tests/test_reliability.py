@@ -27,7 +27,7 @@ from seq2seq.runs.checkpoint import load_trainer_state
 from seq2seq.runs.run_dir import read_run_config
 from seq2seq.search.translator import Translator
 from seq2seq.training.loss import TrainingObjective
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 CPU = torch.device("cpu")
 
@@ -224,19 +224,20 @@ SLOW_TO_STOP = """
 import sys, time
 import torch
 sys.path.insert(0, sys.argv[3])
-import seq2seq.training.trainer as train_module
+import seq2seq.training.trainer as trainer_module
 from helpers import tiny_model_config, tiny_train_config
+from seq2seq.training.run import train
 
-real_stop = train_module.Trainer.stop_if_signalled
+real_stop = trainer_module.Trainer.stop_if_signalled
 
 def stop_slowly(self):
     if self.signals.received:
         time.sleep(60)
     real_stop(self)
 
-train_module.Trainer.stop_if_signalled = stop_slowly
+trainer_module.Trainer.stop_if_signalled = stop_slowly
 cfg = tiny_train_config(sys.argv[2], "", epochs=0, max_steps=100000, valid_every=2, log_every=1, seed=3)
-train_module.train(sys.argv[1], tiny_model_config(), cfg, torch.device("cpu"))
+train(sys.argv[1], tiny_model_config(), cfg, torch.device("cpu"))
 """
 
 

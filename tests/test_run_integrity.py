@@ -31,7 +31,7 @@ from seq2seq.data.tokenizer import train_tokenizer
 from seq2seq.errors import RunDirError
 from seq2seq.runs.run_dir import open_run
 from seq2seq.runs.weights import DATA_SHA256_KEY, read_metadata, read_tensors, save_tensors, save_weights
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 CPU = torch.device("cpu")
 runner = CliRunner()

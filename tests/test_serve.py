@@ -26,7 +26,7 @@ import pytest
 import torch
 from helpers import MULTI30K, ROOT
 
-from seq2seq.config import DecodeConfig, ServeConfig
+from seq2seq.config import DecodeConfig
 from seq2seq.search.translator import Translator
 
 pytest.importorskip("fastapi", reason="s2s serve needs the optional fastapi and uvicorn: pip install 's2s[serve]'")
@@ -254,8 +254,28 @@ def test_start_up_failures_are_one_error_line(trained_run, tmp_path):
     assert "pip install 's2s[serve]'" in one_error_line(s2s("serve", "-m", str(trained_run), "--port", free), env)
 
 
-def test_the_default_bind_is_this_machine_only():
-    assert ServeConfig().host == "127.0.0.1"
+def answers_on(address: str, port: int) -> bool:
+    """Whether something accepts a TCP connection on address:port."""
+    try:
+        socket.create_connection((address, port), timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_the_default_bind_answers_this_machine_only(trained_run):
+    """Without --host the server answers on 127.0.0.1 alone: not even on 127.0.0.2, another loopback
+    address, which a server bound to every address (0.0.0.0) would answer."""
+    with socket.socket() as other:  # the control: this system has 127.0.0.2, and it takes connections
+        try:
+            other.bind(("127.0.0.2", 0))
+        except OSError:
+            pytest.skip("this system has no loopback address 127.0.0.2")
+        other.listen()
+        assert answers_on("127.0.0.2", other.getsockname()[1])
+    with server(trained_run) as (url, process):
+        assert get(url + "/health")[0] == 200
+        assert not answers_on("127.0.0.2", int(url.rsplit(":", 1)[1]))
 
 
 def test_the_listening_socket_says_it_is_tcp():

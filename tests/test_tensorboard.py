@@ -17,7 +17,7 @@ import cli.train
 from cli.main import app
 from seq2seq.config import ModelConfig
 from seq2seq.inspection.tensorboard import TensorBoardSink
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 
 runner = CliRunner()
 CPU = torch.device("cpu")

@@ -118,7 +118,7 @@ def test_sample_size_bounds_the_training_sample(corpus, tmp_path):
 
 def test_vocab_size_too_large_for_the_corpus(corpus, tmp_path):
     with pytest.raises(TokenizerError, match=r"vocab size 50000 is larger than this corpus supports "
-                                             r"\(at most \d+\); lower --vocab-size"):
+                                             r"\(at most \d+\); lower vocab_size"):
         train_tokenizer(corpus, tmp_path, vocab_size=50_000, model_type="bpe")
     assert list(tmp_path.iterdir()) == []
 

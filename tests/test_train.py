@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from seq2seq.config import ModelConfig
 from seq2seq.errors import ConfigError, RunDirError
+from seq2seq.training.run import train
 from seq2seq.training.schedule import cosine_lr
-from seq2seq.training.trainer import train
 
 CPU = torch.device("cpu")
 
@@ -45,6 +45,21 @@ def test_training_writes_a_complete_run_and_the_loss_falls(corpus, tmp_path):
     assert "tokenizer.model" in config["tokenizer_sha256"]
     with pytest.raises(RunDirError, match="already holds a run"):
         train(run, tiny_model_config(), tiny_train_config(train_prefix, valid_prefix), CPU)
+
+
+@pytest.mark.parametrize("valid_every", [0, 4])  # at each epoch's end; every 4 updates
+def test_early_stopping_ends_the_run_wherever_it_validates(corpus, tmp_path, valid_every):
+    """A learning rate too small to change a translation: the second validation is no better than
+    the first, and with patience 1 the run stops right there, its model the first one's."""
+    train_prefix, valid_prefix = corpus
+    events = []
+    cfg = tiny_train_config(train_prefix, valid_prefix, epochs=0, max_steps=200, lr=1e-9, warmup_steps=1,
+                            valid_every=valid_every, patience=1, early_stop_metric="bleu", valid_beam=1,
+                            valid_bleu_sentences=10)
+    result = train(tmp_path / "run", tiny_model_config(), cfg, CPU, on_event=events.append)
+    every = valid_every or next(e for e in events if e["event"] == "start")["updates_per_epoch"]
+    assert [e["step"] for e in events if e["event"] == "valid"] == [every, 2 * every]
+    assert (result.stop_reason, result.step, result.best["step"]) == ("early_stopping", 2 * every, every)
 
 
 def test_resume_is_exact(corpus, tmp_path):
@@ -206,13 +221,12 @@ def test_the_time_budget_leaves_room_for_each_final_validation(average_last, val
     --average-last, the average's: an average left unvalidated at the deadline is never kept."""
     from types import SimpleNamespace
 
-    from seq2seq.training.trainer import Trainer
+    from seq2seq.training.validation import Validation
 
     now = time.monotonic()
     for has_data, reserved in ((True, validations_reserved * 30.0), (False, 0.0)):
-        trainer = SimpleNamespace(cfg=SimpleNamespace(average_last=average_last),
-                                  validation=SimpleNamespace(has_data=has_data, seconds=30.0))
-        trainer.deadline = now + reserved + 5  # 5 s before training must stop
-        assert not Trainer.out_of_time(trainer)
-        trainer.deadline = now + reserved - 5  # 5 s after
-        assert Trainer.out_of_time(trainer)
+        validation = SimpleNamespace(cfg=SimpleNamespace(average_last=average_last), has_data=has_data, seconds=30.0)
+        validation.deadline = now + reserved + 5  # 5 s before training must stop
+        assert not Validation.time_is_up(validation)
+        validation.deadline = now + reserved - 5  # 5 s after
+        assert Validation.time_is_up(validation)

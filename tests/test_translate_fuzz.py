@@ -100,9 +100,9 @@ def test_sampling_with_a_seed_is_repeatable(run):
 
 @pytest.mark.parametrize("options, message", [
     (["--nbest", "3"], "more than --beam"),
-    (["--nbest", "1", "--sample"], "--sample"),
+    (["--nbest", "1", "--sample"], "--nbest needs beam search; --sampling gives one output per line"),
     (["--nbest", "1", "--nbest-format", "csv"], "jsonl or tsv"),
-    (["--long-lines", "drop"], "split or truncate"),
+    (["--long-lines", "drop"], "--long-lines must be one of 'split', 'truncate'"),
     (["--sample", "--temperature", "0"], "temperature"),
 ])
 def test_bad_translate_options_are_one_error_line(run, options, message):

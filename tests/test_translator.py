@@ -7,7 +7,8 @@ from helpers import EosFirst, make_untrained_run
 from seq2seq.config import DecodeConfig
 from seq2seq.errors import ConfigError
 from seq2seq.files.lines import clean_output
-from seq2seq.search.decode import translate_ids
+from seq2seq.search.decode import nbest_ids
+from seq2seq.search.hypotheses import check_nbest
 from seq2seq.search.translator import Translator, cut_ids, split_sentences
 
 CPU = torch.device("cpu")
@@ -63,7 +64,8 @@ def test_long_sentence_without_punctuation_is_cut_at_the_token_limit(translator)
     ids = src.encode([line])[0]
     assert len(ids) > 30  # at least three pieces
     pieces = [piece + [src.eos_id] for piece in cut_ids(ids, 15)]
-    expected = translator.tokenizers.tgt.decode(translate_ids(translator.model, pieces, translator.cfg))
+    expected = translator.tokenizers.tgt.decode(
+        [hypotheses[0].tokens for hypotheses in nbest_ids(translator.model, pieces, translator.cfg)])
     assert out[0] == " ".join(clean_output(text) for text in expected)
 
 
@@ -82,8 +84,8 @@ def test_cut_ids():
 
 
 def test_long_lines_must_be_split_or_truncate():
-    with pytest.raises(ConfigError, match="long lines"):
-        DecodeConfig(long_lines="drop").validate()
+    with pytest.raises(ConfigError, match="long_lines must be one of 'split', 'truncate', got 'drop'"):
+        DecodeConfig(long_lines="drop")
 
 
 def test_nbest_lists_are_ranked_and_in_order(translator):
@@ -112,11 +114,14 @@ def test_nbest_of_a_split_line_is_its_joined_best_pieces(translator):
     assert joined[0].logprob == pytest.approx(sum(h[0].logprob for h in alone))
 
 
-def test_nbest_larger_than_the_beam_is_refused(translator):
-    with pytest.raises(ConfigError, match="beam size"):
-        make_translator(translator, beam=2).translate_nbest(["A dog."], 3)
-    with pytest.raises(ConfigError):
-        make_translator(translator, beam=2).translate_nbest(["A dog."], 0)
+def test_nbest_larger_than_the_beam_is_refused():
+    with pytest.raises(ConfigError, match="nbest 3 is more than beam 2; beam search finds at most beam hypotheses"):
+        check_nbest(3, DecodeConfig(beam=2))
+    with pytest.raises(ConfigError, match="nbest must be positive, got 0"):
+        check_nbest(0, DecodeConfig(beam=2))
+    with pytest.raises(ConfigError, match="nbest needs beam search; sampling gives one output per line"):
+        check_nbest(1, DecodeConfig(sampling=True))
+    check_nbest(2, DecodeConfig(beam=2))
 
 
 def test_output_does_not_depend_on_the_other_lines_in_the_batch(translator):
@@ -128,7 +133,7 @@ def test_output_does_not_depend_on_the_other_lines_in_the_batch(translator):
 def test_beam_wider_than_the_target_vocabulary_is_refused(translator):
     with pytest.raises(ConfigError) as refused:
         make_translator(translator, beam=151)
-    assert str(refused.value) == "--beam 151 is more than the target vocabulary (150 pieces); use at most 150"
+    assert str(refused.value) == "beam 151 is more than the target vocabulary (150 pieces); use at most 150"
     make_translator(translator, beam=150)
     make_translator(translator, beam=151, sampling=True)  # sampling ignores the beam
 

@@ -77,9 +77,8 @@ def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int,
     noise = rng.random(n) if rng is not None else np.arange(n)
     longest = np.maximum(src_lens, tgt_lens)
     # Sort by the longer side, which is what the budget counts, then by target and source
-    # length; the noise breaks ties at random. On Multi30k this pads 8% where sorting by
-    # target then source length pads 13% (30% on the source side), and fills batches closer
-    # to the budget.
+    # length; the noise breaks ties at random. Sorting by the side the budget counts pads
+    # less than sorting by target then source length, and fills batches closer to the budget.
     order = np.lexsort((noise, src_lens, tgt_lens, longest))
     batches = cut_batches(order, longest, max_tokens)
     if rng is not None:

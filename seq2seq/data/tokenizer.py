@@ -250,7 +250,7 @@ def _train_one(sentences: list[str], side: str, *, vocab_size: int, model_type: 
             input_sentence_size=0,  # 0 means use every sentence: the sample is already bounded
             num_threads=os.cpu_count() or 1, minloglevel=2)
     except (RuntimeError, ValueError) as err:
-        raise TokenizerError(_explain_trainer_error(str(err), vocab_size, side)) from None
+        raise TokenizerError(_explain_trainer_error(str(err), vocab_size, side), ("vocab_size",)) from None
     return model.getvalue()
 
 
@@ -260,12 +260,12 @@ def _explain_trainer_error(message: str, vocab_size: int, side: str) -> str:
                          message)
     if too_high:
         return (f"vocab size {vocab_size} is larger than this {side}corpus supports "
-                f"(at most {too_high.group(2)}); lower --vocab-size")
+                f"(at most {too_high.group(2)}); lower {{vocab_size}}")
     too_small = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message)
     if too_small:
         return (f"vocab size {vocab_size} is too small to hold the {too_small.group(1)} distinct "
                 f"characters of this {side}corpus plus the special tokens; "
-                "raise --vocab-size or lower the character coverage")
+                "raise {vocab_size} or lower the character coverage")
     detail = message.splitlines()[0] if message else "unknown error"
     return f"sentencepiece could not train the {side}tokenizer: {detail}"
 

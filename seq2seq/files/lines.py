@@ -123,8 +123,8 @@ def tsv_prefixes(lines: Iterable[str], name: str = "the input") -> Iterator[tupl
     for number, line in enumerate(lines, start=1):
         source, tab, prefix = line.partition("\t")
         if not tab and line.strip():
-            raise DataError(f"{name}: line {number} has no tab; --prefix-tsv reads source<TAB>prefix lines "
-                            "(end the line with a tab for no prefix)")
+            raise DataError(f"{name}: line {number} has no tab; {{prefix_tsv}} reads source<TAB>prefix lines "
+                            "(end the line with a tab for no prefix)", ("prefix_tsv",))
         yield source, prefix
 
 

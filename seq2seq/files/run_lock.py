@@ -30,7 +30,7 @@ class RunLock:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
             raise RunLockedError(f"{self.path.parent}: another s2s train (pid {holder}) is writing "
-                                 "to this run directory; wait for it or choose another --run") from None
+                                 "to this run directory; wait for it or choose another {run}", ("run",)) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         return self

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import field_error
 from ..files.lines import clean_output
 
 
@@ -36,10 +36,10 @@ def default_alignment_layer(decoder_layers: int) -> int:
     return max(1, decoder_layers - 1)
 
 
-def check_layer(layer: int, decoder_layers: int, option: str) -> None:
-    """ConfigError naming `option` unless 1 <= layer <= decoder_layers."""
+def check_layer(layer: int, decoder_layers: int, name: str) -> None:
+    """ConfigError naming the setting `name` unless 1 <= layer <= decoder_layers."""
     if not 1 <= layer <= decoder_layers:
-        raise ConfigError(f"{option} must be a decoder layer from 1 to {decoder_layers}, got {layer}")
+        raise field_error(name, f"must be a decoder layer from 1 to {decoder_layers}, got {layer}")
 
 
 def word_of_each_byte(text: str) -> list[int]:
@@ -124,5 +124,5 @@ class AttentionMap:
         if head is None:
             return self.weights.mean(axis=0)
         if not 1 <= head <= self.weights.shape[0]:
-            raise ConfigError(f"--head must be from 1 to {self.weights.shape[0]} (the model's heads), got {head}")
+            raise field_error("head", f"must be from 1 to {self.weights.shape[0]} (the model's heads), got {head}")
         return self.weights[head - 1]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError, RunDirError
+from ..errors import ConfigError, DataError, RunDirError, field_error
 from ..files.lines import printable
 from ..files.outputs import check_output
 from ..files.reads import Reads, refuse_clobbering
@@ -96,7 +96,8 @@ def read_curves(run: Path, label: str, x: str) -> Curves:
         raise DataError(f"{path}: no train or valid records to plot{skipped}")
     seconds = training_seconds(records)
     if x == "time" and any(s is None for s, r in zip(seconds, records) if r.get("event") in PLOTTED):
-        raise DataError(f'{path}: records without a "time" (written by an older s2s); plot it with --x steps')
+        raise DataError(f'{path}: records without a "time" (written by an older s2s); plot it with {{x}} steps',
+                        ("x",))
     curves = Curves(label, metrics)
     for record, when in zip(records, seconds):  # each record's fields are checked (metrics_records.RECORDS)
         if record["event"] == "train" and record["loss"] is not None:
@@ -112,8 +113,8 @@ def run_labels(runs: list[Path], labels: list[str] | None) -> list[str]:
     where two runs share a name; made printable."""
     if labels:
         if len(labels) != len(runs):
-            raise ConfigError(f"--label is given {len(labels)} times for {len(runs)} runs; give it once per run, "
-                              "in the order of the runs")
+            raise ConfigError(f"{{label}} is given {len(labels)} times for {len(runs)} runs; give it once per run, "
+                              "in the order of the runs", ("label",))
         return [printable(label) for label in labels]
     names = [Path(run).resolve().name or str(run) for run in runs]
     return [printable(name if names.count(name) == 1 else str(run)) for name, run in zip(names, runs)]
@@ -121,10 +122,10 @@ def run_labels(runs: list[Path], labels: list[str] | None) -> list[str]:
 
 def check_plot_options(x: str, width: int, height: int) -> None:
     if x not in X_AXES:
-        raise ConfigError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
-    for option, value in (("--width", width), ("--height", height)):
+        raise field_error("x", f"must be one of {', '.join(X_AXES)}, got {x!r}")
+    for name, value in (("width", width), ("height", height)):
         if not MIN_PIXELS <= value <= MAX_PIXELS:
-            raise ConfigError(f"{option} must be from {MIN_PIXELS} to {MAX_PIXELS} pixels, got {value}")
+            raise field_error(name, f"must be from {MIN_PIXELS} to {MAX_PIXELS} pixels, got {value}")
 
 
 def draw(curves: list[Curves], x: str, width: int, height: int):

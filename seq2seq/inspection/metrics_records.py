@@ -76,7 +76,7 @@ SCORES = {"valid_loss": NUMBER, "valid_ppl": NUMBER, "valid_bleu": NUMBER, "bleu
 RECORDS: dict[str, RecordKind] = {
     "data": RecordKind({"split": TEXT, "corpus": TEXT, "pairs": COUNT, "kept": COUNT, "too_long": COUNT,
                         "empty": COUNT, "max_len": COUNT}),
-    # loss is null for an interval whose every update was skipped (seq2seq.training.trainer.LogInterval).
+    # loss is null for an interval whose every update was skipped (seq2seq.training.events.LogInterval).
     "train": RecordKind({"step": COUNT, "epoch": NUMBER, "loss": NUMBER_OR_NULL, "lr": NUMBER, "tgt_tokens_per_s": NUMBER,
                          "elapsed": NUMBER},
                         {"model_tflops_per_s": NUMBER}),  # older

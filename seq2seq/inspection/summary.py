@@ -13,21 +13,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..config import PRESETS, ModelConfig, to_dict
+from ..config import ModelConfig, to_dict
+from ..presets import preset_of
 from ..runs.exported_folder import is_exported, open_export
 from ..runs.run_dir import open_run
 from .metrics_records import read_metrics
-
-# The fields that tell the presets apart.
-_SHAPE = ("d_model", "n_heads", "ffn_dim", "encoder_layers", "decoder_layers")
-
-
-def preset_of(model: ModelConfig) -> str:
-    """The preset whose shape the model has, or "custom"."""
-    for name, shape in PRESETS.items():
-        if all(getattr(model, key) == shape[key] for key in _SHAPE):
-            return name
-    return "custom"
 
 
 def parameter_count(model: ModelConfig) -> int:

@@ -82,7 +82,7 @@ def refuse_tensorboard_folder(folder: Path, run_dir: Path, reads: Reads) -> None
 
 def require_tensorboard():
     """torch.utils.tensorboard, or a ConfigError naming the extra that installs it."""
-    return require_extra("torch.utils.tensorboard", "tensorboard", "--tensorboard")
+    return require_extra("torch.utils.tensorboard", "tensorboard", "writing TensorBoard event files")
 
 
 class TensorBoardSink:

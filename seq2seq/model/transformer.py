@@ -150,7 +150,6 @@ class Seq2SeqTransformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         # Three-way tying: one table for source, target and the output projection.

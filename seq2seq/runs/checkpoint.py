@@ -81,14 +81,14 @@ def files_to_start_over(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     saved = [*run_dir.glob("*.safetensors"), *(run_dir / CHECKPOINTS_DIR).rglob("*")]
     if any(path.is_file() and not _unfinished(path) for path in saved):
-        raise RunDirError(f"{run_dir}: already holds a run; pass --resume to continue it "
-                          "or choose another --run directory")
+        raise RunDirError(f"{run_dir}: already holds a run; pass {{resume}} to continue it "
+                          "or choose another {run} directory", ("resume", "run"))
     rewritten = (METRICS_FILE, *TOKENIZER_FILES, CONFIG_FILE)
     written = (*rewritten, LOCK_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR)
     foreign = sorted(path.name for path in run_dir.iterdir() if path.name not in written and not _unfinished(path))
     if foreign:
         raise RunDirError(f"{run_dir}: already holds a run, and {', '.join(foreign)}, which training did not write; "
-                          "pass --resume to continue the run or choose another --run directory")
+                          "pass {resume} to continue the run or choose another {run} directory", ("resume", "run"))
     return [run_dir / name for name in rewritten if os.path.lexists(run_dir / name)]
 
 

@@ -38,9 +38,8 @@ Running the folder as s2s runs the run: the source is pieces + `</s>`
 1), `max_decoding_length` the sentence's own limit (one call per limit). s2s's
 search sets padding and BOS to -inf after the log-softmax; CTranslate2's
 `suppress_sequences` masks them before it, which renormalises every step's
-log-probabilities and changed beam-5 outputs on up to 9% of lines in our
-measurements, so leave it unset: a trained model does not choose those tokens
-(none did in 2,800 sentences), and detokenizing drops them. CTranslate2
+log-probabilities and changes beam-5 outputs, so leave it unset: a trained
+model does not choose those tokens, and detokenizing drops them. CTranslate2
 normalises a beam's score by len^alpha, s2s by GNMT's ((5+len)/6)^alpha:
 for s2s's exact ranking, ask for all `beam` hypotheses with length_penalty 0
 (their raw log-probabilities) and re-rank them with

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import RunConfig
+from ..config_merge import run_config_from_json
 from ..errors import ConfigError, RunDirError, TokenizerError
 
 if TYPE_CHECKING:  # sentencepiece is loaded by what opens an export, not by what only recognises one
@@ -149,7 +150,7 @@ def read_export_info(folder: Path) -> tuple[dict[str, Any], RunConfig]:
                                              for name, value in hashes.items())):
         raise RunDirError(f"{path}: \"sha256\" must map file names to their hashes")
     try:
-        config = RunConfig.from_json_dict(info.get("run_config"), f"{path}: run_config")
+        config = run_config_from_json(info.get("run_config"), f"{path}: run_config")
     except ConfigError as err:
         raise RunDirError(str(err)) from None
     return info, config

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, read_json
+from ..config import RunConfig
+from ..config_merge import read_json, run_config_from_json
 from ..data.tokenizer import TokenizerPair, load_tokenizers
 from ..errors import ConfigError, RunDirError, TokenizerError
 from ..files.run_layout import CONFIG_FILE, WEIGHTS_FILE
@@ -34,7 +35,7 @@ def read_run_config(run_dir: Path | str) -> RunConfig:
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     try:
-        return RunConfig.from_json_dict(read_json(path), str(path))
+        return run_config_from_json(read_json(path), str(path))
     except ConfigError as err:
         raise RunDirError(str(err)) from None
 

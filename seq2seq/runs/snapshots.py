@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, RunDirError, field_error
 from ..files.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR, TRAINING_AVERAGE_FILE, WEIGHTS_FILE
 from ..model.performer import RANDOM_FEATURES_BUFFER
 from .run_dir import open_run
@@ -53,9 +53,9 @@ def list_snapshots(run_dir: Path | str) -> list[Snapshot]:
 def select_snapshots(snapshots: list[Snapshot], last: int = 0, best: int = 0) -> list[Snapshot]:
     """The `last` newest snapshots, or the `best` ones by validation BLEU (exactly one of the two)."""
     if (last > 0) == (best > 0):
-        raise ConfigError("choose the snapshots to average with exactly one of --last K or --best K")
+        raise ConfigError("choose the snapshots to average with exactly one of {last} K or {best} K", ("last", "best"))
     if best and any(s.valid_bleu is None for s in snapshots):
-        raise ConfigError("--best needs validation BLEU, but this run was trained without a validation set")
+        raise field_error("best", "needs validation BLEU, but this run was trained without a validation set")
     wanted = last or best
     if len(snapshots) < wanted:
         raise ConfigError(f"asked to average {wanted} snapshots, but the run has {len(snapshots)}")
@@ -112,14 +112,14 @@ def average_output(run_dir: Path | str, name: str | None, last: int = 0, best: i
     if name is None:
         name = f"average-last-{last}.safetensors" if last else f"average-best-{best}.safetensors"
     if Path(name).name != name or name.startswith(".") or not name.endswith(".safetensors"):
-        raise ConfigError(f"--output must be a file name ending in .safetensors, written inside the run "
-                          f"directory, got {name!r}")
+        raise field_error("output", "must be a file name ending in .safetensors, written inside the run "
+                                    f"directory, got {name!r}")
     if name in (WEIGHTS_FILE, TRAINING_AVERAGE_FILE):
-        raise ConfigError(f"--output {name} is a file the trainer writes in {run_dir}; choose another name")
+        raise field_error("output", f"{name} is a file the trainer writes in {run_dir}; choose another name")
     path = run_dir / name
     if path.is_symlink() or path.exists() and not _is_average(path):
-        raise ConfigError(f"--output {path} exists and is not an average written by s2s average; "
-                          "refusing to write over it")
+        raise field_error("output", f"{path} exists and is not an average written by s2s average; "
+                                    "refusing to write over it")
     return path
 
 

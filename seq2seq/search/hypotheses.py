@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import LENGTH_PENALTIES, DecodeConfig
-from ..errors import ConfigError
-from .prefix import check_prefix_lengths
+from ..errors import ConfigError, field_error
 
 
 @dataclass
@@ -42,7 +41,7 @@ def length_penalty_factor(length: int, kind: str, alpha: float) -> float:
         return length ** alpha
     if kind == "none":
         return 1.0
-    raise ConfigError(f"unknown length penalty {kind!r}; choose from {', '.join(LENGTH_PENALTIES)}")
+    raise ValueError(f"unknown length penalty {kind!r}; choose from {', '.join(LENGTH_PENALTIES)}")
 
 
 def penalised_score(logprob: float, length: int, kind: str, alpha: float) -> float:
@@ -50,46 +49,40 @@ def penalised_score(logprob: float, length: int, kind: str, alpha: float) -> flo
     return logprob / length_penalty_factor(length, kind, alpha) if length else 0.0
 
 
-def check_beam_size(beam: int, vocab_size: int) -> None:
-    """Refuse a beam below 1 or wider than the target vocabulary.
+def check_search(cfg: DecodeConfig, tgt_vocab_size: int) -> None:
+    """ConfigError for a search the model cannot run: a beam wider than its target vocabulary
+    (sampling ignores the beam). Checked where a search meets a model: when an engine opens.
 
     The batch holds up to `beam` rows per sentence, so an absurd beam exhausts
     memory before it finishes; a search wider than the vocabulary has pieces
     is never a sensible setting.
     """
-    if beam < 1:
-        raise ConfigError(f"beam size must be at least 1, got {beam}")
-    if beam > vocab_size:
-        raise ConfigError(f"--beam {beam} is more than the target vocabulary ({vocab_size} pieces); "
-                          f"use at most {vocab_size}")
+    if not cfg.sampling and cfg.beam > tgt_vocab_size:
+        raise ConfigError(f"{{beam}} {cfg.beam} is more than the target vocabulary ({tgt_vocab_size} pieces); "
+                          f"use at most {tgt_vocab_size}", ("beam",))
 
 
-def check_decode_config(cfg: DecodeConfig, tgt_vocab_size: int) -> None:
-    """ConfigError for settings no search can run: those `DecodeConfig.validate` refuses, and a
-    beam wider than the target vocabulary (sampling ignores the beam)."""
-    cfg.validate()
-    if not cfg.sampling:
-        check_beam_size(cfg.beam, tgt_vocab_size)
-
-
-def check_nbest(n: int, cfg: DecodeConfig) -> None:
-    """ConfigError unless the search `cfg` describes can give `n` hypotheses per line."""
+def check_nbest(nbest: int, cfg: DecodeConfig) -> None:
+    """ConfigError unless the search `cfg` describes can give `nbest` (>= 1) hypotheses per line:
+    checked where the number is asked for (a command's option, a request's field)."""
+    if nbest < 1:
+        raise field_error("nbest", f"must be positive, got {nbest}")
     if cfg.sampling:
-        raise ConfigError("n-best lists need beam search; sampling gives one output per line")
-    if not 1 <= n <= cfg.beam:
-        raise ConfigError(f"n-best size must be between 1 and the beam size ({cfg.beam}), got {n}")
+        raise ConfigError("{nbest} needs beam search; {sampling} gives one output per line", ("nbest", "sampling"))
+    if nbest > cfg.beam:
+        raise ConfigError(f"{{nbest}} {nbest} is more than {{beam}} {cfg.beam}; beam search finds at most "
+                          "{beam} hypotheses", ("nbest", "beam"))
 
 
 def check_rows(src_ids: list[list[int]], prefixes: list[list[int]] | None, max_positions: int) -> None:
-    """Refuse source rows the model cannot read (ValueError) and prefixes it cannot write (DataError)."""
+    """ValueError for source rows the model cannot read, or prefixes that are not one per row: what
+    the caller (seq2seq.search.translator) makes fit before it searches."""
     for line, ids in enumerate(src_ids, start=1):
         if len(ids) > max_positions:
             raise ValueError(f"source row {line} has {len(ids)} tokens, more than the model's "
                              f"max_positions ({max_positions}); split or drop long lines before decoding")
-    if prefixes is not None:
-        if len(prefixes) != len(src_ids):
-            raise ValueError(f"{len(prefixes)} prefixes for {len(src_ids)} source rows")
-        check_prefix_lengths(prefixes, max_positions)
+    if prefixes is not None and len(prefixes) != len(src_ids):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(src_ids)} source rows")
 
 
 def unsearched(ids: list[int], prefix: list[int] | None) -> list[Hypothesis]:

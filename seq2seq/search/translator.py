@@ -31,7 +31,7 @@ from ..inspection.alignment import (
     words_of_pieces,
 )
 from .engines import Engine, open_engine
-from .hypotheses import Hypothesis, check_decode_config, check_nbest
+from .hypotheses import Hypothesis
 from .prefix import check_prefix_lengths
 
 if TYPE_CHECKING:  # torch is imported with the torch engine: the CTranslate2 engine runs without it
@@ -94,9 +94,6 @@ class Translator:
     """
 
     def __init__(self, engine: Engine):
-        # Checked now, so that a bad setting is refused before any input is read; the
-        # search checks again with the same function for callers that search without a Translator.
-        check_decode_config(engine.cfg, engine.tgt_vocab_size)
         self.engine = engine
         self.tokenizers, self.cfg = engine.tokenizers, engine.cfg
         self.stats = TranslateStats()
@@ -129,19 +126,21 @@ class Translator:
             raise AttributeError(f"the {self.engine.name} engine has no torch model")
         return self.engine.model
 
-    def alignment_layer(self, layer: int | None = None, option: str = "the alignment layer") -> int:
+    def alignment_layer(self, layer: int | None = None) -> int:
         """`layer` (from 1), or by default the penultimate decoder layer (`default_alignment_layer`),
-        checked: a ConfigError naming `option` if it has no attention weights to align with."""
+        checked: a ConfigError naming `alignment_layer`, or `alignment` for the default, if it has no
+        attention weights to align with. What `translate_best` and `translate_nbest` take."""
+        asked = "alignment" if layer is None else "alignment_layer"
         if layer is None:
             layer = default_alignment_layer(self.decoder_layers)
-        self.engine.check_attention_layer(layer, option)
+        self.engine.check_attention_layer(layer, asked)
         return layer
 
     def attention_map(self, line: str, layer: int | None = None) -> AttentionMap:
         """The translation of `line` (one that fits the model) and the cross-attention of decoder
         layer `layer` (from 1; by default the last) behind it. Not counted in `stats`."""
         layer = self.decoder_layers if layer is None else layer
-        self.engine.check_attention_layer(layer, "--layer")
+        self.engine.check_attention_layer(layer, "layer")
         ids = self.tokenizers.src.encode([line])[0] if line.strip() else []
         if not ids:
             raise ConfigError("give a sentence to translate; this one is empty")
@@ -181,28 +180,26 @@ class Translator:
     def translate_best(self, lines: list[str], prefixes: list[str] | None = None, first_line: int = 1,
                        alignment_layer: int | None = None) -> list[TextHypothesis]:
         """`translate`, with each line's scores and, given `alignment_layer` (a decoder layer, from
-        1), its word alignment (`seq2seq.inspection.alignment`). A split line's scores are its pieces' summed."""
+        1, as `alignment_layer` gives it), its word alignment (`seq2seq.inspection.alignment`). A split
+        line's scores are its pieces' summed."""
         return [hypotheses[0] for hypotheses in self._translate(lines, 1, prefixes, first_line, alignment_layer)]
 
     def translate_nbest(self, lines: list[str], n: int, prefixes: list[str] | None = None,
                         first_line: int = 1, alignment_layer: int | None = None) -> list[list[TextHypothesis]]:
         """Up to `n` translations of each line, best first, in input order.
 
-        Needs 1 <= n <= cfg.beam, and no sampling. An empty line gets one empty
+        Needs 1 <= n <= cfg.beam, and no sampling (`check_nbest`, where n is asked for). An empty line gets one empty
         hypothesis (or its prefix) with score 0. A line split into pieces gets a
         single hypothesis: the best translation of each piece, joined with a
         space, with their scores and logprobs summed. `stats` counts each line's
         best hypothesis as `translate` does; prefixes and `first_line` are as
         in `translate`, `alignment_layer` as in `translate_best`.
         """
-        check_nbest(n, self.cfg)
         return self._translate(lines, n, prefixes, first_line, alignment_layer)
 
     def _translate(self, lines: list[str], n: int, prefixes: list[str] | None, first_line: int,
                    alignment_layer: int | None) -> list[list[TextHypothesis]]:
         """The n best outputs of each line (one for a split line), as `translate_nbest` says."""
-        if alignment_layer is not None:
-            self.engine.check_attention_layer(alignment_layer, "--alignment-layer")
         prefix_ids = self._prefix_ids(lines, prefixes, first_line)  # refused before anything is counted
         pieces = self._source_pieces(lines, with_offsets=alignment_layer is not None)
         # An output of a line is the hypotheses of its pieces: each of the n best of a line

@@ -46,7 +46,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import ServeConfig, to_dict
 from ..errors import S2SError
-from ..search.hypotheses import check_decode_config, check_nbest
+from ..search.hypotheses import check_nbest
 from ..search.translator import Translator
 from .request_batching import DynamicBatcher, QueueFull
 
@@ -192,17 +192,20 @@ def uvicorn_config(app: FastAPI, limits: ServeConfig, log_level: str) -> uvicorn
 def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
     """The FastAPI app serving `translator`. Its batcher, `app.state.batcher`, runs its worker for
     the app's lifespan."""
-    limits.validate()
-    vocab_size = translator.tokenizers.tgt.vocab_size
     batch_tokens = translator.cfg.max_tokens
     by_beam: dict[int, Translator] = {translator.cfg.beam: translator}
+
+    def searcher(beam: int) -> Translator:
+        """The translator that searches with `beam`, opened once: opening checks the beam against the
+        model (a ConfigError for one wider than the target vocabulary)."""
+        if beam not in by_beam:
+            by_beam[beam] = translator.with_config(replace(translator.cfg, beam=beam))
+        return by_beam[beam]
 
     def translate_batch(key: tuple[int, int | None], lines: list[str], prefixes: list[str] | None) -> list[Any]:
         """Runs in the batcher's worker thread, one batch at a time."""
         beam, nbest = key
-        if beam not in by_beam:
-            by_beam[beam] = translator.with_config(replace(translator.cfg, beam=beam))
-        searcher = by_beam[beam]
+        searcher = by_beam[beam]  # opened when the request was read
         if nbest:
             return [[{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]
                     for hypotheses in searcher.translate_nbest(lines, nbest, prefixes)]
@@ -265,16 +268,16 @@ def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
         return Prepared(key, lines, prefixes, count_tokens(lines), isinstance(asked.text, str))
 
     def check_search(asked: TranslateRequest, prefixes: list[str] | None) -> tuple[int, int | None]:
-        cfg = replace(translator.cfg, beam=asked.beam or translator.cfg.beam)
+        beam = asked.beam or translator.cfg.beam
         try:
-            check_decode_config(cfg, vocab_size)
+            search = searcher(beam)
             if asked.nbest is not None:
-                check_nbest(asked.nbest, cfg)
+                check_nbest(asked.nbest, search.cfg)
             if prefixes is not None:
-                translator.encode_prefixes(prefixes)  # a prefix too long would fail its whole batch
+                search.encode_prefixes(prefixes)  # a prefix too long would fail its whole batch
         except S2SError as err:
             raise BadRequest(422, str(err)) from None
-        return cfg.beam, asked.nbest
+        return beam, asked.nbest
 
     def count_tokens(lines: list[str]) -> list[int]:
         """The source tokens of each line (with its EOS), within the limits on what one request costs."""

@@ -5,7 +5,8 @@ A non-finite update is skipped (the optimizer leaves the weights alone) and
 counted; too many in a row, or a weight that became non-finite anyway, stop
 the run before such weights are saved. An update that runs out of memory is
 split into smaller batches and retried; a lone sentence that never fits is
-dropped; and the token budget shrinks from the next epoch on.
+dropped; and the token budget shrinks from the next epoch on
+(seq2seq.training.batches).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from ..errors import TrainingDiverged
 from ..files.run_layout import Event
 from ..runs.checkpoint import has_trainer_state
+from .batches import TrainingBatches
 from .loss import UpdateGradients
 
 
@@ -101,24 +103,20 @@ class OutOfMemorySplits:
 
     Each time, the update's batches are halved (it is retried with the same
     pairs, so the update is the one without the error); once every batch is a
-    single pair, the longest pair is dropped. The token budget shrinks by a
-    quarter for the epochs to come. Under torchrun (`world_size` > 1) the error
-    is raised instead: one rank retrying would fall out of step with the others.
+    single pair, the longest pair is dropped. The token budget of `batches`
+    shrinks by a quarter for the epochs to come. Under torchrun (several
+    ranks) the error is raised instead: one rank retrying would fall out of
+    step with the others.
     """
 
-    def __init__(self, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_len: int,
-                 world_size: int = 1):
-        self.world_size = world_size
-        self.src_lengths, self.tgt_lengths = src_lengths, tgt_lengths  # (N,) of the training pairs
+    def __init__(self, batches: TrainingBatches, max_len: int):
+        self.batches = batches
         self.max_len = max_len  # the budget never falls below one pair of the longest kept length
         self.splits = 0
         self.skipped_sentences = 0
-        # After an out-of-memory error, the smaller budget applies from the next
-        # epoch on: changing this epoch's batches would break exact resume.
-        self.next_max_tokens = max_tokens
 
     def accumulate(self, gradients: UpdateGradients, optimizer: torch.optim.Optimizer, parts: list[np.ndarray],
-                   update_tokens: int, current_max_tokens: int, step: int, emit: Callable[[Event], None],
+                   update_tokens: int, step: int, emit: Callable[[Event], None],
                    ) -> tuple[list[np.ndarray], torch.Tensor, int] | None:
         """`gradients.accumulate(parts, update_tokens)`, with the batches split again each time they run
         out of memory: (the batches that ran, their summed loss, their target tokens), or None if
@@ -127,25 +125,25 @@ class OutOfMemorySplits:
             try:
                 return parts, *gradients.accumulate(parts, update_tokens)
             except torch.OutOfMemoryError:
-                if self.world_size > 1:  # ranks would fall out of step; let torchrun see it
+                if self.batches.world_size > 1:  # ranks would fall out of step; let torchrun see it
                     raise
             # Outside the except block, so the failed attempt's tensors are freed.
             optimizer.zero_grad(set_to_none=True)
             if gradients.device.type == "cuda":
                 torch.cuda.empty_cache()
-            parts, event = self.split(parts, current_max_tokens, step)
+            parts, event = self.split(parts, step)
             emit(event)
             if not parts:
                 return None
 
-    def split(self, parts: list[np.ndarray], current_max_tokens: int, step: int) -> tuple[list[np.ndarray], Event]:
+    def split(self, parts: list[np.ndarray], step: int) -> tuple[list[np.ndarray], Event]:
         """Halve the batches of an update that ran out of memory; drop a lone sentence that cannot fit.
 
         `parts` are the pair indices of the update's batches; returns the new
         parts (none when the last sentence was dropped) and the event to report.
         """
         if all(len(part) == 1 for part in parts):
-            lengths = self.src_lengths + self.tgt_lengths
+            lengths = self.batches.src_lens + self.batches.tgt_lens
             parts = sorted(parts, key=lambda part: lengths[part[0]])[:-1]  # drop the longest
             self.skipped_sentences += 1
             action = "skipped one sentence that does not fit in memory"
@@ -154,14 +152,12 @@ class OutOfMemorySplits:
                      for half in (np.array_split(part, 2) if len(part) > 1 else [part])]
             self.splits += 1
             action = f"split the update into {len(parts)} batches"
-        current = min(self.next_max_tokens, current_max_tokens)
-        self.next_max_tokens = max(self.max_len, int(current * 0.75))
+        self.batches.shrink_from_next_epoch(max(self.max_len, int(self.batches.next_max_tokens * 0.75)))
         return parts, {"event": "oom", "step": step, "action": action,
-                       "max_tokens_from_next_epoch": self.next_max_tokens}
+                       "max_tokens_from_next_epoch": self.batches.next_max_tokens}
 
     def counters(self) -> dict[str, int]:
         return {"oom_splits": self.splits, "oom_skipped_sentences": self.skipped_sentences}
 
-    def restore(self, counters: dict[str, int], next_max_tokens: int) -> None:
+    def restore(self, counters: dict[str, int]) -> None:
         self.splits, self.skipped_sentences = counters["oom_splits"], counters["oom_skipped_sentences"]
-        self.next_max_tokens = next_max_tokens

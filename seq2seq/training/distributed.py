@@ -121,6 +121,16 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def seed_dropout(seed: int, step: int = 0) -> None:
+    """Every rank built the same initial weights from the run's `seed`; from here on each draws
+    its own dropout masks, or the ranks' batches would all be masked alike. Rank 0 goes on
+    with the run's stream, so one process trains as it always did. `step`: a resumed rank
+    that has no saved stream starts a fresh one there."""
+    rank = rank_and_world_size()[0]
+    if rank:
+        torch.manual_seed(seed * 1_000_003 + rank + 7_919 * step)
+
+
 def rank_zeros_object(value: Any) -> Any:
     """Rank 0's `value` (any picklable object), on every rank: for choices each rank would
     otherwise make for itself, such as a default run directory named after the clock."""

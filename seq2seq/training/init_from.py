@@ -9,19 +9,40 @@ source run that fails the checks every command makes when it opens a run.
 Settings that change how the same network trains (dropout, Performer's
 feature redraws) may differ. `--resume` continues a run, weights, optimizer
 and schedule alike; `--init-from` starts one.
+
+The run is opened once, when the new run's configs are made
+(`new_run_configs`); training trusts them, and loads its weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from ..config import ModelConfig, RunConfig, TrainConfig
+from ..config_merge import resolve_train_configs
 from ..errors import ConfigError, RunDirError
 from ..runs.exported_folder import EXPORT_FILE
 
 # ModelConfig fields that change how the network trains, not what its weights are.
 TRAINING_ONLY_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "performer_redraw_every")
+
+
+def new_run_configs(config_file: Path | str | None, preset: str | None, model_flags: dict[str, Any],
+                    train_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """The model and train configs of a new run: defaults < `config_file` < `preset` < flags
+    (`resolve_train_configs`). With an init_from run among them, that run is opened (`source_run`):
+    its model config takes the defaults' place, what is given over it must keep its weights'
+    shape (`check_init_model`), and its tokenizer becomes the new run's (`init_tokenizer`)."""
+    model_cfg, train_cfg = resolve_train_configs(config_file, preset, model_flags, train_flags)
+    if not train_cfg.init_from:
+        return model_cfg, train_cfg
+    source = source_run(train_cfg.init_from)
+    model_cfg, train_cfg = resolve_train_configs(config_file, preset, model_flags, train_flags,
+                                                 base_model=source.model)
+    check_init_model(train_cfg.init_from, source.model, model_cfg)
+    return model_cfg, init_tokenizer(train_cfg.init_from, source, train_cfg)
 
 
 def source_run(init_from: str) -> RunConfig:

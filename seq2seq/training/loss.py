@@ -107,8 +107,8 @@ def projected_smoothed_loss(states: torch.Tensor, weight: torch.Tensor, target: 
 
     states (B, T, D): decoder states; weight (V, D): the output projection;
     target (B, T). Padding rows are dropped before the projection, so they cost
-    nothing. Under bf16 autocast its matrix products run in bf16 (on a CPU
-    with bf16 instructions, 4x faster); the log-sum-exp, the loss and the
+    nothing. Under bf16 autocast its matrix products run in bf16, on the
+    hardware's bf16 instructions; the log-sum-exp, the loss and the
     gradient of the logits are float32 whatever autocast says. Returns the
     summed smoothed loss and the summed NLL (not differentiable).
     """

@@ -4,10 +4,10 @@ By default glibc hands large freed blocks back to the kernel: a block above
 its mmap threshold is unmapped when freed, and the top of the heap is trimmed
 once more than the trim threshold is free. A training step frees and
 allocates the same large activations and gradients every update, and each
-one was then faulted in again, page by page (on 2 CPU cores, a quarter of
-`make demo`'s CPU time was kernel time). Fixing the thresholds keeps those
-blocks in the heap for the next update: the process's peak memory stays
-what it was, but its resident size no longer shrinks between updates.
+one was then faulted in again, page by page, in kernel time (bench/RESULTS.md,
+issue 16). Fixing the thresholds keeps those blocks in the heap for the next
+update: the process's peak memory stays what it was, but its resident size
+no longer shrinks between updates.
 """
 
 from __future__ import annotations

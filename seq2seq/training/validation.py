@@ -4,8 +4,9 @@ A validation measures loss, perplexity and BLEU (through the same Translator
 as `s2s translate`), a chunk at a time so that a stop signal or the --max-time
 deadline is answered within seconds; a validation cut short records nothing
 (`ValidationCut`) and is redone on resume. Early stopping counts validations
-without improvement. At the end of a run, the average of the last snapshots
-replaces the model only if it validates at least as well.
+without improvement. The run's model is the best validated weights (the
+latest, with no validation set); at the end of a run, the average of the last
+snapshots replaces it only if it validates at least as well.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..config import DecodeConfig, ModelConfig, TrainConfig
+from ..config import DecodeConfig, TrainConfig
 from ..data.batching import collate, token_batches
 from ..device import mixed_precision
 from ..files.atomic import atomic_write
 from ..files.run_layout import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event
 from ..model.transformer import Seq2SeqTransformer, build_model
-from ..runs.snapshots import list_snapshots, write_average
-from ..runs.weights import load_weights
+from ..runs.snapshots import list_snapshots, prune_snapshots, save_snapshot, write_average
+from ..runs.weights import load_weights, save_weights
 from ..scores import score_corpus
 from ..search.translator import Translator
 from .loss import projected_smoothed_loss
@@ -75,14 +76,16 @@ class EarlyStopping:
 
 
 class Validation:
-    """The validations of one run: each measured in chunks, the best remembered, a cut one redone.
+    """The validations of one run: each measured in chunks, the best remembered and kept as the
+    run's model, a cut one redone.
 
     Between chunks, a validation stops for a signal in `signals` or once the
     --max-time `deadline` (a time.monotonic() value) has passed.
     """
 
-    def __init__(self, data: PreparedData, cfg: TrainConfig, signals: StopSignals, deadline: float = math.inf):
-        self.data, self.cfg, self.signals, self.deadline = data, cfg, signals, deadline
+    def __init__(self, run_dir: Path, data: PreparedData, cfg: TrainConfig, signals: StopSignals,
+                 deadline: float = math.inf):
+        self.run_dir, self.data, self.cfg, self.signals, self.deadline = run_dir, data, cfg, signals, deadline
         self.early_stopping = EarlyStopping(cfg.early_stop_metric, cfg.patience)
         self.seconds = 0.0  # how long the last complete validation took
         self.pending = False  # a validation was cut short by a signal: redo it on resume
@@ -147,11 +150,52 @@ class Validation:
         return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
                 "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
 
-    def average_last_snapshots(self, run_dir: Path, last: int, step: int, model_cfg: ModelConfig,
-                               device: torch.device) -> Event | None:
-        """Average the last `last` snapshots; keep the average as the model if it validates at least
-        as well. Returns the "average" event, or None with fewer than two snapshots."""
-        snapshots = list_snapshots(run_dir)[-last:]
+    def time_is_up(self) -> bool:
+        """True once training must stop for its final validations, each as long as the last one,
+        to end by the --max-time deadline: the last weights', and with train.average_last the
+        average's (unvalidated, it could not be kept)."""
+        if not self.has_data:
+            return time.monotonic() >= self.deadline
+        validations = 2 if self.cfg.average_last >= 2 else 1
+        return time.monotonic() >= self.deadline - validations * self.seconds
+
+    def validate_and_keep(self, model: Seq2SeqTransformer, step: int, epoch: float,
+                          emit: Callable[[Event], None]) -> None:
+        """Validate `model` (if there is a validation set) and report it; keep its weights as the
+        run's model when they are the best yet, or when there is nothing to choose by; snapshot
+        them (train.keep_snapshots). A validation cut short keeps nothing."""
+        record = self.validate(model, step, epoch) if self.has_data else None
+        if record is not None and record["event"] == "valid_cut":
+            emit(record)  # nothing was measured: no weights to choose, no snapshot
+            return
+        # With nothing to choose by, the latest weights are the model.
+        if record is None or record["best"]:
+            save_weights(model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(step)})
+        if record is not None:
+            emit(record)
+        if self.cfg.keep_snapshots:
+            save_snapshot(model, self.run_dir, step, record and record["valid_bleu"])
+            prune_snapshots(self.run_dir, self.cfg.keep_snapshots)
+
+    def keep_final_model(self, model: Seq2SeqTransformer, step: int, emit: Callable[[Event], None]) -> bool:
+        """At the end of a run: the average of the last snapshots replaces the model if it validates
+        at least as well (train.average_last); if every validation was cut short, the latest
+        weights are the model, and the answer is True: the model is unvalidated."""
+        if self.cfg.average_last:
+            record = self.average_last_snapshots(model, step)
+            if record is not None:
+                emit(record)
+        unvalidated = not (self.run_dir / WEIGHTS_FILE).is_file()
+        if unvalidated:
+            save_weights(model, self.run_dir / WEIGHTS_FILE, metadata={"step": str(step)})
+        return unvalidated
+
+    def average_last_snapshots(self, model: Seq2SeqTransformer, step: int) -> Event | None:
+        """Average the last train.average_last snapshots (a model like `model`, on its device); keep the
+        average as the model if it validates at least as well. Returns the "average" event, or None
+        with fewer than two snapshots."""
+        run_dir = self.run_dir
+        snapshots = list_snapshots(run_dir)[-self.cfg.average_last:]
         if len(snapshots) < 2:
             return None
         steps = ",".join(str(s.step) for s in snapshots)
@@ -159,7 +203,7 @@ class Validation:
         write_average([s.path for s in snapshots], path, metadata={"averaged_steps": steps})
         record: Event = {"event": "average", "step": step, "averaged_steps": steps, "kept": True}
         if self.has_data:
-            averaged = build_model(model_cfg).to(device)
+            averaged = build_model(model.cfg).to(next(model.parameters()).device)
             load_weights(averaged, path)
             try:
                 record.update(self.measure(averaged))

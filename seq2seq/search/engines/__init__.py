@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ...errors import ConfigError
+from ...errors import ConfigError, field_error
 from ...runs.exported_folder import EXPORT_FILE, is_exported
 
 if TYPE_CHECKING:
@@ -52,9 +52,10 @@ class Engine(Protocol):
         """
         ...
 
-    def check_attention_layer(self, layer: int, option: str) -> None:
-        """ConfigError naming `option` unless decoder layer `layer` (from 1) has cross-attention
-        weights to give: not a Performer layer, and not an engine that keeps none."""
+    def check_attention_layer(self, layer: int, name: str) -> None:
+        """ConfigError naming the setting `name` unless decoder layer `layer` (from 1) has
+        cross-attention weights to give: not a Performer layer, and not an engine that keeps none.
+        `cross_attention` trusts a layer checked here."""
         ...
 
     def cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list["np.ndarray"]:
@@ -78,24 +79,23 @@ def engine_for(path: Path | str, engine: str | None) -> str:
     exported = is_exported(path)
     if engine is None:
         return "ctranslate2" if exported else "torch"
-    check_engine_options(engine, None)
     if engine == "torch" and exported:
         raise ConfigError(f"{path} is a model exported to CTranslate2 ({EXPORT_FILE}), which the torch engine "
-                          "cannot run: give -m the run directory it was exported from, or leave out "
-                          "--engine (or use --engine ctranslate2)")
+                          "cannot run: give {model} the run directory it was exported from, or leave out "
+                          "{engine} (or use {engine} ctranslate2)", ("model", "engine"))
     if engine == "ctranslate2" and not exported:
         raise ConfigError(f"{path} is not an exported model (it has no {EXPORT_FILE}): the ctranslate2 engine "
-                          f"runs the folder `s2s export -m {path} -o FOLDER` writes; export first, then "
-                          "give -m that folder")
+                          "runs a folder that `s2s export` writes; export first, then give {model} that folder",
+                          ("model",))
     return engine
 
 
 def check_engine_options(engine: str | None, threads: int | None) -> None:
-    """ConfigError for an unknown engine or fewer than 1 thread: checkable before anything is loaded."""
+    """ConfigError for an unknown engine or fewer than 1 thread, before anything is loaded."""
     if engine is not None and engine not in ENGINES:
-        raise ConfigError(f"--engine must be torch or ctranslate2, got {engine!r}")
+        raise field_error("engine", f"must be torch or ctranslate2, got {engine!r}")
     if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+        raise field_error("threads", f"must be at least 1, got {threads}")
 
 
 def open_engine(path: Path | str, device: "torch.device | str", cfg: "DecodeConfig", weights: str | None = None,

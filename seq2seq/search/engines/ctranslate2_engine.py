@@ -33,7 +33,7 @@ from ...config import DecodeConfig
 from ...data.tokenizer import TokenizerPair
 from ...errors import ConfigError, RunDirError
 from ...runs.exported_folder import MODEL_FILE, import_ctranslate2, open_export
-from ..hypotheses import Hypothesis, check_decode_config, check_rows, penalised_score, unsearched
+from ..hypotheses import Hypothesis, check_rows, check_search, penalised_score, unsearched
 from ..prefix import output_limit
 
 
@@ -44,7 +44,7 @@ def ctranslate2_device(device: str, ctranslate2) -> tuple[str, int]:
         return ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"), 0
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
-        raise ConfigError(f"CTranslate2 runs on the CPU or CUDA, not {device}: use --device cpu or cuda")
+        raise ConfigError(f"CTranslate2 runs on the CPU or CUDA, not {device}: use {{device}} cpu or cuda", ("device",))
     return kind, int(index or 0)
 
 
@@ -55,7 +55,7 @@ class CTranslate2Engine:
 
     def __init__(self, translator, tokenizers: TokenizerPair, max_positions: int, cfg: DecodeConfig,
                  info: dict | None = None):
-        check_decode_config(cfg, tokenizers.tgt.vocab_size)
+        check_search(cfg, tokenizers.tgt.vocab_size)
         self.translator, self.tokenizers, self.cfg = translator, tokenizers, cfg
         self.info = info or {}  # s2s_export.json
         self.max_positions = max_positions
@@ -74,9 +74,9 @@ class CTranslate2Engine:
         exported = open_export(folder)
         info = exported.info
         if weights is not None and weights != info.get("weights"):
-            raise ConfigError(f"{folder} holds one model, exported from {info.get('weights')}; --weights picks "
+            raise ConfigError(f"{folder} holds one model, exported from {info.get('weights')}; {{weights}} picks "
                               f"a weights file in a run directory: export {weights} to its own folder "
-                              "(s2s export --weights) and translate with that")
+                              "(s2s export --weights) and translate with that", ("weights",))
         kind, index = ctranslate2_device(str(device), ctranslate2)
         options = dict(device=kind, inter_threads=1)
         if kind == "cuda":
@@ -103,13 +103,13 @@ class CTranslate2Engine:
                     weights=info.get("weights"), bytes=info.get("bytes"), parameters=None,
                     quantization=info.get("quantization"), model=info.get("run_config", {}).get("model"))
 
-    def check_attention_layer(self, layer: int, option: str) -> None:
-        raise ConfigError(f"{option}: the CTranslate2 engine gives no attention weights to choose from (an export "
-                          "keeps one fixed alignment head); give -m the run directory it was exported from, "
-                          "which the torch engine runs")
+    def check_attention_layer(self, layer: int, name: str) -> None:
+        raise ConfigError("{" + name + "}: the CTranslate2 engine gives no attention weights to choose from (an "
+                          "export keeps one fixed alignment head); give {model} the run directory it was exported "
+                          "from, which the torch engine runs", (name, "model"))
 
     def cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list:
-        self.check_attention_layer(layer, "attention weights")
+        raise NotImplementedError("the CTranslate2 engine gives no attention weights (check_attention_layer says so)")
 
     def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         check_rows(rows, prefixes, self.max_positions)

@@ -15,7 +15,8 @@ from ...files.run_layout import WEIGHTS_FILE
 from ...inspection.alignment import check_layer
 from ...model.transformer import Seq2SeqTransformer, count_parameters
 from ...runs.run_dir import load_run
-from ..decode import Hypothesis, check_decode_config, length_batches, nbest_ids, seeded_generator
+from ..decode import length_batches, nbest_ids, seeded_generator
+from ..hypotheses import Hypothesis, check_search
 
 
 class TorchEngine:
@@ -27,7 +28,7 @@ class TorchEngine:
                  about: dict | None = None, precision: str = "auto"):
         """`precision`: as `s2s train --precision` (seq2seq.device.precision_policy); validation
         decodes in the precision it trains in."""
-        check_decode_config(cfg, model.cfg.tgt_vocab_size)
+        check_search(cfg, model.cfg.tgt_vocab_size)
         self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
         self.about = about or {}  # what `describe` says of the model beyond its own config
         device = next(model.parameters()).device
@@ -62,14 +63,13 @@ class TorchEngine:
     def tgt_vocab_size(self) -> int:
         return self.model.cfg.tgt_vocab_size
 
-    def check_attention_layer(self, layer: int, option: str) -> None:
-        check_layer(layer, self.model.cfg.decoder_layers, option)
+    def check_attention_layer(self, layer: int, name: str) -> None:
+        check_layer(layer, self.model.cfg.decoder_layers, name)
         if "cross" in self.model.cfg.performer_places():
-            raise ConfigError(f"{option}: this model's cross-attention is Performer (FAVOR+), which never forms "
-                              "attention weights: there are none to align with or to show")
+            raise ConfigError("{" + name + "}: this model's cross-attention is Performer (FAVOR+), which never "
+                              "forms attention weights: there are none to align with or to show", (name,))
 
     def cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list[np.ndarray]:
-        self.check_attention_layer(layer, "the attention layer")
         model, pad_id = self.model, self.model.cfg.pad_id
         device = next(model.parameters()).device
         found: list[np.ndarray] = [np.zeros(0)] * len(rows)
