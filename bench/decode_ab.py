@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from results import DATA, ROOT, read_lines
 
-from seq2seq.search.decode import nbest_ids
 from seq2seq.config import DecodeConfig
 from seq2seq.runs.run_dir import load_run
+from seq2seq.search.decode import nbest_ids
 
 
 def search_package_at(revision: str):

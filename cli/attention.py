@@ -75,9 +75,9 @@ def attention_command(
     if output is not None:
         from seq2seq.inspection.figures import figure_format
 
-        check_output(output, "--output")
-        refuse_clobbering("--output", output, reads)
-        figure_format(output, "--output")
+        check_output(output, "output")
+        refuse_clobbering("output", output, reads)
+        figure_format(output, "output")
     translator = load_translator(model, device, cfg, weights, engine="torch")
     attention = translator.attention_map(text, layer)
     shown = attention.heads(head)  # (T, S)
@@ -92,5 +92,5 @@ def attention_command(
     if output is not None:
         from seq2seq.inspection.heatmap import draw_attention
 
-        draw_attention(attention, shown, what, output, "--output")
+        draw_attention(attention, shown, what, output, "output")
         stderr.print(f"wrote {escape(str(output))}")

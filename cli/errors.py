@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 import signal
 import sys
 
@@ -44,7 +45,7 @@ def user_errors(command):
             error(err.named(flag))  # the library names settings; here they are flags
             raise typer.Exit(1) from None
         except TrainingInterrupted as err:
-            warning(str(err))
+            warning(f"{err}. Resume with: {shlex.join(['s2s', 'train', '--run', str(err.run_dir), '--resume'])}")
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None

@@ -74,13 +74,13 @@ def eval_command(
     if hyp is not None and (engine is not None or threads is not None):
         raise ConfigError("--engine and --threads go with --model; with --hyp nothing is translated")
     if output is not None:
-        check_output(output, "--output")
+        check_output(output, "output")
     reads = Reads().file("the hypotheses", hyp).file("the source file", src)
     for path in ref:
         reads.file("the reference", path)
     if model is not None:
         reads.folder(model_label(model), model)
-    refuse_clobbering("--output", output, reads)
+    refuse_clobbering("output", output, reads)
     refuse_stdout_clobbering(reads)  # the scores go there
     from seq2seq.scores import METRICS, score_corpus, scores_to_json
 

@@ -30,5 +30,5 @@ def export_command(
     refuse_stdout_clobbering(Reads().folder("the run directory", model))
     from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
-    folder = export_ctranslate2(model, output, weights=weights, quantization=quantization, option="--output")
+    folder = export_ctranslate2(model, output, weights=weights, quantization=quantization, setting="output")
     stderr.print(f"exported {model} to {folder} ({quantization or 'float32'})")

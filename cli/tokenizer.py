@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from seq2seq.data.corpus_specs import corpus_paths
 from seq2seq.errors import ConfigError
 from seq2seq.files.outputs import new_folder
 from seq2seq.files.reads import Reads, refuse_clobbering, refuse_stdout_clobbering
@@ -34,7 +35,7 @@ def tokenizer_train_command(
     seed: Annotated[int, typer.Option(help="Seed for the sample.")] = 1,
 ) -> None:
     """Train a sentencepiece tokenizer; writes tokenizer.model and tokenizer.vocab to --output."""
-    reads = Reads().corpus("the corpus", corpus, (src, tgt))
+    reads = Reads().paths("the corpus", *corpus_paths(corpus, (src, tgt)))
     refuse_stdout_clobbering(reads)  # first: it needs none of the imports below
     import datasets
 
@@ -54,9 +55,9 @@ def tokenizer_train_command(
         raise ConfigError(f"--output {output} is a run directory; its tokenizer is the one its model was "
                           "trained with and must not change. Choose another folder")
     for name in TOKENIZER_FILES:
-        refuse_clobbering("--output", output / name, reads)
+        refuse_clobbering("output", output / name, reads)
     pairs = load_corpus(corpus, src, tgt)
-    with new_folder(output, "--output", leftovers=()):
+    with new_folder(output, "output", leftovers=()):
         tokenizers = train_tokenizer(pairs, output, vocab_size=vocab_size, model_type=model_type,
                                      shared=not separate, character_coverage=character_coverage,
                                      sample_size=sample_size, seed=seed)

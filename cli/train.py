@@ -93,7 +93,7 @@ def refuse_stdout_over_inputs(train_cfg: TrainConfig, config: Path | None, resum
     from seq2seq.files.run_layout import CHECKPOINTS_DIR, RUN_FILES
     from seq2seq.training.inputs import training_reads
 
-    reads = training_reads(train_cfg).file("the --config file", config)
+    reads = training_reads(train_cfg).file("the {config} file", config)
     if resumed is not None:
         for name in RUN_FILES:
             reads.file("the resumed run's", resumed / name)

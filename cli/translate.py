@@ -123,13 +123,13 @@ def translate_command(
         if sys.stdout is None:
             raise ConfigError("stdout is closed; give the output with -o FILE")
     else:
-        check_output(output, "--output")
+        check_output(output, "output")
     reads = (Reads().file("the input file", None if from_stdin else input)
-             .file("the --prefix-file", prefix_file)
+             .file("the {prefix_file}", prefix_file)
              .folder(model_label(model), model))
     if from_stdin:
         reads.standard_input("the input")
-    refuse_clobbering("--output", output, reads)
+    refuse_clobbering("output", output, reads)
     refuse_stdout_clobbering(reads)
     if not from_stdin:
         open_binary(input).close()  # a missing input is reported before the model is loaded

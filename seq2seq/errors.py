@@ -41,10 +41,10 @@ class ConfigError(S2SError):
         return ConfigError(f"{source}: {self.named(name_of)}")
 
 
-def field_error(field: str, problem: str) -> ConfigError:
-    """A ConfigError "`field` `problem`" ("beam must be at least 1, got 0"), the setting named as each reader
-    names it."""
-    return ConfigError("{" + field + "} " + problem, (field,))
+def field_error(field: str, problem: str, kind: type[S2SError] = ConfigError) -> S2SError:
+    """An error "`field` `problem`" ("beam must be at least 1, got 0"), the setting named as each reader
+    names it; a ConfigError unless `kind` says otherwise."""
+    return kind("{" + field + "} " + problem, (field,))
 
 
 class DataError(S2SError):
@@ -83,8 +83,7 @@ class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM during training; a resumable state was saved first."""
 
     def __init__(self, run_dir: Path, step: int, signum: int):
-        super().__init__(f"interrupted at step {step}; a resumable checkpoint is saved. "
-                         f"Resume with: s2s train --run {run_dir} --resume")
+        super().__init__(f"interrupted at step {step}; a resumable checkpoint is saved in {run_dir}")
         self.run_dir, self.step = run_dir, step
         self.exit_code = 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
 

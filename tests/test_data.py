@@ -8,7 +8,8 @@ import re
 import datasets
 import pytest
 
-from seq2seq.data.corpora import load_corpus, resolve_corpus_spec
+from seq2seq.data.corpora import load_corpus
+from seq2seq.data.corpus_specs import resolve_corpus_spec
 from seq2seq.data.encode import LengthFilterReport, encode_corpus, filter_pairs, token_lengths
 from seq2seq.data.tokenizer import EOS_ID, train_tokenizer
 from seq2seq.errors import DataError

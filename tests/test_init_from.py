@@ -2,7 +2,6 @@
 
 import json
 from dataclasses import asdict, replace
-
 from pathlib import Path
 
 import pyarrow as pa

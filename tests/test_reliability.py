@@ -334,7 +334,7 @@ def test_max_time_bounds_validation_too(corpus, tmp_path):
     result = train(run, tiny_model_config(), tiny_train_config(corpus, valid, epochs=0, max_time=1e-6), CPU,
                    on_event=events.append)
     assert result.stop_reason == "max_time" and result.step == 1
-    assert [(e["step"], e["reason"]) for e in events_of("valid_cut", events)] == [(1, "--max-time")]
+    assert [(e["step"], e["reason"]) for e in events_of("valid_cut", events)] == [(1, "the time budget")]
     assert events_of("stop", events)[0]["unvalidated_model"]
     assert (run / "model.safetensors").is_file()
     events.clear()

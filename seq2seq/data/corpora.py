@@ -25,7 +25,8 @@ Arrow files on disk. Pairs with an empty side are kept there, so that row
 numbers match line numbers; `seq2seq.data.encode.filter_pairs` drops them after
 tokenizing. Tables (JSON, parquet, saved and hub datasets) have their
 columns picked and checked by `seq2seq.data.columns`.
-`resolve_corpus_spec` makes a spec's path absolute, for a run's config.
+What a spec names without reading it (its absolute path, the files it reads) is
+seq2seq.data.corpus_specs'.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .columns import (
     line_of_json_row,
     select_pairs,
 )
+from .corpus_specs import saved_dataset
 
 # datasets fingerprints module-level functions by their name, not their code:
 # bump this when the readers below change, or caches go stale.
@@ -96,31 +98,6 @@ def load_corpus(spec: str, src_lang: str, tgt_lang: str, *,
     return pairs
 
 
-def resolve_corpus_spec(spec: str) -> str:
-    """`spec` with its path made absolute, to be stored where the working directory may change.
-
-    A local spec (a PREFIX, a corpus file, a saved-dataset folder, `DIR#SPLIT`)
-    becomes absolute, with `.`, `..` and symlinks resolved in the folders that
-    lead to it; it need not exist. `hub:` specs and the empty string are
-    returned unchanged. Idempotent, and the result names the same corpus as
-    `spec` does from the current working directory.
-
-    The last component is kept as written, not resolved: a PREFIX is no file
-    of its own, and resolving it as one would follow a symlink or folder of
-    the same name away from `PREFIX.SRC`. Kept whole, it also keeps `#SPLIT`.
-    """
-    if not spec or spec.startswith("hub:"):
-        return spec
-    path = Path(spec)
-    try:
-        if path.name in ("", ".", ".."):
-            return str(path.resolve())  # `.`, `..`, `/`: a folder, resolved whole
-        return str(path.parent.resolve() / path.name)
-    except (OSError, RuntimeError, ValueError) as err:
-        # A symlink loop (RuntimeError before Python 3.13), a NUL byte (ValueError).
-        raise DataError(f"cannot resolve the corpus path {spec}: {one_line(err)}") from None
-
-
 def _load_local(spec: str, src_lang: str, tgt_lang: str, cache_dir: str | None) -> datasets.Dataset:
     """Dispatch a local spec on its file suffix, then on prefix files, then on a saved folder."""
     path = Path(spec)
@@ -151,7 +128,7 @@ def _load_local(spec: str, src_lang: str, tgt_lang: str, cache_dir: str | None) 
                          dict(src_path=str(src_file), tgt_path=str(tgt_file),
                               src_stamp=_stamp(src_file), tgt_stamp=_stamp(tgt_file)),
                          spec, cache_dir)
-    folder, _, split = spec.rpartition("#") if "#" in spec and not path.exists() else (spec, "", "")
+    folder, split = saved_dataset(spec)
     if Path(folder).is_dir() and not (src_file or tgt_file):
         return _load_saved(Path(folder), split, src_lang, tgt_lang, spec)
     if path.is_file():

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ConfigError
+from ..errors import field_error
 from .atomic import replacing, write_failed
 from .run_layout import LOCK_FILE
 
@@ -45,20 +45,20 @@ def writes_through(path: Path | str) -> bool:
     return not stat.S_ISREG(mode)
 
 
-def check_output(path: Path | str, option: str) -> None:
+def check_output(path: Path | str, setting: str) -> None:
     """Refuse, before any work is done, an output that cannot be written: a folder, or a
     file in a folder that does not exist."""
     if writes_through(path):
         if os.path.isdir(path):
-            raise ConfigError(f"{option} {path}: is a folder")
+            raise field_error(setting, f"{path}: is a folder")
         if _DESCRIPTOR_PATH.match(os.path.abspath(path)) and not os.path.exists(path):
-            raise ConfigError(f"{option} {path}: no such descriptor is open")
+            raise field_error(setting, f"{path}: no such descriptor is open")
         return
     target = Path(os.path.realpath(path))
     if target.is_dir():
-        raise ConfigError(f"{option} {path}: is a folder")
+        raise field_error(setting, f"{path}: is a folder")
     if not target.parent.is_dir():
-        raise ConfigError(f"{option} {path}: folder {target.parent} does not exist")
+        raise field_error(setting, f"{path}: folder {target.parent} does not exist")
 
 
 @contextlib.contextmanager
@@ -82,7 +82,7 @@ def open_output(path: Path | str) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def new_folder(path: Path | str, option: str, leftovers: tuple[str, ...] = (LOCK_FILE,)) -> Iterator[Path]:
+def new_folder(path: Path | str, setting: str, leftovers: tuple[str, ...] = (LOCK_FILE,)) -> Iterator[Path]:
     """Create `path` (and missing parents) for a command; if the command fails, remove again
     the folders it created, provided they hold nothing but `leftovers`."""
     path = Path(path)
@@ -91,13 +91,13 @@ def new_folder(path: Path | str, option: str, leftovers: tuple[str, ...] = (LOCK
         if folder.is_dir():
             continue
         if folder.exists() or folder.is_symlink():
-            raise ConfigError(f"{option} {path}: {folder} exists and is not a folder")
+            raise field_error(setting, f"{path}: {folder} exists and is not a folder")
         try:
             folder.mkdir()
         except FileExistsError:  # made meanwhile by another process (a DDP rank): not ours to remove
             continue
         except OSError as err:
-            raise ConfigError(f"{option} {path}: cannot create {folder} ({err.strerror or err})") from None
+            raise field_error(setting, f"{path}: cannot create {folder} ({err.strerror or err})") from None
         created.append(folder)
     try:
         yield path

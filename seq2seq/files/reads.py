@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterable, Iterator
@@ -29,11 +30,15 @@ from pathlib import Path
 from ..errors import ConfigError
 from .outputs import writes_through
 
+# How a label or an output's description names a setting (seq2seq.errors.S2SError).
+_SETTING = re.compile(r"\{(\w+)\}")
+
 
 @dataclass
 class Reads:
     """What a command reads: files (label, path), folders whose every file it may read, and
-    the label of stdin if it reads stdin."""
+    the label of stdin if it reads stdin. A label may name a setting as `{setting}` ("the
+    {tokenizer} folder"), which each reader of the error names its own way (seq2seq.errors)."""
 
     files: list[tuple[str, Path]] = field(default_factory=list)
     folders: list[tuple[str, Path]] = field(default_factory=list)
@@ -54,17 +59,12 @@ class Reads:
         self.stdin = label
         return self
 
-    def corpus(self, label: str, spec: str, langs: Iterable[str]) -> "Reads":
-        """The files a corpus spec (seq2seq.data.corpora) may read: a file, a folder, or PREFIX.LANG[.gz]."""
-        if not spec or spec.startswith("hub:"):
-            return self
-        path = Path(spec)
-        if path.is_dir() or ("#" in spec and Path(spec.rpartition("#")[0]).is_dir()):
-            return self.folder(label, path if path.is_dir() else Path(spec.rpartition("#")[0]))
-        self.file(label, path)
-        for lang in langs:
-            for suffix in ("", ".gz"):
-                self.file(label, Path(f"{spec}.{lang}{suffix}"))
+    def paths(self, label: str, files: Iterable[Path], folders: Iterable[Path]) -> "Reads":
+        """Files and folders that `label` names together (a corpus: seq2seq.data.corpus_specs.corpus_paths)."""
+        for path in files:
+            self.file(label, path)
+        for path in folders:
+            self.folder(label, path)
         return self
 
 
@@ -88,20 +88,22 @@ def is_inside(path: Path, folder: Path) -> bool:
     return os.path.commonpath([_real(path), real_folder]) == real_folder
 
 
-def refuse_clobbering(option: str, output: Path | str | None, reads: Reads) -> None:
-    """ConfigError if writing `output` (None: no output; `-`: stdout) could change anything in `reads`."""
+def refuse_clobbering(setting: str, output: Path | str | None, reads: Reads) -> None:
+    """ConfigError if writing `output`, the value of `setting` (None: no output; `-`: stdout), could
+    change anything in `reads`."""
     if output is None:
         return
     if str(output) == "-":
         refuse_stdout_clobbering(reads)
         return
+    where = "{" + setting + "} " + str(output)
     if not writes_through(output):  # a descriptor's or a device's name says nothing of the file behind it
-        _refuse_by_name(option, Path(output), reads)
+        _refuse_by_name(where, Path(output), reads)
     try:
         opened = os.stat(output)
     except OSError:  # not there yet: nothing read can be it
         return
-    _refuse_by_inode(f"{option} {output}", opened, reads)
+    _refuse_by_inode(where, opened, reads)
 
 
 def refuse_stdout_clobbering(reads: Reads) -> None:
@@ -120,31 +122,43 @@ def refuse_stdout_clobbering(reads: Reads) -> None:
     _refuse_by_inode("stdout", opened, reads)
 
 
-def _refuse_by_name(option: str, output: Path, reads: Reads) -> None:
+def refuse_folder_over_reads(setting: str, folder: Path, reads: Reads) -> None:
+    """ConfigError if the folder `folder`, the value of `setting`, that a command fills is or lies inside
+    anything in `reads` (by name: symlinks, `.` and `..` resolved)."""
+    _refuse_by_name("{" + setting + "} " + str(folder), Path(folder), reads)
+
+
+def _refusal(message: str, where: str, label: str) -> ConfigError:
+    """The error `message`, naming the settings that `where` (the output) and `label` write as `{setting}`."""
+    return ConfigError(message, tuple(_SETTING.findall(where + " " + label)))
+
+
+def _refuse_by_name(where: str, output: Path, reads: Reads) -> None:
     for label, path in reads.files:
         if _real(output) == _real(path):
-            raise ConfigError(f"{option} {output} is {label} {path}; refusing to write over it")
+            raise _refusal(f"{where} is {label} {path}; refusing to write over it", where, label)
     for label, folder in reads.folders:
         if is_inside(output, folder):
-            raise ConfigError(f"{option} {output} lies inside {label} {folder}, which this command "
-                              "only reads; write it elsewhere")
+            raise _refusal(f"{where} lies inside {label} {folder}, which this command only reads; write it "
+                           "elsewhere", where, label)
 
 
-def _refuse_by_inode(output: str, opened: os.stat_result, reads: Reads) -> None:
-    """ConfigError if the open file `opened`, which `output` describes, is one that `reads` holds."""
+def _refuse_by_inode(where: str, opened: os.stat_result, reads: Reads) -> None:
+    """ConfigError if the open file `opened`, which `where` names, is one that `reads` holds."""
     if not stat.S_ISREG(opened.st_mode):  # a pipe, terminal, socket or device is never an input
         return
     inode = (opened.st_dev, opened.st_ino)
     stdin = _descriptor(sys.stdin) if reads.stdin is not None else None
     if stdin is not None and _inode(stdin) == inode:
-        raise ConfigError(f"{output} is {reads.stdin}, the file on stdin; refusing to write over it")
+        raise _refusal(f"{where} is {reads.stdin}, the file on stdin; refusing to write over it", where, reads.stdin)
     for label, path in reads.files:
         if _inode(path) == inode:
-            raise ConfigError(f"{output} is {label} {path}; refusing to write over it")
+            raise _refusal(f"{where} is {label} {path}; refusing to write over it", where, label)
     for label, folder in reads.folders:
         for path in _files_in(folder):
             if _inode(path) == inode:
-                raise ConfigError(f"{output} is {path}, a file of {label} {folder}; refusing to write over it")
+                raise _refusal(f"{where} is {path}, a file of {label} {folder}; refusing to write over it", where,
+                               label)
 
 
 def _descriptor(stream: object) -> int | None:

@@ -178,11 +178,11 @@ def write_plot(runs: list[Path], output: Path, x: str = "steps", labels: list[st
     reads = Reads()
     for run in runs:
         reads.folder("the run directory", run)
-    refuse_clobbering("-o", output, reads)  # first: `-o RUN/metrics.jsonl` is refused as what it is
-    check_output(output, "-o")
-    figure_format(output, "-o")
+    refuse_clobbering("output", output, reads)  # first: `-o RUN/metrics.jsonl` is refused as what it is
+    check_output(output, "output")
+    figure_format(output, "output")
     check_plot_options(x, width, height)
     names = run_labels(runs, labels)
     curves = [read_curves(Path(run), label, x) for run, label in zip(runs, names)]
-    save_figure(draw(curves, x, width, height), output, "-o")
+    save_figure(draw(curves, x, width, height), output, "output")
     return [run.source for run in curves]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import field_error
 from ..files.outputs import open_output
 from ..optional import require_extra
 
@@ -29,18 +29,18 @@ def new_figure(purpose: str, width_px: int, height_px: int, dpi: int = 100):
 FIGURE_FORMATS = {".png": "png", ".svg": "svg"}
 
 
-def figure_format(path: Path | str, option: str) -> str:
-    """"png" or "svg", from `path`'s extension; a ConfigError naming `option` for any other."""
+def figure_format(path: Path | str, setting: str) -> str:
+    """"png" or "svg", from `path`'s extension; a ConfigError naming `setting` for any other."""
     suffix = Path(path).suffix.lower()
     if suffix not in FIGURE_FORMATS:
-        raise ConfigError(f"{option} {path}: the picture is written as PNG or SVG, by the extension; "
-                          "name it .png or .svg")
+        raise field_error(setting, f"{path}: the picture is written as PNG or SVG, by the extension; "
+                                   "name it .png or .svg")
     return FIGURE_FORMATS[suffix]
 
 
-def save_figure(figure, path: Path | str, option: str) -> None:
+def save_figure(figure, path: Path | str, setting: str) -> None:
     """Write `figure` to `path` as its extension says (PNG or SVG), as every `-o` is written: a
     regular file replaced atomically, a FIFO or a device written through (seq2seq.files.atomic)."""
-    kind = figure_format(path, option)
+    kind = figure_format(path, setting)
     with open_output(path) as sink:
         figure.savefig(sink, format=kind, dpi=figure.dpi)

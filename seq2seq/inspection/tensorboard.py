@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files.reads import Reads, is_inside, same_file
+from ..files.reads import Reads, is_inside, refuse_folder_over_reads, same_file
 from ..files.run_layout import CHECKPOINTS_DIR, RUN_FILES, TENSORBOARD_DIR
 from ..optional import require_extra
 
@@ -58,14 +58,8 @@ def refuse_tensorboard_folder(folder: Path, run_dir: Path, reads: Reads) -> None
     """ConfigError unless `folder` may hold event files: it must not be or lie in anything
     training reads (`reads`), nor lie in the run's checkpoints folder, which training rewrites,
     nor be one of the files training writes in the run, nor be any other existing file."""
+    refuse_folder_over_reads("tensorboard_dir", folder, reads)
     label = "the TensorBoard folder"
-    for what, path in reads.files:
-        if same_file(folder, path):
-            raise ConfigError(f"{label} {folder} is {what} {path}; write the events elsewhere")
-    for what, path in reads.folders:
-        if is_inside(folder, path):
-            raise ConfigError(f"{label} {folder} lies inside {what} {path}, which training only reads; "
-                              "write the events elsewhere")
     checkpoints = Path(run_dir) / CHECKPOINTS_DIR
     if is_inside(folder, checkpoints):
         raise ConfigError(f"{label} {folder} lies inside {checkpoints}, which training rewrites; "

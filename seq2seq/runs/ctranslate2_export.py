@@ -62,7 +62,7 @@ from torch import nn
 
 from ..config import DecodeConfig, ModelConfig, RunConfig, to_dict
 from ..data.tokenizer import TokenizerPair
-from ..errors import ConfigError, WriteError
+from ..errors import ConfigError, WriteError, field_error
 from ..files.atomic import fsync_dir
 from ..files.outputs import new_folder
 from ..files.run_layout import SHARED_FILE, SRC_FILE, TGT_FILE, WEIGHTS_FILE
@@ -78,7 +78,7 @@ ROPE_BASE = 10000.0
 
 
 def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: str = WEIGHTS_FILE,
-                       quantization: str | None = None, option: str = "export folder") -> Path:
+                       quantization: str | None = None, setting: str = "output_dir") -> Path:
     """Convert the run in `run_dir` (its `weights` file) into a CTranslate2 model folder `output_dir`.
 
     `quantization` is None (float32) or one of QUANTIZATIONS. `output_dir`
@@ -86,8 +86,8 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
     folder. The folder is built beside it under a temporary name and renamed
     into place, so a failed export leaves nothing behind. Returns
     `output_dir`. ConfigError for a model CTranslate2 cannot run (Performer
-    attention), a bad quantization or output folder (its messages name it
-    `option` and its path), or a missing ctranslate2; RunDirError for an
+    attention), a bad quantization or output folder (its messages name it as
+    the setting `setting`, with its path), or a missing ctranslate2; RunDirError for an
     unreadable run.
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
@@ -95,18 +95,18 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
     ctranslate2 = import_ctranslate2("exporting to CTranslate2", converters=True)
     config = read_run_config(run_dir)
     check_exportable(config.model)
-    check_output_dir(run_dir, output_dir, option)
+    check_output_dir(run_dir, output_dir, setting)
     model, tokenizers, config = load_run(run_dir, torch.device("cpu"), weights)
     converter = _converter_class(ctranslate2)(model, tokenizers)
     info = export_info(config, tokenizers, weights, quantization, ctranslate2.__version__)
 
     target = Path(os.path.realpath(output_dir))  # an empty folder behind a symlink is filled, not replaced
     # Missing parent folders are made, and removed again if the export fails.
-    with new_folder(target.parent, option):
+    with new_folder(target.parent, setting):
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
         except OSError as err:
-            raise WriteError(f"{option} {output_dir}: cannot be written ({err.strerror or err})") from None
+            raise field_error(setting, f"{output_dir}: cannot be written ({err.strerror or err})", WriteError) from None
         try:
             folder = staging / target.name
             try:
@@ -124,8 +124,8 @@ def export_ctranslate2(run_dir: Path | str, output_dir: Path | str, *, weights: 
             os.rename(folder, target)
             fsync_dir(target.parent)
         except OSError as err:
-            raise WriteError(f"{option} {output_dir}: cannot be written ({err.strerror or err}); nothing was "
-                             "exported") from None
+            raise field_error(setting, f"{output_dir}: cannot be written ({err.strerror or err}); nothing was "
+                                       "exported", WriteError) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return output_dir
@@ -156,40 +156,40 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.norm {cfg.norm!r} cannot be exported to CTranslate2")
 
 
-def check_output_dir(run_dir: Path, output_dir: Path, option: str = "export folder") -> None:
-    """ConfigError, naming `option` and the path, unless `output_dir` lies outside the run and is missing
+def check_output_dir(run_dir: Path, output_dir: Path, setting: str = "output_dir") -> None:
+    """ConfigError, naming `setting` and the path, unless `output_dir` lies outside the run and is missing
     or an empty folder, with no symlink loop, dangling symlink or file on the way to it."""
-    where = f"{option} {output_dir}"
+    where = "{" + setting + "} " + str(output_dir)
     try:
         found = os.path.realpath(output_dir, strict=True)
     except FileNotFoundError:
         found = None
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise ConfigError(f"{where}: runs into a symlink loop") from None
+            raise ConfigError(f"{where}: runs into a symlink loop", (setting,)) from None
         file = next((part for part in reversed(output_dir.parents) if os.path.isfile(part)), None)
         if err.errno == errno.ENOTDIR and file is not None:
-            raise ConfigError(f"{where}: {file} is a file, not a folder") from None
-        raise ConfigError(f"{where}: cannot be reached ({err.strerror or err})") from None
+            raise ConfigError(f"{where}: {file} is a file, not a folder", (setting,)) from None
+        raise ConfigError(f"{where}: cannot be reached ({err.strerror or err})", (setting,)) from None
     for part in (*reversed(output_dir.parents), output_dir):
         if os.path.islink(part) and not os.path.exists(part):
             which = "" if part == output_dir else f" {part}"
             raise ConfigError(f"{where}:{which} is a dangling symlink (to {os.readlink(part)}, which does not "
-                              "exist)")
+                              "exist)", (setting,))
     if found is not None and not os.path.isdir(found):
-        raise ConfigError(f"{where}: exists and is not a folder")
+        raise ConfigError(f"{where}: exists and is not a folder", (setting,))
     run = Path(os.path.realpath(run_dir))
     out = Path(os.path.realpath(output_dir))
     if out == run or run in out.parents:
-        raise ConfigError(f"{where}: must not be inside the run directory {run_dir}")
+        raise ConfigError(f"{where}: must not be inside the run directory {run_dir}", (setting,))
     if found is not None:
         try:
             filled = bool(os.listdir(found))
         except OSError as err:
-            raise ConfigError(f"{where}: cannot be read ({err.strerror or err})") from None
+            raise ConfigError(f"{where}: cannot be read ({err.strerror or err})", (setting,)) from None
         if filled:
             raise ConfigError(f"{where}: already exists and is not empty; choose a new folder or remove it "
-                              "first")
+                              "first", (setting,))
 
 
 def export_info(config: RunConfig, tokenizers: TokenizerPair, weights: str, quantization: str,

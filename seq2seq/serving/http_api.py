@@ -292,12 +292,12 @@ def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
         return tokens
 
     @app.post("/translate", response_model=TranslateResponse, responses={
-        408: {"description": "The body did not arrive within --read-timeout-s"},
-        413: {"description": "More than --max-lines lines or --max-request-tokens source tokens, a line longer "
-                             "than a batch (--max-tokens), or a body over --max-bytes"},
+        408: {"description": "The body did not arrive within the server's read timeout (GET /info: read_timeout_s)"},
+        413: {"description": "More lines or source tokens than one request may have, a line longer than a batch, "
+                             "or a body too large (GET /info: the limits)"},
         422: {"description": "Malformed JSON, a wrong type, or a setting the search cannot run"},
-        503: {"description": "The queue is full, the request was not translated within --request-timeout-s, "
-                             "or the server is shutting down: retry after Retry-After seconds"}},
+        503: {"description": "The queue is full, the request was not translated within the server's request "
+                             "timeout, or the server is shutting down: retry after Retry-After seconds"}},
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": TranslateRequest.model_json_schema()}}}})
     async def translate(request: Request):

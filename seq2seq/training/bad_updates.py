@@ -66,7 +66,7 @@ class NonFiniteUpdates:
             raise TrainingDiverged(
                 f"loss or gradients were not finite for {longest_run} updates in a row by step {step}; "
                 f"stopped. Skipped updates leave the weights unchanged; {what_is_kept(run_dir)}. "
-                "Try a lower --lr or a longer --warmup-steps")
+                "Try a lower {lr} or a longer {warmup_steps}", ("lr", "warmup_steps"))
 
     def state(self) -> dict[str, int]:
         skipped, in_a_row = torch.stack([self.skipped, self.in_a_row]).tolist()
@@ -87,7 +87,8 @@ def check_finite_weights(model: nn.Module, step: int, run_dir: Path) -> None:
     """
     if not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
         raise TrainingDiverged(f"the weights became non-finite by step {step}; stopped without saving "
-                               f"them ({what_is_kept(run_dir)}). Try a lower --lr or a longer --warmup-steps")
+                               f"them ({what_is_kept(run_dir)}). Try a lower {{lr}} or a longer {{warmup_steps}}",
+                               ("lr", "warmup_steps"))
 
 
 def what_is_kept(run_dir: Path) -> str:

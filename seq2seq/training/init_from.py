@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import ModelConfig, RunConfig, TrainConfig
 from ..config_merge import resolve_train_configs
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, RunDirError, field_error
 from ..runs.exported_folder import EXPORT_FILE
 
 # ModelConfig fields that change how the network trains, not what its weights are.
@@ -53,8 +53,8 @@ def source_run(init_from: str) -> RunConfig:
     from ..runs.run_dir import open_run
 
     if (Path(init_from) / EXPORT_FILE).is_file():
-        raise RunDirError(f"--init-from {init_from} is a model exported to CTranslate2, not a run directory: give "
-                          "the run directory it was exported from")
+        raise field_error("init_from", f"{init_from} is a model exported to CTranslate2, not a run directory: give "
+                                       "the run directory it was exported from", RunDirError)
     return open_run(init_from).config
 
 
@@ -70,8 +70,9 @@ def check_init_model(init_from: str, source: ModelConfig, given: ModelConfig) ->
                if f.name not in derived and f.name not in TRAINING_ONLY_FIELDS
                and getattr(source, f.name) != getattr(given, f.name)]
     if changed:
-        raise ConfigError(f"--init-from {init_from}: the model must keep the shape of the weights it starts from, "
-                          f"but these differ: {'; '.join(changed)}. Leave them out: they come from the run")
+        raise field_error("init_from", f"{init_from}: the model must keep the shape of the weights it starts "
+                                       f"from, but these differ: {'; '.join(changed)}. Leave them out: they come "
+                                       "from the run")
 
 
 def init_tokenizer(init_from: str, source: RunConfig, cfg: TrainConfig) -> TrainConfig:
@@ -84,9 +85,9 @@ def init_tokenizer(init_from: str, source: RunConfig, cfg: TrainConfig) -> Train
     given = load_tokenizers(cfg.tokenizer)
     given_sha = {t.path.name: t.sha256 for t in (given.src, given.tgt)}
     if sorted(given_sha.values()) != sorted(source.tokenizer_sha256.values()):
-        raise ConfigError(f"--tokenizer {cfg.tokenizer} is not the tokenizer of --init-from {init_from} (its sha256 "
-                          f"differ: {given_sha} against {source.tokenizer_sha256}); the embeddings belong to the run's "
-                          "own: leave out --tokenizer")
+        raise ConfigError(f"{{tokenizer}} {cfg.tokenizer} is not the tokenizer of {{init_from}} {init_from} (their "
+                          f"sha256 differ: {given_sha} against {source.tokenizer_sha256}); the embeddings belong to "
+                          "the run's own: leave out {tokenizer}", ("tokenizer", "init_from"))
     return cfg
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data.corpora import resolve_corpus_spec
+from ..data.corpus_specs import corpus_paths, resolve_corpus_spec
 from ..errors import ConfigError
 from ..files.reads import Reads, is_inside, refuse_clobbering
 from ..files.run_layout import CHECKPOINTS_DIR, RUN_FILES
@@ -26,21 +26,21 @@ def with_resolved_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def training_reads(cfg: TrainConfig) -> Reads:
-    """What training reads: the corpora, the --init-from run and the --tokenizer folder."""
+    """What training reads: the corpora, the init_from run and the tokenizer folder."""
     langs = (cfg.src_lang, cfg.tgt_lang)
-    # The --init-from run before the --tokenizer folder: it is that too (init_tokenizer), and named
+    # The init_from run before the tokenizer folder: it is that too (init_tokenizer), and named
     # as it was given.
-    return (Reads().corpus("the training corpus", cfg.train, langs)
-            .corpus("the validation corpus", cfg.valid, langs)
-            .folder("the --init-from run", cfg.init_from or None)
-            .folder("the --tokenizer folder", cfg.tokenizer or None))
+    return (Reads().paths("the training corpus", *corpus_paths(cfg.train, langs))
+            .paths("the validation corpus", *corpus_paths(cfg.valid, langs))
+            .folder("the {init_from} run", cfg.init_from or None)
+            .folder("the {tokenizer} folder", cfg.tokenizer or None))
 
 
 def refuse_run_over_inputs(run_dir: Path, cfg: TrainConfig) -> None:
     """ConfigError if a file training writes in `run_dir` is one of the files it reads."""
     reads = training_reads(cfg)
     for name in RUN_FILES:
-        refuse_clobbering("--run", run_dir / name, reads)
+        refuse_clobbering("run", run_dir / name, reads)
     for label, path in reads.files:
         if is_inside(path, run_dir / CHECKPOINTS_DIR):
             raise ConfigError(f"{label} {path} lies inside {run_dir / CHECKPOINTS_DIR}, which training "

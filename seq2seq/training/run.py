@@ -79,7 +79,7 @@ def train(run_dir: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, d
         require_tensorboard()
     is_main = is_main_process()
     # Rank 0 alone writes the run directory, so it alone holds the lock.
-    with new_folder(run_dir, "--run"), RunLock(run_dir) if is_main else contextlib.nullcontext():
+    with new_folder(run_dir, "run"), RunLock(run_dir) if is_main else contextlib.nullcontext():
         # Every rank looks, and refuses alike; rank 0's removals only ever leave fewer files to see.
         start_over = [] if resume or not (run_dir / CONFIG_FILE).exists() else files_to_start_over(run_dir)
         if is_main:

@@ -118,7 +118,7 @@ class Validation:
         if self.signals.received:
             raise ValidationCut("a stop signal", stage, done)
         if time.monotonic() >= self.deadline:
-            raise ValidationCut("--max-time", stage, done)
+            raise ValidationCut("the time budget", stage, done)
 
     @torch.no_grad()
     def measure(self, model: Seq2SeqTransformer) -> dict[str, Any]:
