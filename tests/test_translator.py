@@ -63,7 +63,7 @@ def test_long_sentence_without_punctuation_is_cut_at_the_token_limit(translator)
     src = translator.tokenizers.src
     ids = src.encode([line])[0]
     assert len(ids) > 30  # at least three pieces
-    pieces = [piece + [src.eos_id] for piece in cut_ids(ids, 15)]
+    pieces = [piece + [src.eos_id] for piece, _ in cut_ids(ids, None, 15)]
     expected = translator.tokenizers.tgt.decode(
         [hypotheses[0].tokens for hypotheses in nbest_ids(translator.model, pieces, translator.cfg)])
     assert out[0] == " ".join(clean_output(text) for text in expected)
@@ -79,8 +79,9 @@ def test_split_sentences():
 
 
 def test_cut_ids():
-    assert cut_ids([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
-    assert cut_ids([1, 2], 2) == [[1, 2]]
+    assert cut_ids([1, 2, 3, 4, 5], None, 2) == [([1, 2], None), ([3, 4], None), ([5], None)]
+    assert cut_ids([1, 2], None, 2) == [([1, 2], None)]
+    assert cut_ids([7, 8, 9], [0, 3, 5], 2) == [([7, 8], [0, 3]), ([9], [5])]
 
 
 def test_long_lines_must_be_split_or_truncate():

@@ -80,11 +80,6 @@ def split_sentences(text: str) -> list[str]:
     return [piece for piece in _SENTENCE_END.split(text) if piece.strip()]
 
 
-def cut_ids(ids: list[int], limit: int) -> list[list[int]]:
-    """`ids` in consecutive slices of at most `limit` tokens."""
-    return [ids[start:start + limit] for start in range(0, len(ids), limit)]
-
-
 class Translator:
     """Translates lists of lines with one engine, keeping count of what needed special handling.
 
@@ -243,8 +238,8 @@ class Translator:
                 self.stats.split += 1
                 cuts = self._sentence_cuts(line, limit, with_offsets)
                 # Normalisation could in principle make every sentence encode to nothing.
-                cuts = cuts or _cut(ids, starts, limit)
-            result.append([SourceRow(cut_ids + [src_tok.eos_id], cut_starts) for cut_ids, cut_starts in cuts])
+                cuts = cuts or cut_ids(ids, starts, limit)
+            result.append([SourceRow(piece + [src_tok.eos_id], piece_starts) for piece, piece_starts in cuts])
         return result
 
     def _sentence_cuts(self, line: str, limit: int, with_offsets: bool) -> list[tuple[list[int], list[int] | None]]:
@@ -252,13 +247,13 @@ class Translator:
         their pieces begin in the line when `with_offsets`."""
         sentences = split_sentences(line)
         if not with_offsets:
-            return [cut for ids in self.tokenizers.src.encode(sentences) for cut in _cut(ids, None, limit)]
+            return [cut for ids in self.tokenizers.src.encode(sentences) for cut in cut_ids(ids, None, limit)]
         cuts = []
         char = byte = 0  # where the previous sentence ended in the line, in characters and in bytes
         for sentence, (ids, starts) in zip(sentences, self.tokenizers.src.encode_with_offsets(sentences)):
             found = line.index(sentence, char)  # the sentences are the line's substrings, in order
             sentence_byte = byte + len(line[char:found].encode("utf-8"))
-            cuts.extend(_cut(ids, [sentence_byte + start for start in starts], limit))
+            cuts.extend(cut_ids(ids, [sentence_byte + start for start in starts], limit))
             char, byte = found + len(sentence), sentence_byte + len(sentence.encode("utf-8"))
         return cuts
 
@@ -341,7 +336,6 @@ class Translator:
         return result
 
 
-def _cut(ids: list[int], starts: list[int] | None, limit: int) -> list[tuple[list[int], list[int] | None]]:
-    """`ids` (and their `starts`, if given) in consecutive slices of at most `limit`."""
-    return [(cut, None if starts is None else starts[i:i + limit])
-            for i, cut in zip(range(0, len(ids), limit), cut_ids(ids, limit))]
+def cut_ids(ids: list[int], starts: list[int] | None, limit: int) -> list[tuple[list[int], list[int] | None]]:
+    """`ids` in consecutive slices of at most `limit`, each with its slice of `starts` (None if not given)."""
+    return [(ids[i:i + limit], None if starts is None else starts[i:i + limit]) for i in range(0, len(ids), limit)]
