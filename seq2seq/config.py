@@ -226,11 +226,13 @@ class TrainConfig(SelfChecking):
     lr: float = setting(1e-3, "Peak learning rate, reached at the end of warm-up.", OPTIMISATION)
     warmup_steps: int = setting(1000, "Updates of linear warm-up before the decay of lr_schedule.",
                                 OPTIMISATION)
-    # "inverse_sqrt" is Vaswani et al.'s and fairseq's; "cosine" needs epochs or
-    # max_steps to say when the last update is.
-    lr_schedule: Literal["inverse_sqrt", "cosine"] = setting(
-        "inverse_sqrt", "Decay after warm-up: inverse_sqrt (1/sqrt(step)), or cosine (half a cosine down "
-        "to 0 at the last update).", OPTIMISATION)
+    # "inverse_sqrt" is Vaswani et al.'s and fairseq's. "cosine" and "linear" decay to 0 at the end of
+    # the run: the last update of epochs or max_steps, or the max_time deadline, whichever comes first,
+    # so that a time-budgeted run anneals fully whatever the machine's speed (seq2seq.training.schedule).
+    lr_schedule: Literal["inverse_sqrt", "cosine", "linear"] = setting(
+        "inverse_sqrt", "Decay after warm-up: inverse_sqrt (1/sqrt(step)); or cosine (half a cosine) or linear, "
+        "down to 0 at the end of the run: its last update, or its max_time deadline, whichever comes first.",
+        OPTIMISATION)
     betas: tuple[float, float] = setting((0.9, 0.98), "AdamW's beta1 and beta2.", OPTIMISATION)
     weight_decay: float = setting(0.0, "AdamW's weight decay.", OPTIMISATION)
     label_smoothing: float = setting(0.1, "Label smoothing of the cross-entropy loss.", OPTIMISATION)
@@ -253,6 +255,13 @@ class TrainConfig(SelfChecking):
                                    "gradient; each is skipped, not applied.", OPTIMISATION)
     seed: int = setting(1, "Seed for the initial weights, the batch order and dropout.", OPTIMISATION)
     num_proc: int = setting(1, "Processes for tokenizing the corpus (datasets.map).", DATA)
+    # Sentencepiece's sampling (Kudo 2018; BPE-dropout for a BPE tokenizer), drawn afresh each epoch.
+    subword_alpha: float = setting(0.0, "Subword regularization: sample each training sentence's segmentation "
+                                   "afresh every epoch, with this smoothing (unigram) or dropout probability "
+                                   "(BPE); 0 is off. Validation and translation always use the best "
+                                   "segmentation.", DATA)
+    subword_nbest: int = setting(-1, "With subword_alpha and a unigram tokenizer: sample among the N best "
+                                 "segmentations; -1 samples among all of them.", DATA)
     token_store: TokenPlacement = setting(
         "auto", "Where the training ids are kept: device (copied whole to the training device), mapped "
         "(left in the memory-mapped Arrow cache, each batch gathered on the host: for corpora larger than "
@@ -267,6 +276,11 @@ class TrainConfig(SelfChecking):
     # With dynamic shapes, one graph serves every batch shape.
     compile: bool = setting(False, "torch.compile the training step: meant for GPUs; on the CPU it runs "
                             "slower (bench/RESULTS.md).", RUN)
+    # A GPU plans (cuDNN), captures (CUDA graphs) or compiles per tensor shape: a short ladder of shapes
+    # bounds that work. On the CPU it would only add padding.
+    shape_ladder: Literal["auto", "on", "off"] = setting(
+        "auto", "Pad batch lengths and rows to a short ladder of sizes, so that a GPU sees few tensor shapes: "
+        "on, off, or auto (on for CUDA, off elsewhere).", RUN)
 
     def check(self) -> None:
         if not self.src_lang or not self.tgt_lang:
@@ -277,11 +291,15 @@ class TrainConfig(SelfChecking):
                        "max_bad_updates", "lr")
         self._not_negative("epochs", "max_steps", "max_time", "warmup_steps", "valid_every", "patience", "clip_norm",
                            "weight_decay", "valid_bleu_sentences", "keep_snapshots", "average_last")
-        if self.lr_schedule == "cosine" and not (self.epochs or self.max_steps):
-            raise ConfigError("{lr_schedule} cosine needs {epochs} or {max_steps}: it decays to 0 at the last "
-                              "update, and max_time alone does not say which that is",
-                              ("lr_schedule", "epochs", "max_steps"))
+        if self.lr_schedule != "inverse_sqrt" and not (self.epochs or self.max_steps or self.max_time):
+            raise ConfigError(f"{{lr_schedule}} {self.lr_schedule} needs {{epochs}}, {{max_steps}} or {{max_time}}: "
+                              "it decays to 0 at the end of the run, and without them the run has no end",
+                              ("lr_schedule", "epochs", "max_steps", "max_time"))
         self._fraction("label_smoothing")
+        if not 0.0 <= self.subword_alpha <= 1.0:
+            raise field_error("subword_alpha", f"must be in [0, 1], got {self.subword_alpha}")
+        if self.subword_nbest == 0 or self.subword_nbest < -1:
+            raise field_error("subword_nbest", f"must be -1 (all) or positive, got {self.subword_nbest}")
         if not all(0.0 <= beta < 1.0 for beta in self.betas):
             raise field_error("betas", f"must each be in [0, 1), got {self.betas}")
         if self.valid_beam < 1:

@@ -160,9 +160,9 @@ def test_bad_config_file(tmp_path, config, fragment):
     (["--attention", "performer", "--performer-in", "encoder,memory"], "--performer-in must list"),
     (["--attention", "performer", "--performer-features", "0"], "--performer-features must be positive"),
     (["--positions", "rope", "--d-model", "30", "--heads", "2"], "head dimension"),
-    (["--lr-schedule", "linear"], "must be one of 'inverse_sqrt', 'cosine'"),
-    (["--lr-schedule", "cosine", "--epochs", "0", "--max-time", "60"],
-     "--lr-schedule cosine needs --epochs or --max-steps"),
+    (["--lr-schedule", "exponential"], "must be one of 'inverse_sqrt', 'cosine', 'linear'"),
+    (["--lr-schedule", "cosine", "--epochs", "0"], "--lr-schedule cosine needs --epochs, --max-steps or --max-time"),
+    (["--lr-schedule", "linear", "--epochs", "0"], "--lr-schedule linear needs --epochs, --max-steps or --max-time"),
 ])
 def test_bad_training_flags(tmp_path, flags, fragment):
     fails_cleanly(["train", "--run", tmp_path / "r", *flags], fragment)
