@@ -95,6 +95,8 @@ NON_DEFAULT = {
         # The run's tokenizer comes with it (seq2seq.training.init_from.new_run_configs).
         "init_from": (["--init-from", "runs/base"], {"init_from": "runs/base", "tokenizer": "runs/base"}),
         "compile": (["--compile"], {"compile": True}),
+        "shape_ladder": (["--shape-ladder", "on"], {"shape_ladder": "on"}),
+        "subword_nbest": (["--subword-nbest", "64"], {"subword_nbest": 64}),
         "precision": (["--precision", "float32"], {"precision": "float32"}),
         "token_store": (["--token-store", "mapped"], {"token_store": "mapped"}),
     },
