@@ -97,6 +97,7 @@ NON_DEFAULT = {
         "compile": (["--compile"], {"compile": True}),
         "shape_ladder": (["--shape-ladder", "on"], {"shape_ladder": "on"}),
         "subword_nbest": (["--subword-nbest", "64"], {"subword_nbest": 64}),
+        "subword_alpha": (["--subword-alpha", "0.1"], {"subword_alpha": 0.1}),
         "precision": (["--precision", "float32"], {"precision": "float32"}),
         "token_store": (["--token-store", "mapped"], {"token_store": "mapped"}),
     },
