@@ -19,7 +19,7 @@ from .options import ConfigOptions
 
 # The old names stay, for the README's examples and users' scripts: --batch-tokens, --sample and -b.
 DECODE_OPTIONS = ConfigOptions(DecodeConfig, aliases={"beam": ["-b"], "max_tokens": ["--batch-tokens"],
-                                                      "sampling": ["--sample"]})
+                                                      "sampling": ["--sample"], "tgt_lang": ["--tgt"]})
 DECODE_PANELS = (SEARCH, SAMPLING)
 
 MODEL_HELP = "Run directory, or a folder written by `s2s export` (run with CTranslate2)."

@@ -102,6 +102,11 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     return value
 
 
+def language_codes(text: str) -> list[str]:
+    """The language codes of a src_lang or tgt_lang setting: one, or several comma-separated."""
+    return [code.strip() for code in text.split(",")]
+
+
 class SelfChecking:
     """What every config dataclass does when it is made: its types, then that every float is a
     finite number (NaN passes every `<` and `>` unnoticed, and an infinite learning rate turns the
@@ -210,8 +215,18 @@ class TrainConfig(SelfChecking):
 
     train: str = setting("data/multi30k/train", "Training corpus spec (see README).", DATA)
     valid: str = setting("data/multi30k/val", "Validation corpus spec; '' for none.", DATA)
-    src_lang: str = setting("en", "Source language code.", DATA)
-    tgt_lang: str = setting("de", "Target language code.", DATA)
+    # Several languages on either side train one model for every direction between them
+    # (seq2seq.data.directions).
+    src_lang: str = setting("en", "Source language code; several, comma-separated, train one model for many "
+                            "directions.", DATA)
+    tgt_lang: str = setting("de", "Target language code; several, comma-separated (de,fr,cs), train one model "
+                            "that is told which to write.", DATA)
+    lang_tag: Literal["source", "target"] = setting(
+        "source", "With several target languages, how the model is told which to write: a <2xx> tag as the "
+        "first source token (source), or as the forced first target token (target).", DATA)
+    lang_temperature: float = setting(1.0, "With several directions, how their pairs are sampled each epoch: a "
+                                      "direction's share goes as its size to the power 1/T; 1 keeps the "
+                                      "corpus' proportions, larger T evens them out.", DATA)
     tokenizer: str = setting("", "Tokenizer folder from `s2s tokenizer train`; '' trains one into the run.",
                              DATA)
     vocab_size: int = setting(8000, "Vocabulary size of a tokenizer trained into the run.", DATA)
@@ -283,10 +298,20 @@ class TrainConfig(SelfChecking):
         "on, off, or auto (on for CUDA, off elsewhere).", RUN)
 
     def check(self) -> None:
-        if not self.src_lang or not self.tgt_lang:
-            raise ConfigError("{src_lang} and {tgt_lang} must be set", ("src_lang", "tgt_lang"))
+        for name in ("src_lang", "tgt_lang"):
+            codes = language_codes(getattr(self, name))
+            if not codes or not all(codes):
+                raise field_error(name, f"must be a language code or several, comma-separated; got "
+                                        f"{getattr(self, name)!r}")
+            if len(set(codes)) < len(codes):
+                raise field_error(name, f"names a language twice: {getattr(self, name)!r}")
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"source and target language are both {self.src_lang!r}")
+        if not self.directions:
+            raise ConfigError("{src_lang} and {tgt_lang} give no direction from one language to another",
+                              ("src_lang", "tgt_lang"))
+        if not self.lang_temperature >= 1.0:
+            raise field_error("lang_temperature", f"must be at least 1, got {self.lang_temperature}")
         self._positive("vocab_size", "max_len", "max_tokens", "accum_steps", "log_every", "num_proc",
                        "max_bad_updates", "lr")
         self._not_negative("epochs", "max_steps", "max_time", "warmup_steps", "valid_every", "patience", "clip_norm",
@@ -310,6 +335,13 @@ class TrainConfig(SelfChecking):
         if self.max_tokens < self.max_len:
             raise ConfigError(f"{{max_tokens}} ({self.max_tokens}) must be at least {{max_len}} ({self.max_len}) "
                               "so that every kept pair fits a batch", ("max_tokens", "max_len"))
+
+    @property
+    def directions(self) -> list[tuple[str, str]]:
+        """Every (source, target) pair of languages the run trains, in the order given: all sources to all
+        targets, but never a language to itself."""
+        return [(src, tgt) for src in language_codes(self.src_lang) for tgt in language_codes(self.tgt_lang)
+                if src != tgt]
 
 
 @dataclass
@@ -338,6 +370,8 @@ RESUME_BUDGET_FIELDS = ("epochs", "max_steps", "max_time", "patience")
 class DecodeConfig(SelfChecking):
     """Search settings for `s2s translate` and validation."""
 
+    tgt_lang: str = setting("", "The language to translate into, for a model trained for several (s2s info "
+                            "lists them); '' for a model that writes one.", SEARCH)
     beam: int = setting(5, "Beam size; 1 is greedy search.", SEARCH)
     # Hypothesis score = log-probability / penalty(len); gnmt is Wu et al. 2016's. The default,
     # the mean log-probability per token (as fairseq's and CTranslate2's), was chosen on the
@@ -366,6 +400,8 @@ class DecodeConfig(SelfChecking):
                                SAMPLING)
 
     def check(self) -> None:
+        if "," in self.tgt_lang:
+            raise field_error("tgt_lang", f"names one target language, got {self.tgt_lang!r}")
         if self.beam < 1:
             raise field_error("beam", f"must be at least 1, got {self.beam}")
         self._positive("temperature", "max_tokens")

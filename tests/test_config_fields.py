@@ -40,7 +40,7 @@ def candidates(hint: Any) -> list[Any]:
     if hint is float:
         return [-1.0, 0.0, 1.0, 1e9, math.nan]  # NaN last: every float refuses it (test_bad_input)
     if hint is str:
-        return ["", "no-such-place", "en"]
+        return ["", "no-such-place", "en", "de,,fr", "de,fr"]
     return []
 
 

@@ -98,6 +98,8 @@ NON_DEFAULT = {
         "shape_ladder": (["--shape-ladder", "on"], {"shape_ladder": "on"}),
         "subword_nbest": (["--subword-nbest", "64"], {"subword_nbest": 64}),
         "subword_alpha": (["--subword-alpha", "0.1"], {"subword_alpha": 0.1}),
+        "lang_tag": (["--lang-tag", "target"], {"lang_tag": "target"}),
+        "lang_temperature": (["--lang-temperature", "5"], {"lang_temperature": 5.0}),
         "precision": (["--precision", "float32"], {"precision": "float32"}),
         "token_store": (["--token-store", "mapped"], {"token_store": "mapped"}),
     },
@@ -106,6 +108,7 @@ NON_DEFAULT = {
         "prepare_timeout": (["--prepare-timeout", "7200"], {"prepare_timeout": 7200.0}),
     },
     DecodeConfig: {
+        "tgt_lang": (["--tgt", "fr"], {"tgt_lang": "fr"}),
         "beam": (["--beam", "3"], {"beam": 3}),
         "length_penalty": (["--length-penalty", "gnmt"], {"length_penalty": "gnmt"}),
         "alpha": (["--alpha", "0.6"], {"alpha": 0.6}),

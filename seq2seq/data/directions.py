@@ -1,0 +1,35 @@
+"""Which directions a run translates, and the tags that tell a model which language to write.
+
+A run names one language or several on each side (`TrainConfig.src_lang`,
+`tgt_lang`: "en" and "de,fr,cs"); it trains every direction between them
+(`TrainConfig.directions`). A model that writes more than one language is told
+which by a tag, `<2de>`, one piece of the shared tokenizer per target language
+(a sentencepiece user-defined symbol, so it is never split or sampled):
+
+- `lang_tag` "source": the tag is the first source token, before the source
+  pieces (Johnson et al. 2017);
+- `lang_tag` "target": the tag is the first target token, forced as a one-token
+  prefix (as mBART and M2M force their language id), and taken out of the output.
+
+A model that writes one language has no tags, whatever its sources.
+"""
+
+from __future__ import annotations
+
+from ..config import language_codes
+
+
+def language_tag(lang: str) -> str:
+    """The piece that asks for `lang`: "<2de>"."""
+    return f"<2{lang}>"
+
+
+def target_languages(tgt_lang: str) -> list[str]:
+    """The languages a run writes, from its tgt_lang setting, in the order given."""
+    return language_codes(tgt_lang)
+
+
+def tagged_languages(tgt_lang: str) -> list[str]:
+    """The languages that get a tag: every target language when there are several, none when there is one."""
+    languages = target_languages(tgt_lang)
+    return languages if len(languages) > 1 else []
