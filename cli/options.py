@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from seq2seq.config import settable_fields
+from seq2seq.config_fields import settable_fields
 from seq2seq.errors import ConfigError
 
 # Where a value did not come from the command line (click's ParameterSource names).

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from seq2seq.config import FORMAT_VERSION, DecodeConfig, ModelConfig, RunConfig, TrainConfig, settable_fields
+from seq2seq.config import FORMAT_VERSION, DecodeConfig, ModelConfig, RunConfig, TrainConfig
+from seq2seq.config_fields import settable_fields
 from seq2seq.config_merge import from_dict, resolve_train_configs, run_config_from_json
 from seq2seq.errors import ConfigError
 

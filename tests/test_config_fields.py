@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.options import flag
-from seq2seq.config import DecodeConfig, DistributedConfig, ModelConfig, ServeConfig, TrainConfig, settable_fields
+from seq2seq.config import DecodeConfig, DistributedConfig, ModelConfig, ServeConfig, TrainConfig
+from seq2seq.config_fields import settable_fields
 from seq2seq.errors import ConfigError
 
 runner = CliRunner()

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 import cli.train
 import seq2seq.training.init_from
 from cli.main import app
-from seq2seq.config import DecodeConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig, settable_fields
+from seq2seq.config import DecodeConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig
+from seq2seq.config_fields import settable_fields
 from seq2seq.search.translator import Translator
 
 runner = CliRunner()
