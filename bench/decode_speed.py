@@ -7,14 +7,25 @@ peer's protocol (`../shared/peers/hf_marian.py`). With `--peer-model DIR`
 the same sentences in the same run, and reports the ratio. Appends a table to
 bench/RESULTS.md.
 
-With `--engines torch,ctranslate2,ctranslate2-int8 --threads 1,2` it also
-exports the run to CTranslate2 (float32 and int8) and times every engine at
-every thread count on the same weights, each in a process of its own so that
-its peak RSS is its own; the ratios are against the torch engine at the same
-threads and beam.
+With `--eval-process` it also times one whole `s2s eval` process at the
+largest beam (start-up, model loading, decoding and scoring), what a user
+waits for (issue 27: beam 5 over the 1,000 sentences in 1 s in process, and
+the whole `s2s eval` in 6 s, on a GPU).
+
+With `--engines torch,ctranslate2,ctranslate2-int8 --threads 1,2` it instead
+exports the run to CTranslate2 (float32, and int8 or bf16 weights) and times
+every engine at every thread count on the same weights, each in a process of
+its own so that its peak RSS is its own; the ratios are against the torch
+engine at the same threads and beam. `--threads 0` leaves each engine its own
+default (for a GPU).
 
     python bench/decode_speed.py --run runs/demo/en-de --peer-model /tmp/peer_tiny --device cpu
     python bench/decode_speed.py --run runs/demo/en-de --device cpu --engines torch,ctranslate2,ctranslate2-int8 --threads 1,2
+    python bench/decode_speed.py --run RUN --device cuda --beams 5 --eval-process
+    python bench/decode_speed.py --run RUN --device cuda --engines torch,ctranslate2,ctranslate2-bf16 --threads 0 \
+        --beams 5 --repeats 1
+
+Prints the figures as one JSON line last (what bench/gpu_session.sh reads).
 """
 
 from __future__ import annotations
@@ -24,12 +35,13 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
-from results import DATA, PEER, append_entry, machine, read_lines
+from results import DATA, PEER, S2S, append_entry, machine, read_lines, run_timed
 
 from seq2seq.config import DecodeConfig
 from seq2seq.device import resolve_device
@@ -70,14 +82,22 @@ def time_peer(model_dir: Path, repeats: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-ENGINE_QUANTIZATION = {"ctranslate2": None, "ctranslate2-int8": "int8"}
+ENGINE_QUANTIZATION = {"ctranslate2": None, "ctranslate2-int8": "int8", "ctranslate2-bf16": "bfloat16"}
+SOURCE, REFERENCE = DATA / "test_2016_flickr.en.gz", DATA / "test_2016_flickr.de.gz"
 
 
-def one_engine(model: Path, device: str, beam: int, threads: int, repeats: int, batch_tokens: int) -> dict:
+def test_set(sentences: int) -> tuple[list[str], list[str]]:
+    """The first `sentences` lines of test_2016_flickr (all 1,000 for 0): sources and references."""
+    sources, refs = read_lines(SOURCE), read_lines(REFERENCE)
+    return (sources[:sentences], refs[:sentences]) if sentences else (sources, refs)
+
+
+def one_engine(model: Path, device: str, beam: int, threads: int | None, repeats: int, batch_tokens: int,
+               sentences: int) -> dict:
     """Time one engine in a process of its own; its peak RSS is then its own."""
     code = ("import json, sys; sys.path.insert(0, 'bench'); from pathlib import Path; import decode_speed as d; "
             "from seq2seq.device import resolve_device; "
-            "sources, refs = d.read_lines(d.DATA / 'test_2016_flickr.en.gz'), d.read_lines(d.DATA / 'test_2016_flickr.de.gz'); "
+            f"sources, refs = d.test_set({sentences}); "
             f"device = resolve_device({device!r}); "
             f"r = d.time_s2s(Path({str(model)!r}), device, {beam}, sources, refs, {repeats}, {batch_tokens}, {threads}); "
             "r['peak_rss_mb'] = d.peak_memory_mb(device); print(json.dumps(r))")
@@ -87,10 +107,14 @@ def one_engine(model: Path, device: str, beam: int, threads: int, repeats: int, 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare_engines(a: argparse.Namespace) -> None:
-    """Every engine at every thread count and beam, on the same weights; appends a table."""
-    import tempfile
+def thread_counts(threads: str) -> list[int | None]:
+    """`--threads` as the engines take it: 0 is None, each engine's own default."""
+    return [int(x) or None for x in threads.split(",")]
 
+
+def compare_engines(a: argparse.Namespace) -> dict:
+    """Every engine at every thread count and beam, on the same weights; appends a table and returns
+    the figures."""
     from seq2seq.runs.ctranslate2_export import export_ctranslate2
 
     engines = a.engines.split(",")
@@ -103,17 +127,17 @@ def compare_engines(a: argparse.Namespace) -> None:
         # Rounds in rotating order, each engine once per round in a process of its own (a warm-up
         # pass, then one timed pass), keeping each engine's best: on a shared machine a slow
         # spell then hits every engine alike instead of whichever ran during it.
-        results: dict[tuple[str, int, int], dict] = {}
-        for t in (int(x) for x in a.threads.split(",")):
-            for b in (1, 5):
+        results: dict[tuple[str, int | None, int], dict] = {}
+        for t in thread_counts(a.threads):
+            for b in a.beams:
                 for round_ in range(a.repeats):
                     for e in engines[round_ % len(engines):] + engines[:round_ % len(engines)]:
-                        r = one_engine(models[e], a.device, b, t, 1, a.batch_tokens)
+                        r = one_engine(models[e], a.device, b, t, 1, a.batch_tokens, a.sentences)
                         best = results.get((e, t, b))
                         if best is None or r["sent_per_s"] > best["sent_per_s"]:
                             results[(e, t, b)] = dict(r, peak_rss_mb=max(r["peak_rss_mb"], (best or r)["peak_rss_mb"]))
-        results = {key: results[key] for key in sorted(results, key=lambda k: (k[1], k[2], engines.index(k[0])))}
-    lines = [f"\n## {date.today().isoformat()}: decoding engines on test_2016_flickr (1,000 sentences)\n",
+        results = {key: results[key] for key in sorted(results, key=lambda k: (k[1] or 0, k[2], engines.index(k[0])))}
+    lines = [f"\n## {date.today().isoformat()}: decoding engines on test_2016_flickr ({sentences_shown(a.sentences)})\n",
              f"- Machine: {machine()}; decoding on {a.device}",
              f"- Command: `python bench/decode_speed.py {' '.join(sys.argv[1:])}`",
              f"- Protocol: the same weights exported with `s2s export`; {a.repeats} rounds in rotating order, "
@@ -122,12 +146,34 @@ def compare_engines(a: argparse.Namespace) -> None:
              "included",
              "", "| engine | threads | beam | sent/s | tgt tok/s | BLEU | peak RSS MB | vs torch |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = []
     for (engine, threads, beam), r in results.items():
         torch_result = results.get(("torch", threads, beam))
-        ratio = f"{r['sent_per_s'] / torch_result['sent_per_s']:.2f}x" if torch_result else "-"
-        lines.append(f"| {engine} | {threads} | {beam} | {r['sent_per_s']:,.1f} | {r['tgt_tok_per_s']:,.0f} | "
-                     f"{r['bleu']:.2f} | {r['peak_rss_mb']:,.0f} | {ratio} |")
+        ratio = r["sent_per_s"] / torch_result["sent_per_s"] if torch_result else None
+        lines.append(f"| {engine} | {threads or 'default'} | {beam} | {r['sent_per_s']:,.1f} | {r['tgt_tok_per_s']:,.0f} | "
+                     f"{r['bleu']:.2f} | {r['peak_rss_mb']:,.0f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+        rows.append({"engine": engine, "threads": threads, "beam": beam, "vs_torch": ratio, **r})
     append_entry(lines)
+    return {"mode": "engines", "device": a.device, "sentences": a.sentences or 1000, "rows": rows}
+
+
+def sentences_shown(sentences: int) -> str:
+    return f"the first {sentences:,} sentences" if sentences else "1,000 sentences"
+
+
+def eval_process_seconds(run: Path, device: str, beam: int, sentences: int) -> dict:
+    """One whole `s2s eval` process at `beam` on the test set (its first `sentences` lines for a
+    non-zero count): its wall seconds, start-up and model loading included, and its BLEU."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, ref = SOURCE, REFERENCE
+        if sentences:
+            sources, refs = test_set(sentences)
+            src, ref = Path(tmp) / "test.en", Path(tmp) / "test.de"
+            src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+            ref.write_text("\n".join(refs) + "\n", encoding="utf-8")
+        seconds, stdout = run_timed([S2S, "eval", "-m", str(run), "--src", str(src), "--ref", str(ref),
+                                     "--beam", str(beam), "--device", device, "--metrics", "bleu", "--json"])
+    return {"beam": beam, "wall_s": seconds, "bleu": json.loads(stdout)["bleu"]["score"]}
 
 
 def main() -> None:
@@ -137,21 +183,27 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=8000)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5], help="beam sizes to time")
+    parser.add_argument("--sentences", type=int, default=0, help="the first N test sentences; 0 for all 1,000")
+    parser.add_argument("--eval-process", action="store_true",
+                        help="also time one whole `s2s eval` process at the largest beam")
     parser.add_argument("--engines", default=None,
-                        help="comma-separated: torch, ctranslate2, ctranslate2-int8 (compares engines instead)")
-    parser.add_argument("--threads", default="2", help="with --engines: comma-separated CPU thread counts")
+                        help="comma-separated: torch, ctranslate2, ctranslate2-int8, ctranslate2-bf16 (compares "
+                             "engines instead)")
+    parser.add_argument("--threads", default="2",
+                        help="with --engines: comma-separated CPU thread counts; 0 for each engine's default")
     a = parser.parse_args()
     if a.engines:
-        compare_engines(a)
+        print(json.dumps({"bench": "decode_speed", **compare_engines(a)}))
         return
     device = resolve_device(a.device)
-    sources = read_lines(DATA / "test_2016_flickr.en.gz")
-    refs = read_lines(DATA / "test_2016_flickr.de.gz")
-    ours = {beam: time_s2s(Path(a.run), device, beam, sources, refs, a.repeats, a.batch_tokens) for beam in (1, 5)}
+    sources, refs = test_set(a.sentences)
+    ours = {beam: time_s2s(Path(a.run), device, beam, sources, refs, a.repeats, a.batch_tokens) for beam in a.beams}
     memory = peak_memory_mb(device)
     peer = time_peer(Path(a.peer_model), a.repeats) if a.peer_model else None
+    process = eval_process_seconds(Path(a.run), a.device, max(a.beams), a.sentences) if a.eval_process else None
 
-    lines = [f"\n## {date.today().isoformat()}: decoding speed on test_2016_flickr (1,000 sentences)\n",
+    lines = [f"\n## {date.today().isoformat()}: decoding speed on test_2016_flickr ({sentences_shown(a.sentences)})\n",
              f"- Machine: {machine()}; decoding on {device}",
              f"- Command: `python bench/decode_speed.py {' '.join(sys.argv[1:])}`",
              f"- Protocol: one warm-up pass, then the best of {a.repeats}; s2s batches of {a.batch_tokens} "
@@ -168,7 +220,13 @@ def main() -> None:
         else:
             row += " - | - | - | - |"
         lines.append(row)
+    if process:
+        lines.append(f"\nOne whole `s2s eval --beam {process['beam']} --device {a.device}` process, start-up, model "
+                     f"loading and scoring included: {process['wall_s']:.1f} s (BLEU {process['bleu']:.2f}).")
     append_entry(lines)
+    in_process = {str(beam): dict(r, seconds=len(sources) / r["sent_per_s"]) for beam, r in ours.items()}
+    print(json.dumps({"bench": "decode_speed", "mode": "s2s", "device": str(device), "sentences": len(sources),
+                      "in_process": in_process, "eval_process": process, "peak_memory_mb": memory}))
 
 
 if __name__ == "__main__":
