@@ -40,6 +40,15 @@ def warning(message: str) -> None:
     stderr.print(f"[yellow]warning:[/] {escape(message)}")
 
 
+def bleu_text(record: dict[str, Any]) -> str:
+    """"BLEU 30.12" of a validation record; for a run of several directions, "BLEU 30.12 (mean of en-de
+    28.00, en-fr 40.10, en-cs 22.26)"."""
+    by_direction = record.get("valid_bleu_by_direction")
+    each = (" (mean of " + ", ".join(f"{direction} {bleu:.2f}" for direction, bleu in by_direction.items()) + ")"
+            if by_direction else "")
+    return f"BLEU {record['valid_bleu']:.2f}{each}"
+
+
 class TrainDisplay:
     """Draws training events: a live progress bar on a terminal, one line per record otherwise."""
 
@@ -69,7 +78,7 @@ class TrainDisplay:
             self.console.print(
                 f"valid  step {event['step']:>6}  epoch {event['epoch']:>6.2f}  "
                 f"loss {event['valid_loss']:.3f}  ppl {event['valid_ppl']:.2f}  "
-                f"BLEU {event['valid_bleu']:.2f}{star}")
+                f"{bleu_text(event)}{star}")
         elif kind == "valid_cut":
             done = f"{event['done']:,} of {event['sentences']:,} sentences translated" if event["stage"] == "BLEU" \
                 else "during the loss pass"
@@ -88,7 +97,7 @@ class TrainDisplay:
                                f"batches of at most {event['max_tokens_from_next_epoch']:,} tokens "
                                "from the next epoch[/]")
         elif kind == "average":
-            bleu = f": BLEU {event['valid_bleu']:.2f}" if "valid_bleu" in event else ""
+            bleu = f": {bleu_text(event)}" if "valid_bleu" in event else ""
             verdict = ("kept as the model" if event["kept"] else
                        f"not validated ({event['cut']}); not kept" if "cut" in event else
                        "not better than the best checkpoint; not kept")

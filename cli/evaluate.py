@@ -109,7 +109,7 @@ def eval_command(
             with open_output(output) as sink:
                 sink.write("".join(h + "\n" for h in hyps).encode("utf-8"))
         search = "sampling" if cfg.sampling else f"beam {cfg.beam}"
-        described = f"{model} on {src} ({search})"
+        described = f"{model} on {src} ({search}{f', into {cfg.tgt_lang}' if cfg.tgt_lang else ''})"
     for path, lines in zip(ref, refs):
         if len(lines) != len(hyps):
             raise DataError(f"{hyp or src} has {len(hyps)} lines but {path} has {len(lines)}")

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
+from seq2seq.config import language_codes
 from seq2seq.files.lines import printable
 from seq2seq.files.reads import Reads, refuse_stdout_clobbering
 
-from .display import stdout, warning
+from .display import bleu_text, stdout, warning
 from .translate import model_label
 
 _BARS = "▁▂▃▄▅▆▇█"
@@ -46,6 +47,22 @@ def printable_data(data: Any) -> Any:
     return data
 
 
+def languages_line(languages: dict[str, Any]) -> str:
+    """"en -> de, fr, cs", and for a model that writes several languages, how it is told which."""
+    line = f"{', '.join(language_codes(languages['source']))} -> {', '.join(language_codes(languages['target']))}"
+    where = {"source": "first in the source", "target": "forced as the first output token"}.get(languages["lang_tag"])
+    return line + (f"; --tgt-lang chooses, by a <2xx> tag {where} (lang_tag {languages['lang_tag']})" if where
+                   else "")
+
+
+def shapes_line(shapes: dict[str, Any]) -> str:
+    """"36 shapes in 130 batches an epoch, padded positions 8.8% over the real tokens; shape ladder on"."""
+    ladder = "on" if shapes["shape_ladder"] else "off"
+    warm_up = f", {shapes['warmup_seconds']:.1f} s of warm-up" if shapes["warmup_seconds"] is not None else ""
+    return (f"{shapes['shapes']:,} shapes in {shapes['batches']:,} batches an epoch, padded positions "
+            f"{100 * shapes['padding']:.1f}% over the real tokens; shape ladder {ladder}{warm_up}")
+
+
 def render(info: dict[str, Any]):
     """The rich panel of `describe`'s data."""
     from rich.panel import Panel
@@ -61,7 +78,7 @@ def render(info: dict[str, Any]):
         table.add_row(name, Text(value))  # as text, not rich markup: "[" may be in a file name
 
     add_row("kind", info["kind"])
-    add_row("languages", f"{info['languages']['source']} -> {info['languages']['target']}")
+    add_row("languages", languages_line(info["languages"]))
     variants = ", ".join(f"{key} {value}" for key, value in model["variants"].items())
     add_row("model", f"{model['preset']} preset, {model['parameters']:,} parameters: {model['encoder_layers']}"
             f"+{model['decoder_layers']} layers, d_model {model['d_model']}, {model['n_heads']} heads, "
@@ -75,10 +92,13 @@ def render(info: dict[str, Any]):
                                                                                          else ""))
     add_row("training", f"{training['updates']:,} updates, {training['epochs']:.2f} epochs, "
             f"{training['seconds'] / 60:,.1f} minutes")
+    if training["batch_shapes"]:
+        add_row("batches", shapes_line(training["batch_shapes"]))
     if validation["best_bleu"] is not None:
         curve = sparkline([bleu for _, bleu in validation["bleu"]])
-        add_row("validation", f"best BLEU {validation['best_bleu']:.2f} at update {validation['best_step']:,}  "
-                f"{curve}")
+        best = bleu_text({"valid_bleu": validation["best_bleu"],
+                          "valid_bleu_by_direction": validation["best_bleu_by_direction"]})
+        add_row("validation", f"best {best} at update {validation['best_step']:,}  {curve}")
     else:
         add_row("validation", "no validation BLEU recorded")
     add_row("files", "\n".join(f"{name}  {_size(size)}" for name, size in info["files"].items()))

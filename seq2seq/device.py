@@ -1,4 +1,5 @@
-"""Choosing the torch device from a user's `--device` option, and the precision it computes in."""
+"""Choosing the torch device from a user's `--device` option, the precision it computes in, and the
+kernels that compute its attention."""
 
 from __future__ import annotations
 
@@ -38,11 +39,37 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """How a device computes: autocast to a 16-bit type, or float32, and whether float32 matmuls use TF32."""
+    """How a device computes: autocast to a 16-bit type, or float32, whether float32 matmuls use TF32,
+    and which kernels s2s lets compute attention."""
 
     autocast_dtype: torch.dtype | None  # None: no autocast, everything in float32
     tf32: bool
-    description: str  # what training says it runs in
+    numbers: str  # what its arithmetic is done in
+    attention: str | None = None  # the attention kernels s2s chose; None: torch's own choice
+
+    @property
+    def description(self) -> str:
+        """What training and translation say they run in, on their first line."""
+        return self.numbers if self.attention is None else f"{self.numbers}; {self.attention}"
+
+
+# torch sends a masked scaled_dot_product_attention on a recent GPU (Hopper, with torch 2.11) to cuDNN
+# first, which builds an execution plan for every new (batch, length) shape, forward and backward:
+# the run stalls at each new shape (bench/RESULTS.md, issue 27). The flash and memory-efficient
+# kernels need no plan. So cuDNN attention is left out everywhere s2s computes on CUDA, until a
+# measurement on s2s's own shapes shows that it pays.
+CUDA_ATTENTION = "attention by SDPA without cuDNN (flash, memory-efficient or math kernels)"
+
+
+def attention_kernels(device: torch.device) -> str | None:
+    """The attention kernels s2s chooses on `device`: CUDA_ATTENTION on CUDA; None elsewhere, where torch chooses."""
+    return CUDA_ATTENTION if device.type == "cuda" else None
+
+
+def use_attention_kernels(device: torch.device) -> None:
+    """Put `attention_kernels(device)` in force, for the whole process."""
+    if attention_kernels(device) == CUDA_ATTENTION:
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 PRECISION_CHOICES: tuple[str, ...] = typing.get_args(PrecisionChoice)
@@ -76,17 +103,18 @@ def precision_policy(device: torch.device, requested: str = "auto") -> Precision
     """
     if requested not in PRECISION_CHOICES:
         raise field_error("precision", f"must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+    attention = attention_kernels(device)
     if requested == "float32":
-        return Precision(None, False, "float32, as asked")
+        return Precision(None, False, "float32, as asked", attention)
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if major >= 8:
-            return Precision(torch.bfloat16, True, "bf16 autocast, float32 matmuls on TF32")
+            return Precision(torch.bfloat16, True, "bf16 autocast, float32 matmuls on TF32", attention)
         if requested == "bf16":
             raise ConfigError(f"{{precision}} bf16: this GPU (compute capability {major}.{minor}) has no bf16; "
                               "use float32 or auto", ("precision",))
         return Precision(None, False, f"float32 (this GPU, compute capability {major}.{minor}, has no bf16; "
-                                      "fp16 would need loss scaling)")
+                                      "fp16 would need loss scaling)", attention)
     if requested == "auto":
         return Precision(None, False, "float32")
     if device.type == "cpu" and cpu_has_bf16():
@@ -97,8 +125,11 @@ def precision_policy(device: torch.device, requested: str = "auto") -> Precision
 
 def mixed_precision(device: torch.device, requested: str = "auto") -> contextlib.AbstractContextManager:
     """The autocast context of `precision_policy(device, requested)` (a null context for float32);
-    turns TF32 on for the float32 matmuls where the policy says so."""
+    turns TF32 on for the float32 matmuls where the policy says so, and chooses the attention
+    kernels (`use_attention_kernels`). Training, validation and every translation on a device call it
+    before they compute there."""
     policy = precision_policy(device, requested)
+    use_attention_kernels(device)
     if policy.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -42,21 +42,100 @@ def make_untrained_run(folder: Path, max_positions: int = 1024, **model_fields) 
 
     Enough for everything that loads a run or checks its input without needing good translations.
     """
-    from seq2seq.config import RunConfig
     from seq2seq.data.corpora import load_corpus
     from seq2seq.data.tokenizer import train_tokenizer
+
+    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "corpus", "val", 300), "en", "de"), folder,
+                                 vocab_size=150)
+    return _write_untrained_run(folder, tokenizers, TrainConfig(), max_positions, **model_fields)
+
+
+def make_untrained_multilingual_run(folder: Path, lang_tag: str = "source", tgt_lang: str = "de,fr",
+                                    max_positions: int = 1024) -> Path:
+    """As `make_untrained_run`, a run of a model that translates English into each language of `tgt_lang`,
+    told which by a tag placed as `lang_tag` says (seq2seq.data.directions): its shared 200-piece tokenizer
+    is trained over the languages' Multi30k slices, with each target's tag as one piece.
+
+    The model is all but untrained: a few updates on tagged pairs (`_teach_the_tags`) make its outputs
+    differ by target, which a model that has never seen a tag barely does. They also make BOS and
+    padding improbable outputs, as training does: s2s's search never writes either, but CTranslate2's
+    would, so that both engines' outputs can be compared."""
+    import datasets
+
+    from seq2seq.data.corpora import load_corpus
+    from seq2seq.data.directions import language_tag, tagged_languages, target_languages
+    from seq2seq.data.tokenizer import train_tokenizer
+
+    targets = target_languages(tgt_lang)
+    corpus = write_slice(folder / "corpus", "val", 300, langs=("en", *targets))
+    pairs = {lang: load_corpus(corpus, "en", lang) for lang in targets}
+    tokenizers = train_tokenizer(datasets.concatenate_datasets(list(pairs.values())), folder, vocab_size=200,
+                                 control_symbols=[language_tag(lang) for lang in tagged_languages(tgt_lang)])
+    train = TrainConfig(tgt_lang=tgt_lang, lang_tag=lang_tag)
+
+    return _write_untrained_run(folder, tokenizers, train, max_positions,
+                                lambda model: _teach_the_tags(model, tokenizers, pairs, lang_tag))
+
+
+def _teach_the_tags(model, tokenizers, pairs: dict, lang_tag: str, steps: int = 40, rows: int = 32) -> None:
+    """A few updates of `model` on the first `rows` pairs of each target language's `pairs` (datasets
+    with `src` and `tgt`), tagged as `lang_tag` says, cut to 24 pieces a side."""
+    from seq2seq.data.directions import language_tag
+
+    pad, bos, eos = model.cfg.pad_id, model.cfg.bos_id, model.cfg.eos_id
+    vocabulary = tokenizers.src.pieces()
+
+    def padded(sequences: list[list[int]]) -> torch.Tensor:
+        width = max(map(len, sequences))
+        return torch.tensor([ids + [pad] * (width - len(ids)) for ids in sequences])
+
+    batches = []
+    for lang, corpus in pairs.items():
+        tag = [vocabulary.index(language_tag(lang))]
+        source = [ids[:24] for ids in tokenizers.src.encode(corpus["src"][:rows])]
+        target = [ids[:24] for ids in tokenizers.tgt.encode(corpus["tgt"][:rows])]
+        if lang_tag == "source":
+            source, target_in = [tag + ids + [eos] for ids in source], [[bos] + ids for ids in target]
+        else:
+            source, target_in = [ids + [eos] for ids in source], [[bos] + tag + ids for ids in target]
+        batches.append((padded(source), padded(target_in), padded([ids[1:] + [eos] for ids in target_in])))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small only waits on its threads, more so on a busy machine
+    model.train()
+    try:
+        for _ in range(steps):
+            for source, target_in, target_out in batches:
+                logits = model.decode(target_in, *model.encode(source))
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_out.flatten(),
+                                                         ignore_index=pad)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        model.eval()
+        torch.set_num_threads(threads)
+
+
+def _write_untrained_run(folder: Path, tokenizers, train: TrainConfig, max_positions: int, prepare=None,
+                         **model_fields) -> Path:
+    """config.json (`train`, and a tiny model for the shared `tokenizers` in `folder`) and seeded weights,
+    changed by `prepare(model)` first if given."""
+    from seq2seq.config import RunConfig
     from seq2seq.files.atomic import atomic_write_text
     from seq2seq.model.transformer import build_model
     from seq2seq.runs.weights import save_weights
 
-    tokenizers = train_tokenizer(load_corpus(write_slice(folder / "corpus", "val", 300), "en", "de"), folder,
-                                 vocab_size=150)
-    cfg = ModelConfig(src_vocab_size=150, tgt_vocab_size=150, d_model=16, n_heads=2, ffn_dim=32,
+    vocab_size = tokenizers.src.vocab_size
+    cfg = ModelConfig(src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, d_model=16, n_heads=2, ffn_dim=32,
                       encoder_layers=1, decoder_layers=1, max_positions=max_positions, **model_fields)
-    atomic_write_text(folder / "config.json", RunConfig(model=cfg, tokenizer_sha256={
+    atomic_write_text(folder / "config.json", RunConfig(model=cfg, train=train, tokenizer_sha256={
         tokenizers.src.path.name: tokenizers.src.sha256}).to_json())
     torch.manual_seed(0)
-    save_weights(build_model(cfg), folder / "model.safetensors")
+    model = build_model(cfg)
+    if prepare is not None:
+        prepare(model)
+    save_weights(model, folder / "model.safetensors")
     return folder
 
 
@@ -81,6 +160,9 @@ class EosFirst(torch.nn.Module):
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor,
                cache=None) -> torch.Tensor:
         return self.output_logits(self.decoder_states(tgt_in, memory, src_mask, cache))
+
+    def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor, layer: int) -> torch.Tensor:
+        return self.inner.cross_attention(src, tgt_in, layer)
 
 
 class LogitsAsStates:

@@ -246,3 +246,39 @@ def test_validation_decodes_in_the_precision_training_runs_in(monkeypatch, tmp_p
     cfg = tiny_train_config(corpus, valid, max_steps=1, precision=precision)
     make_trainer(tmp_path / "run", tiny_model_config(), cfg, torch.device("cpu"), on_event=lambda event: None).run()
     assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else None}
+
+
+# ---------------------------------------------------------------------------
+# The attention kernels: chosen once with the precision, and named with it.
+
+@pytest.mark.parametrize("kind, requested", [("cuda", "auto"), ("cuda", "float32"), ("cuda", "bf16"), ("cpu", "auto"),
+                                             ("cpu", "float32"), ("mps", "auto")])
+def test_cuda_leaves_cudnn_attention_out_and_says_so_and_other_devices_keep_torchs_choice(monkeypatch, kind,
+                                                                                          requested):
+    """On CUDA, cuDNN attention (a plan built for every new shape) is taken out of SDPA's order whatever the
+    precision, and the run's first line says so; elsewhere nothing is switched and nothing more is said."""
+    from seq2seq.device import mixed_precision, precision_policy
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    switched = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", switched.append)
+    device = torch.device(kind)
+    policy = precision_policy(device, requested)
+    mixed_precision(device, "float32")  # what every computation on the device calls first (float32: no TF32 to set)
+    if kind == "cuda":
+        assert switched == [False]
+        assert policy.description.endswith("; attention by SDPA without cuDNN (flash, memory-efficient or math kernels)")
+        assert policy.description.startswith("float32" if requested == "float32" else "bf16")
+    else:
+        assert switched == [] and policy.attention is None and "attention" not in policy.description
+
+
+def test_the_attention_switch_is_one_torch_211_and_213_both_have():
+    """The one call the choice makes exists in this torch, and its flag reads back (restored after)."""
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)

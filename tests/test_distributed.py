@@ -126,6 +126,25 @@ def test_two_processes_resume_as_if_never_stopped(tmp_path):
     assert digests[0] == digests[1] and len(set(digests[0])) == 1
 
 
+def test_two_processes_decay_a_time_based_schedule_alike(tmp_path):
+    """A cosine that decays with the clock: each rank's clock and reserve for the final validation
+    (rank 0's alone) differ, but every update's learning rate is the one every rank agreed, so
+    the weights stay the same on every rank and the rate still falls to near 0 by the end."""
+    data = tmp_path / "data"
+    run = tmp_path / "run"
+    done = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "cli.main", "train",
+                           "--run-dir", str(run), *TRAIN_ARGS, "--train", write_slice(data, "train", 300, "train"),
+                           "--valid", write_slice(data, "val", 30, "val"), "--max-time", "12",
+                           "--lr-schedule", "cosine", "--valid-every", "40", "--log-every", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stop = records(run, "stop")[-1]
+    assert stop["reason"] == "max_time" and stop["step"] > 40
+    assert len(set(stop["rank_weights_sha256"])) == 1
+    lrs = [r["lr"] for r in records(run, "train")]
+    assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[-1] < 0.1 * 3e-3
+
+
 @pytest.mark.parametrize("killed", [0, 1])
 def test_a_killed_node_fails_the_other_instead_of_hanging(tmp_path, killed):
     """Node `killed` dies (SIGKILL, torchrun agent and all) mid-training; the other exits non-zero,

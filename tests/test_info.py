@@ -27,7 +27,8 @@ def test_info_json_matches_the_runs_config_and_metrics(trained_run):
     trained = [r for r in records if r["event"] == "train"]
     validations = [r for r in records if r["event"] == "valid"]
     assert info["kind"] == "run directory"
-    assert info["languages"] == {"source": config.train.src_lang, "target": config.train.tgt_lang}
+    # lang_tag: only a model that writes several languages has one (tests/test_multilingual.py).
+    assert info["languages"] == {"source": config.train.src_lang, "target": config.train.tgt_lang, "lang_tag": None}
     assert info["model"]["parameters"] == count_parameters(build_model(config.model))
     assert info["model"]["d_model"] == config.model.d_model and info["model"]["preset"] == "custom"
     assert info["tokenizer"]["sha256"] == config.tokenizer_sha256

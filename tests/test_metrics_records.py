@@ -24,6 +24,7 @@ from seq2seq.inspection.metrics_records import (
     FLAG,
     NUMBER,
     NUMBER_OR_NULL,
+    NUMBERS_BY_NAME,
     RECORD_OR_NULL,
     RECORDS,
     TEXT,
@@ -57,6 +58,8 @@ SAMPLES = {
     "oom": {"event": "oom", "step": 99999, "action": "split the update into 2 batches",
             "max_tokens_from_next_epoch": 450},
     "resume": {"event": "resume", "step": 99999, "epoch": 9.5},
+    "batch_shapes": {"event": "batch_shapes", "epoch": 1, "batches": 130, "shapes": 36, "padding": 0.0875,
+                     "shape_ladder": False},
     "average": {"event": "average", "step": 99999, "averaged_steps": "5,10", "kept": False, **SCORES},
     "stop": {"event": "stop", "reason": "max_steps", "step": 99999, "best": None, "unvalidated_model": False,
              "rank_weights_sha256": []},
@@ -66,7 +69,8 @@ SAMPLES = {kind: {**record, "time": 1.7e9} for kind, record in SAMPLES.items()}
 # Values of the wrong type for each type of field; a count is also wrong when negative or a fraction.
 WRONG = {COUNT: ["7", -1, 1.5, True, None], NUMBER: ["1.0", True, None, [1.0]], NUMBER_OR_NULL: ["1.0", True, [1.0]],
          TEXT: [7, None, ["a"]],
-         FLAG: [1, "true", None], RECORD_OR_NULL: ["x", 7, []], TEXTS: ["x", [1], None]}
+         FLAG: [1, "true", None], RECORD_OR_NULL: ["x", 7, []], TEXTS: ["x", [1], None],
+         NUMBERS_BY_NAME: ["x", [1.0], None, {"en-de": "1.0"}, {"en-de": True}, {"en-de": None}]}
 
 
 def fields(*types):
@@ -148,7 +152,8 @@ def test_every_record_a_run_writes_is_read_and_the_samples_are_like_them(run):
     assert metrics.records == written and metrics.skipped == 0
     for record in written:
         assert set(record) == set(SAMPLES[record["event"]]), record["event"]
-    assert {record["event"] for record in written} == {"data", "train", "valid", "average", "stop"}
+    assert {record["event"] for record in written} == {"data", "batch_shapes", "train", "valid", "average",
+                                                          "stop"}
     assert set(SAMPLES) == set(RECORDS)
     for record in SAMPLES.values():
         assert check_record(record) == record
@@ -234,11 +239,11 @@ def test_no_finite_point_at_all_is_one_error_line(run, tmp_path):
             if name in record:
                 record[name] = math.inf
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plotted_records = sum(r["event"] in ("train", "valid", "average") for r in records)
+    plotted = [line for line, r in enumerate(records, 1) if r["event"] in ("train", "valid", "average")]
     result = runner.invoke(app, ["plot", str(folder), "-o", str(tmp_path / "c.png")])
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
     assert result.stderr.startswith(f"error: {folder / 'metrics.jsonl'}: no train or valid records to plot "
-                                    f"(skipped {plotted_records} bad records, the first on line 3:")
+                                    f"(skipped {len(plotted)} bad records, the first on line {plotted[0]}:")
     assert not (tmp_path / "c.png").exists()
 
 

@@ -145,6 +145,8 @@ def test_concurrent_clients_get_exactly_their_own_lines(model_folder, sources):
         status, info = get(url + "/info")
         assert status == 200 and 0 < info["batches"] < 320  # requests were batched together
         assert info["queued_lines"] == 0
+        # What it computes in: the torch engine says it as training does, CTranslate2 by its compute type.
+        assert info["model"]["precision"] in ("float32", "CTranslate2 float32 on cpu")
 
 
 def test_prefix_and_nbest_requests(trained_run, sources):

@@ -36,7 +36,7 @@ def test_training_writes_a_complete_run_and_the_loss_falls(corpus, tmp_path):
     assert len(valids) == 3 and all("valid_bleu" in v for v in valids)
     assert result.stop_reason == "epochs" and result.best is not None
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {r["event"] for r in records} == {"data", "train", "valid", "stop"}  # data: the pairs of each split
+    assert {r["event"] for r in records} == {"data", "batch_shapes", "train", "valid", "stop"}  # data: the pairs of each split
     stop = records[-1]  # why and where the run ended; ranks' weight hashes only under torchrun
     assert (stop["event"], stop["reason"], stop["step"], stop["rank_weights_sha256"]) == (
         "stop", "epochs", result.step, [])
@@ -225,7 +225,11 @@ def test_the_time_budget_leaves_room_for_each_final_validation(average_last, val
 
     now = time.monotonic()
     for has_data, reserved in ((True, validations_reserved * 30.0), (False, 0.0)):
-        validation = SimpleNamespace(cfg=SimpleNamespace(average_last=average_last), has_data=has_data, seconds=30.0)
+        validation = SimpleNamespace(cfg=SimpleNamespace(average_last=average_last), has_data=has_data, seconds=30.0,
+                                     deadline=now + 1000.0)
+        # time_is_up and the time-based schedule both end training where training_ends says.
+        assert Validation.training_ends(validation) == now + 1000.0 - reserved
+        validation.training_ends = lambda: Validation.training_ends(validation)
         validation.deadline = now + reserved + 5  # 5 s before training must stop
         assert not Validation.time_is_up(validation)
         validation.deadline = now + reserved - 5  # 5 s after

@@ -53,6 +53,7 @@ from .columns import (
     select_pairs,
 )
 from .corpus_specs import saved_dataset
+from .directions import language_tag
 
 # datasets fingerprints module-level functions by their name, not their code:
 # bump this when the readers below change, or caches go stale.
@@ -96,6 +97,36 @@ def load_corpus(spec: str, src_lang: str, tgt_lang: str, *,
         pairs = _load_local(spec, src_lang, tgt_lang, cache_dir)
     _check_has_text(pairs, spec)
     return pairs
+
+
+def load_directions(spec: str, directions: list[tuple[str, str]], *, tag_column: str = "",
+                    cache_dir: str | None = None) -> list[datasets.Dataset]:
+    """The pairs of each (source, target) direction of `spec`, in order, as `load_corpus` reads them:
+    PREFIX.SRC with PREFIX.TGT, or the two language columns of a table.
+
+    With `tag_column` ("src_tag" or "tgt_tag"), each also has that column, holding on every row the
+    tag of its target language (seq2seq.data.directions.language_tag), which encoding puts first
+    on that side (seq2seq.data.encode)."""
+    corpora = []
+    for src_lang, tgt_lang in directions:
+        pairs = load_corpus(spec, src_lang, tgt_lang, cache_dir=cache_dir)
+        if tag_column:
+            pairs = pairs.add_column(tag_column, [language_tag(tgt_lang)] * len(pairs))
+        corpora.append(pairs)
+    return corpora
+
+
+def language_texts(directions: list[tuple[str, str]], corpora: list[datasets.Dataset]
+                   ) -> tuple[dict[str, tuple[datasets.Dataset, str]], dict[str, tuple[datasets.Dataset, str]]]:
+    """Where the sentences of each source and each target language are, among the corpora of
+    `directions` (`load_directions`): language -> (a corpus, "src" or "tgt"). A language in several
+    directions is read from the first, once: en -> de, fr reads the English side once, not twice."""
+    sources: dict[str, tuple[datasets.Dataset, str]] = {}
+    targets: dict[str, tuple[datasets.Dataset, str]] = {}
+    for (src_lang, tgt_lang), pairs in zip(directions, corpora):
+        sources.setdefault(src_lang, (pairs, "src"))
+        targets.setdefault(tgt_lang, (pairs, "tgt"))
+    return sources, targets
 
 
 def _load_local(spec: str, src_lang: str, tgt_lang: str, cache_dir: str | None) -> datasets.Dataset:

@@ -4,7 +4,8 @@ A run names one language or several on each side (`TrainConfig.src_lang`,
 `tgt_lang`: "en" and "de,fr,cs"); it trains every direction between them
 (`TrainConfig.directions`). A model that writes more than one language is told
 which by a tag, `<2de>`, one piece of the shared tokenizer per target language
-(a sentencepiece user-defined symbol, so it is never split or sampled):
+(a sentencepiece control symbol: it is inserted as an id, never read from a
+line's text, never split or sampled, and decodes to nothing):
 
 - `lang_tag` "source": the tag is the first source token, before the source
   pieces (Johnson et al. 2017);

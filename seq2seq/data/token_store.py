@@ -41,8 +41,9 @@ class TokenStore(Protocol):
 
     def __len__(self) -> int: ...
 
-    def padded(self, index: np.ndarray, pad_id: int) -> Tensor:
-        """Rows `index`, right-padded into a long tensor (B, L) on the training device."""
+    def padded(self, index: np.ndarray, pad_id: int, width: int | None = None) -> Tensor:
+        """Rows `index`, right-padded into a long tensor (B, L) on the training device: L is `width`
+        (at least the longest row's length), or the longest row's length."""
         ...
 
 
@@ -53,6 +54,16 @@ def host_to_device(array: np.ndarray, device: torch.device) -> Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _batch_width(lengths: np.ndarray, index: np.ndarray, width: int | None) -> int:
+    """The width rows `index` are padded to: `width`, which must hold the longest, or the longest."""
+    longest = int(lengths[index].max())
+    if width is None:
+        return longest
+    if width < longest:
+        raise ValueError(f"a padded width of {width} is shorter than the longest row ({longest})")
+    return width
 
 
 def _chunks(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
@@ -123,8 +134,8 @@ class DeviceTokenStore:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def padded(self, index: np.ndarray, pad_id: int) -> Tensor:
-        width = int(self.lengths[index].max())  # from the host copy: no device sync
+    def padded(self, index: np.ndarray, pad_id: int, width: int | None = None) -> Tensor:
+        width = _batch_width(self.lengths, index, width)  # from the host copy: no device sync
         rows = host_to_device(np.asarray(index, dtype=np.int64), self.device)  # (B,)
         position = torch.arange(width, device=self.device)  # (L,)
         inside = position < self.row_lengths[rows, None]  # (B, L)
@@ -158,10 +169,10 @@ class MappedTokenStore:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def padded(self, index: np.ndarray, pad_id: int) -> Tensor:
+    def padded(self, index: np.ndarray, pad_id: int, width: int | None = None) -> Tensor:
         index = np.asarray(index, dtype=np.int64)
         lengths = self.lengths[index]
-        batch = np.full((len(index), int(lengths.max())), pad_id, dtype=np.int64)  # (B, L)
+        batch = np.full((len(index), _batch_width(self.lengths, index, width)), pad_id, dtype=np.int64)  # (B, L)
         chunk_of = np.searchsorted(self.first_rows, index, side="right") - 1  # (B,)
         row_in_chunk = index - self.first_rows[chunk_of]  # (B,)
         # One slice of the map per row: a batch is tens to hundreds of rows.

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import random
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +34,8 @@ MODEL_TYPES = ("unigram", "bpe")
 
 _SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 _READ_BATCH = 10_000  # rows per batch when sampling a corpus
+# sentencepiece keeps one sampling seed per process: setting it and drawing with it go together.
+_SAMPLING_SEED = threading.Lock()
 
 
 class Tokenizer:
@@ -79,9 +83,34 @@ class Tokenizer:
         """The piece of each id, as the vocabulary writes it ("▁dog")."""
         return [self._processor.id_to_piece(i) for i in ids]
 
+    def piece_id(self, piece: str) -> int:
+        """The id of `piece` (a language tag: "<2de>"); TokenizerError if the vocabulary has no such piece."""
+        found = self._processor.piece_to_id(piece)
+        if found == UNK_ID and piece != self._processor.id_to_piece(UNK_ID):
+            raise TokenizerError(f"{self.path}: has no piece {piece}")
+        return found
+
     def encode(self, lines: list[str]) -> list[list[int]]:
         """Token ids of each line: pieces only, no BOS or EOS added."""
         return self._processor.encode(lines, out_type=int)
+
+    def sample(self, lines: list[str], alpha: float, nbest_size: int, seed: int) -> list[list[int]]:
+        """Token ids of each line in a segmentation drawn at random, as subword regularization
+        trains on (pieces only, like `encode`): Kudo's sampling for a unigram model, among the
+        `nbest_size` best segmentations (-1: all) with smoothing `alpha`; BPE-dropout for a BPE
+        model, with `alpha` the dropout probability (`nbest_size` is then ignored, but checked). The draw is a
+        function of `seed` (0 to 2**32 - 2) and the lines alone."""
+        if nbest_size != -1 and nbest_size < 2:
+            # Sampling among the one best segmentation would be no sampling at all.
+            raise TokenizerError(f"{self.path}: subword sampling needs an nbest size of -1 (all) or at least 2, "
+                                 f"got {nbest_size}")
+        with _SAMPLING_SEED:
+            spm.set_random_generator_seed(seed)
+            # sentencepiece draws from a generator of the thread's own, seeded from the process's
+            # seed when the thread first samples; sentencepiece 0.2.0 never reseeds it afterwards.
+            # A batch on one thread starts a new thread for this call, whose draw `seed` decides.
+            return self._processor.encode(lines, out_type=int, enable_sampling=True, alpha=alpha,
+                                          nbest_size=nbest_size, num_threads=1)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Text of each id sequence; pad, bos and eos ids are dropped first."""
@@ -157,7 +186,7 @@ def load_tokenizers(folder: str | Path) -> TokenizerPair:
 def train_tokenizer(corpus: datasets.Dataset, out_dir: str | Path, *, vocab_size: int = 8000,
                     model_type: str = "unigram", shared: bool = True,
                     character_coverage: float = 1.0, sample_size: int = 1_000_000,
-                    seed: int = 1) -> TokenizerPair:
+                    seed: int = 1, control_symbols: Sequence[str] = ()) -> TokenizerPair:
     """Train sentencepiece on a uniform random sample of `corpus` and write it to `out_dir`.
 
     `corpus` has string columns `src` and `tgt` (see `seq2seq.data.corpora.load_corpus`).
@@ -166,7 +195,57 @@ def train_tokenizer(corpus: datasets.Dataset, out_dir: str | Path, *, vocab_size
     for its own model. Writes `tokenizer.model` + `.vocab`, or the
     `tokenizer.src.*` and `tokenizer.tgt.*` pair; existing files are replaced
     only once training has succeeded.
+
+    `control_symbols` (the language tags of seq2seq.data.directions) each get one
+    id, after the special ones, in every model written: sentencepiece control
+    symbols, which the caller inserts as ids, which no input text encodes to
+    (a source line holding "<2fr>" cannot choose the language) and which
+    decode to nothing.
     """
+    out_dir = _tokenizer_folder(out_dir, vocab_size=vocab_size, model_type=model_type,
+                                character_coverage=character_coverage, sample_size=sample_size)
+    rng = random.Random(seed)
+    if shared:
+        samples = {SHARED_FILE: _reservoir_sample(_sentences(corpus, ("src", "tgt")), sample_size, rng)}
+    else:
+        samples = {SRC_FILE: _reservoir_sample(_sentences(corpus, ("src",)), sample_size, rng),
+                   TGT_FILE: _reservoir_sample(_sentences(corpus, ("tgt",)), sample_size, rng)}
+    return _write_models(samples, out_dir, shared=shared, vocab_size=vocab_size, model_type=model_type,
+                         character_coverage=character_coverage, seed=seed, control_symbols=control_symbols)
+
+
+# The sentences of each language of a run: language code -> a corpus and its column ("src" or "tgt")
+# that holds that language (seq2seq.data.corpora.language_texts).
+LanguageTexts = Mapping[str, "tuple[datasets.Dataset, str]"]
+
+
+def train_balanced_tokenizer(sources: LanguageTexts, targets: LanguageTexts, out_dir: str | Path, *,
+                             vocab_size: int = 8000, model_type: str = "unigram", shared: bool = True,
+                             character_coverage: float = 1.0, sample_size: int = 1_000_000, seed: int = 1,
+                             control_symbols: Sequence[str] = ()) -> TokenizerPair:
+    """`train_tokenizer` for a run of several languages: each model is trained on an equal sample
+    of every language it covers (all of them when `shared`, else the source languages for the
+    source model and the target languages for the target one), so that a language with less
+    text does not starve: its vocabulary would otherwise be cut up into short pieces.
+
+    Each language gives min(sample_size // languages, the most sentences any of them has):
+    a reservoir sample of a language with more than that, its sentences repeated in turn for one
+    with fewer."""
+    out_dir = _tokenizer_folder(out_dir, vocab_size=vocab_size, model_type=model_type,
+                                character_coverage=character_coverage, sample_size=sample_size)
+    rng = random.Random(seed)
+    if shared:
+        samples = {SHARED_FILE: _balanced_sample({**sources, **targets}, sample_size, rng)}
+    else:
+        samples = {SRC_FILE: _balanced_sample(sources, sample_size, rng),
+                   TGT_FILE: _balanced_sample(targets, sample_size, rng)}
+    return _write_models(samples, out_dir, shared=shared, vocab_size=vocab_size, model_type=model_type,
+                         character_coverage=character_coverage, seed=seed, control_symbols=control_symbols)
+
+
+def _tokenizer_folder(out_dir: str | Path, *, vocab_size: int, model_type: str, character_coverage: float,
+                      sample_size: int) -> Path:
+    """`out_dir`, created, once the training options are checked."""
     if model_type not in MODEL_TYPES:
         raise TokenizerError(f"unknown tokenizer model type {model_type!r}; "
                              f"choose from {', '.join(MODEL_TYPES)}")
@@ -183,19 +262,19 @@ def train_tokenizer(corpus: datasets.Dataset, out_dir: str | Path, *, vocab_size
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TokenizerError(f"cannot create tokenizer folder {out_dir} ({err.strerror})") from None
+    return out_dir
 
-    rng = random.Random(seed)
-    if shared:
-        samples = {SHARED_FILE: _reservoir_sample(_sentences(corpus, ("src", "tgt")), sample_size, rng)}
-    else:
-        samples = {SRC_FILE: _reservoir_sample(_sentences(corpus, ("src",)), sample_size, rng),
-                   TGT_FILE: _reservoir_sample(_sentences(corpus, ("tgt",)), sample_size, rng)}
+
+def _write_models(samples: dict[str, list[str]], out_dir: Path, *, shared: bool, vocab_size: int, model_type: str,
+                  character_coverage: float, seed: int, control_symbols: Sequence[str]) -> TokenizerPair:
+    """Train a model on each sample (by file name) and write them all to `out_dir`."""
     # Train every model before writing any, so a failure leaves the folder as it was.
     models = {}
     for file_name, sentences in samples.items():
         side = {SRC_FILE: "source ", TGT_FILE: "target "}.get(file_name, "")
         models[file_name] = _train_one(sentences, side, vocab_size=vocab_size, model_type=model_type,
-                                       character_coverage=character_coverage, seed=seed)
+                                       character_coverage=character_coverage, seed=seed,
+                                       control_symbols=control_symbols)
     try:
         for file_name, model_bytes in models.items():
             atomic_write_bytes(out_dir / file_name, model_bytes)
@@ -219,6 +298,18 @@ def _sentences(corpus: datasets.Dataset, columns: tuple[str, ...]) -> Iterator[s
                     yield sentence
 
 
+def _balanced_sample(languages: LanguageTexts, size: int, rng: random.Random) -> list[str]:
+    """An equal number of non-empty sentences of each language (see `train_balanced_tokenizer`), in
+    the order of `languages`."""
+    quota = max(size // max(len(languages), 1), 1)
+    drawn = {lang: _reservoir_sample(_sentences(corpus, (column,)), quota, rng)
+             for lang, (corpus, column) in languages.items()}
+    each = max((len(sentences) for sentences in drawn.values()), default=0)
+    # A language short of sentences repeats them: it weighs in the vocabulary as much as the others.
+    return [sentence for sentences in drawn.values() if sentences
+            for sentence in itertools.islice(itertools.cycle(sentences), each)]
+
+
 def _reservoir_sample(sentences: Iterable[str], size: int, rng: random.Random) -> list[str]:
     """A uniform random sample of at most `size` items from a stream (Vitter's algorithm R)."""
     sample: list[str] = []
@@ -233,7 +324,7 @@ def _reservoir_sample(sentences: Iterable[str], size: int, rng: random.Random) -
 
 
 def _train_one(sentences: list[str], side: str, *, vocab_size: int, model_type: str,
-               character_coverage: float, seed: int) -> bytes:
+               character_coverage: float, seed: int, control_symbols: Sequence[str] = ()) -> bytes:
     """Run the sentencepiece trainer on `sentences`; the serialized model."""
     if not sentences:
         raise TokenizerError(f"no non-empty {side}sentences to train the tokenizer on")
@@ -246,7 +337,7 @@ def _train_one(sentences: list[str], side: str, *, vocab_size: int, model_type: 
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
             model_type=model_type, character_coverage=character_coverage,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, control_symbols=list(control_symbols),
             input_sentence_size=0,  # 0 means use every sentence: the sample is already bounded
             num_threads=os.cpu_count() or 1, minloglevel=2)
     except (RuntimeError, ValueError) as err:

@@ -47,6 +47,8 @@ NUMBER_OR_NULL = FieldType("a finite number or null", lambda value: value is Non
 TEXT = FieldType("a string", lambda value: isinstance(value, str))
 FLAG = FieldType("true or false", lambda value: isinstance(value, bool))
 RECORD_OR_NULL = FieldType("an object or null", lambda value: value is None or isinstance(value, dict))
+NUMBERS_BY_NAME = FieldType("an object of finite numbers",
+                            lambda value: isinstance(value, dict) and all(NUMBER.accepts(item) for item in value.values()))
 TEXTS = FieldType("a list of strings", lambda value: isinstance(value, list) and all(isinstance(item, str)
                                                                                       for item in value))
 
@@ -67,9 +69,11 @@ class RecordKind:
         return {**self.required, **self.optional, **EVERY_RECORD}
 
 
-# A validation's scores (seq2seq.training.validation.Validation.measure).
+# A validation's scores (seq2seq.training.validation.Validation.measure). With several directions,
+# valid_bleu is the mean of their BLEU, and BY_DIRECTION ({"en-de": 31.2, ...}) has each.
 SCORES = {"valid_loss": NUMBER, "valid_ppl": NUMBER, "valid_bleu": NUMBER, "bleu_signature": TEXT,
           "valid_beam": COUNT}
+BY_DIRECTION = {"valid_bleu_by_direction": NUMBERS_BY_NAME}
 
 # The optional fields marked "older" are in every record of their kind that s2s writes now, but
 # not in those of older versions, which are still read.
@@ -80,14 +84,18 @@ RECORDS: dict[str, RecordKind] = {
     "train": RecordKind({"step": COUNT, "epoch": NUMBER, "loss": NUMBER_OR_NULL, "lr": NUMBER, "tgt_tokens_per_s": NUMBER,
                          "elapsed": NUMBER},
                         {"model_tflops_per_s": NUMBER}),  # older
-    "valid": RecordKind({"step": COUNT, "epoch": NUMBER, **SCORES, "best": FLAG}),
+    "valid": RecordKind({"step": COUNT, "epoch": NUMBER, **SCORES, "best": FLAG}, BY_DIRECTION),
     "valid_cut": RecordKind({"step": COUNT, "reason": TEXT, "stage": TEXT, "done": COUNT, "sentences": COUNT}),
     "skip": RecordKind({"step": COUNT, "reason": TEXT, "in_a_row": COUNT},
                        {"skipped": COUNT}),  # older
     "oom": RecordKind({"step": COUNT, "action": TEXT, "max_tokens_from_next_epoch": COUNT}),
     "resume": RecordKind({"step": COUNT, "epoch": NUMBER}),
+    # An epoch's batches, their distinct (rows, source width, target width) shapes, and their padding
+    # over the real tokens (seq2seq.data.shape_ladder); the seconds of warming up new shapes with CUDA graphs.
+    "batch_shapes": RecordKind({"epoch": COUNT, "batches": COUNT, "shapes": COUNT, "padding": NUMBER,
+                                "shape_ladder": FLAG}, {"warmup_seconds": NUMBER}),
     # The scores only with a validation set; "cut" (its reason) when the average's validation was cut short.
-    "average": RecordKind({"step": COUNT, "averaged_steps": TEXT, "kept": FLAG}, {**SCORES, "cut": TEXT}),
+    "average": RecordKind({"step": COUNT, "averaged_steps": TEXT, "kept": FLAG}, {**SCORES, **BY_DIRECTION, "cut": TEXT}),
     # "best": the best "valid" record, or null without one.
     "stop": RecordKind({"reason": TEXT, "step": COUNT, "best": RECORD_OR_NULL},
                        {"unvalidated_model": FLAG, "rank_weights_sha256": TEXTS}),  # older

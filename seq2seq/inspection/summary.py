@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, to_dict
+from ..data.directions import tagged_languages
 from ..presets import preset_of
 from ..runs.exported_folder import is_exported, open_export
 from ..runs.run_dir import open_run
@@ -51,12 +52,15 @@ def describe(folder: Path | str) -> dict[str, Any]:
     model, train = config.model, config.train
     metrics = read_metrics(folder)
     trained = [r for r in metrics if r.get("event") == "train"]
+    shapes = [r for r in metrics if r.get("event") == "batch_shapes"]
     validations = [r for r in metrics if r.get("event") == "valid" and r.get("valid_bleu") is not None]
     best = max(validations, key=lambda r: r["valid_bleu"], default=None)
     return {
         "folder": str(folder),
         "kind": "exported (CTranslate2)" if exported else "run directory",
-        "languages": {"source": train.src_lang, "target": train.tgt_lang},
+        # lang_tag: where the tag that chooses the target language goes, for a model that writes several.
+        "languages": {"source": train.src_lang, "target": train.tgt_lang,
+                      "lang_tag": train.lang_tag if tagged_languages(train.tgt_lang) else None},
         "model": {"preset": preset_of(model), "parameters": parameter_count(model),
                   "variants": {key: getattr(model, key) for key in ("norm", "positions", "attention",
                                                                      "activation", "share_embeddings")},
@@ -68,9 +72,16 @@ def describe(folder: Path | str) -> dict[str, Any]:
                  "pairs": {r["split"]: r["pairs"] for r in metrics if r.get("event") == "data"}},
         "training": {"updates": trained[-1]["step"] if trained else 0,
                      "epochs": trained[-1]["epoch"] if trained else 0.0,
-                     "seconds": trained[-1]["elapsed"] if trained else 0.0},
+                     "seconds": trained[-1]["elapsed"] if trained else 0.0,
+                     # The last epoch's batches: how many shapes a GPU compiles or captures for
+                     # (seq2seq.data.shape_ladder), and how much they pad.
+                     "batch_shapes": {key: shapes[-1].get(key) for key in ("epoch", "batches", "shapes", "padding",
+                                                                          "shape_ladder", "warmup_seconds")}
+                     if shapes else None},
         "validation": {"best_bleu": best["valid_bleu"] if best else None,
                        "best_step": best["step"] if best else None,
+                       # A run of several directions: the best model's (best by their mean) BLEU in each.
+                       "best_bleu_by_direction": best.get("valid_bleu_by_direction") if best else None,
                        "bleu": [[r["step"], r["valid_bleu"]] for r in validations]},
         "files": {str(path.relative_to(folder)): path.stat().st_size
                   for path in sorted(folder.rglob("*")) if path.is_file() and not path.name.startswith(".")},

@@ -41,7 +41,12 @@ SCALARS: dict[str, dict[str, str]] = {
 def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
     """The (tag, value) pairs a metrics record is logged as; [] for records TensorBoard does not show."""
     fields = SCALARS.get(record.get("event"), {})
-    return [(tag, float(record[key])) for key, tag in fields.items() if record.get(key) is not None]
+    found = [(tag, float(record[key])) for key, tag in fields.items() if record.get(key) is not None]
+    if record.get("event") == "valid":
+        # A run of several directions: each direction's BLEU beside their mean (valid/bleu).
+        found += [(f"valid/bleu_{direction}", float(bleu))
+                  for direction, bleu in record.get("valid_bleu_by_direction", {}).items()]
+    return found
 
 
 def tensorboard_folder(run_dir: Path, folder: Path | None, resume: bool) -> Path | None:

@@ -154,10 +154,14 @@ def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.O
                        rank_rng: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write a complete, resumable trainer state and point `last.json` at it.
 
-    `progress` is JSON: step, epoch, position in the epoch, early-stopping
-    state. `rank_rng` holds every rank's `rng_tensors()`, in rank order
-    (this process's alone if not given): each rank's dropout resumes where
-    it left off. Older states beyond the newest `keep` are removed afterwards.
+    `progress` is JSON: step, epoch (with the run's seed, it fixes the
+    epoch's batch order and its subword segmentation, if sampled: see
+    seq2seq.training.resampling), position in the epoch, early-stopping
+    state, "training_seconds" (how long the run has trained across resumes,
+    where a time-based lr schedule goes on from). `rank_rng` holds every
+    rank's `rng_tensors()`, in rank order (this process's alone if not
+    given): each rank's dropout resumes where it left off. Older states
+    beyond the newest `keep` are removed afterwards.
     """
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     ckpt_root.mkdir(exist_ok=True)
@@ -218,6 +222,8 @@ def restore_trainer_state(state: TrainerState, model: nn.Module, optimizer: torc
     progress = dict(state.progress)
     # load_state_dict moves each state tensor to its parameter's device itself.
     optimizer.load_state_dict(_unflatten_optimizer(state.tensors, progress.pop("optimizer")))
+    for group in optimizer.param_groups:  # a state saved by an unfused optimizer still trains fused
+        group["fused"], group["foreach"] = True, None
     return {**progress, "rng_restored": restore_rng(state.tensors, rank)}
 
 

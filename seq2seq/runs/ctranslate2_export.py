@@ -18,7 +18,9 @@ is never written by hand. How s2s's network maps onto the spec:
 
 - Tokens: the source is its sentencepiece pieces plus `</s>`, with no BOS;
   decoding starts from `<s>`. The vocabularies are the sentencepiece pieces
-  in id order, so CTranslate2's token ids are s2s's.
+  in id order, so CTranslate2's token ids are s2s's, and a model that writes
+  several languages keeps its language tags (`<2de>`) as pieces: the
+  translator puts them in the source or the target prefix for either engine.
 - Embeddings: s2s multiplies them by sqrt(d_model) (`scale_embeddings`); the
   output projection is the target embedding table (tied, no bias).
 - Positions: "sinusoidal" exports s2s's own table as `position_encodings`
@@ -61,6 +63,7 @@ import torch
 from torch import nn
 
 from ..config import DecodeConfig, ModelConfig, RunConfig, to_dict
+from ..data.directions import language_tag, tagged_languages
 from ..data.tokenizer import TokenizerPair
 from ..errors import ConfigError, WriteError, field_error
 from ..files.atomic import fsync_dir
@@ -197,6 +200,7 @@ def export_info(config: RunConfig, tokenizers: TokenizerPair, weights: str, quan
     """What `s2s_export.json` holds: enough to tokenize, search and detokenize as the run did."""
     src, tgt = tokenizers.src, tokenizers.tgt
     pieces = tgt.pieces()
+    tags = {lang: language_tag(lang) for lang in tagged_languages(config.train.tgt_lang)}
     return {
         "format_version": EXPORT_FORMAT_VERSION,
         "engine": "ctranslate2",
@@ -205,6 +209,10 @@ def export_info(config: RunConfig, tokenizers: TokenizerPair, weights: str, quan
         "weights": weights,
         "src_lang": config.train.src_lang,
         "tgt_lang": config.train.tgt_lang,
+        # A model that writes several languages is told which by a tag, a piece of the tokenizer (and so of
+        # the vocabularies): on the source side or forced first on the target side (seq2seq.data.directions).
+        "lang_tag": config.train.lang_tag if tags else None,
+        "language_tags": tags,
         "max_positions": config.model.max_positions,
         "tokenizer": {"shared": tokenizers.shared,
                       "src": SHARED_FILE if tokenizers.shared else SRC_FILE,

@@ -18,6 +18,7 @@ import torch
 
 from ..config import RunConfig
 from ..config_merge import read_json, run_config_from_json
+from ..data.directions import language_tag, tagged_languages
 from ..data.tokenizer import TokenizerPair, load_tokenizers
 from ..errors import ConfigError, RunDirError, TokenizerError
 from ..files.run_layout import CONFIG_FILE, WEIGHTS_FILE
@@ -42,7 +43,8 @@ def read_run_config(run_dir: Path | str) -> RunConfig:
 
 def load_run_tokenizers(run_dir: Path | str, config: RunConfig) -> TokenizerPair:
     """The run's tokenizers, checked against config.json: the sha256 it records for each, and the
-    model fields that come from a tokenizer (vocabulary sizes, special ids, shared embeddings)."""
+    model fields that come from a tokenizer (vocabulary sizes, special ids, shared embeddings), and the
+    language tags (`check_language_tags`)."""
     run_dir = Path(run_dir)
     try:
         tokenizers = load_tokenizers(run_dir)
@@ -62,7 +64,20 @@ def load_run_tokenizers(run_dir: Path | str, config: RunConfig) -> TokenizerPair
     if config.model.share_embeddings and not tokenizers.shared:
         raise RunDirError(f"{config_path}: model.share_embeddings is true, but the run has a tokenizer for each "
                           f"side ({names})")
+    check_language_tags(config, tokenizers, config_path)
     return tokenizers
+
+
+def check_language_tags(config: RunConfig, tokenizers: TokenizerPair, config_path: Path) -> None:
+    """RunDirError unless the tokenizer of the side the run's language tags go on (its lang_tag) holds each
+    tag as a piece (seq2seq.data.directions): what translating trusts when it looks a tag up."""
+    train = config.train
+    tokenizer = tokenizers.src if train.lang_tag == "source" else tokenizers.tgt
+    pieces = set(tokenizer.pieces())
+    missing = [language_tag(lang) for lang in tagged_languages(train.tgt_lang) if language_tag(lang) not in pieces]
+    if missing:
+        raise RunDirError(f"{config_path}: train.tgt_lang {train.tgt_lang} needs a {train.lang_tag} tag for each "
+                          f"language, but {tokenizer.path} has no piece {', '.join(missing)}")
 
 
 @dataclass

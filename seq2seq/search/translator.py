@@ -8,17 +8,25 @@ still gives exactly one output line.
 A line may come with a target prefix that its translation must start with
 (`seq2seq.search.prefix`): it is encoded with the target tokenizer, and a split
 line's first piece carries it.
+
+A model that writes several languages is told which by a tag
+(seq2seq.data.directions): the Translator translates into `cfg.tgt_lang`, and
+puts its tag first in every source row (lang_tag "source") or forces it as
+the first token of every output, before any prefix (lang_tag "target"). Every
+piece of a split line carries it. A forced tag is then taken out of the
+output: the text, the alignments and `min_len` never see it, and the scores
+leave it out as they leave a prefix out.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import DecodeConfig
+from ..config import DecodeConfig, TrainConfig
 from ..data.tokenizer import TokenizerPair
 from ..errors import ConfigError
 from ..files.lines import clean_output
@@ -32,6 +40,7 @@ from ..inspection.alignment import (
 )
 from .engines import Engine, open_engine
 from .hypotheses import Hypothesis
+from .language_tags import language_tag_for
 from .prefix import check_prefix_lengths
 
 if TYPE_CHECKING:  # torch is imported with the torch engine: the CTranslate2 engine runs without it
@@ -85,22 +94,33 @@ class Translator:
 
     The engine (`seq2seq.search.engines`) holds the tokenizers and the search settings.
     `from_run` opens one for a folder; `for_model` runs s2s's own search on a
-    model in memory (validation does).
+    model in memory (validation does). Making one checks `cfg.tgt_lang` against
+    the languages the model writes (`language_tag_for`).
     """
 
     def __init__(self, engine: Engine):
+        self.cfg = engine.cfg
+        self.tag = language_tag_for(engine.train, engine.tokenizers, engine.cfg.tgt_lang)
+        # The tag as the search reads it: first in each source row, or forced first in each output; [] for none.
+        self._source_tag = [self.tag.id] if self.tag and self.tag.on_source else []
+        self._target_tag = [self.tag.id] if self.tag and not self.tag.on_source else []
+        if self._target_tag:
+            # The forced tag is the search's first output token but no part of the translation, whose
+            # fewest tokens (min_len) are counted after it.
+            engine = engine.with_config(replace(engine.cfg, min_len=engine.cfg.min_len + 1))
         self.engine = engine
-        self.tokenizers, self.cfg = engine.tokenizers, engine.cfg
+        self.tokenizers = engine.tokenizers
         self.stats = TranslateStats()
 
     @classmethod
     def for_model(cls, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig,
-                  precision: str = "auto") -> "Translator":
+                  precision: str = "auto", train: TrainConfig | None = None) -> "Translator":
         """A Translator running s2s's own search (the torch engine) on `model`, in `precision`
-        (seq2seq.device.precision_policy)."""
+        (seq2seq.device.precision_policy). `train`, the config of the run the model is trained in, says
+        which languages it writes: a model that writes several translates into `cfg.tgt_lang`."""
         from .engines.torch_engine import TorchEngine
 
-        return cls(TorchEngine(model, tokenizers, cfg, precision=precision))
+        return cls(TorchEngine(model, tokenizers, cfg, precision=precision, train=train))
 
     @classmethod
     def from_run(cls, path: Path | str, device: torch.device | str, cfg: DecodeConfig, weights: str | None = None,
@@ -111,7 +131,8 @@ class Translator:
         return cls(open_engine(path, device, cfg, weights, engine, threads))
 
     def with_config(self, cfg: DecodeConfig) -> "Translator":
-        """A Translator on the same loaded model that searches with `cfg`, with its own stats."""
+        """A Translator on the same loaded model that searches with `cfg` (into its tgt_lang), with its
+        own stats."""
         return Translator(self.engine.with_config(cfg))
 
     @property
@@ -142,13 +163,14 @@ class Translator:
         if len(ids) > self.max_source_tokens:
             raise ConfigError(f"the sentence has {len(ids)} source pieces, more than the model reads at once "
                               f"({self.max_source_tokens}): give a shorter one")
-        row = ids + [self.tokenizers.src.eos_id]
+        row = self._source_row(ids)
         best = self._search([[SourceRow(row)]], None)[0][0][0]
-        weights = self.engine.cross_attention([row], [best.tokens], layer)[0]  # (H, T + 1, S)
+        weights = self._cross_attention([row], [best.tokens], layer)[0]  # (H, T + 1, S)
         output_pieces = self.tokenizers.tgt.id_pieces(best.tokens) + ["</s>"]
         if best.hit_limit:  # no step chose EOS: the last row is of a step the search never took
             weights, output_pieces = weights[:, :-1], output_pieces[:-1]
-        return AttentionMap(source_pieces=self.tokenizers.src.id_pieces(ids) + ["</s>"], output_pieces=output_pieces,
+        # A source tag is shown: the model reads it, and attends to it.
+        return AttentionMap(source_pieces=self.tokenizers.src.id_pieces(row[:-1]) + ["</s>"], output_pieces=output_pieces,
                             weights=weights, translation=clean_output(self.tokenizers.tgt.decode([best.tokens])[0]),
                             layer=layer)
 
@@ -159,7 +181,16 @@ class Translator:
 
     @property
     def max_source_tokens(self) -> int:
-        return self.engine.max_positions - 1  # one position is the source's EOS
+        """The most source pieces of one row: the model's positions but the EOS's and a source tag's."""
+        return self.engine.max_positions - 1 - len(self._source_tag)
+
+    def source_lengths(self, lines: list[str]) -> list[int]:
+        """How many ids the search reads for each line, as one row: its pieces, its EOS and a source tag."""
+        return [len(self._source_tag) + len(ids) + 1 for ids in self.tokenizers.src.encode(lines)]
+
+    def _source_row(self, ids: list[int]) -> list[int]:
+        """The row the search reads for the source pieces `ids`: a source tag, the pieces, EOS."""
+        return self._source_tag + ids + [self.tokenizers.src.eos_id]
 
     def translate(self, lines: list[str], prefixes: list[str] | None = None, first_line: int = 1) -> list[str]:
         """Exactly one output line per input line, in order; empty lines give empty lines.
@@ -239,7 +270,7 @@ class Translator:
                 cuts = self._sentence_cuts(line, limit, with_offsets)
                 # Normalisation could in principle make every sentence encode to nothing.
                 cuts = cuts or cut_ids(ids, starts, limit)
-            result.append([SourceRow(piece + [src_tok.eos_id], piece_starts) for piece, piece_starts in cuts])
+            result.append([SourceRow(self._source_row(piece), piece_starts) for piece, piece_starts in cuts])
         return result
 
     def _sentence_cuts(self, line: str, limit: int, with_offsets: bool) -> list[tuple[list[int], list[int] | None]]:
@@ -272,7 +303,8 @@ class Translator:
         (numbered from `first_line`) whose prefix is longer than any output the model can write."""
         ids = [encoded if prefix.strip() else [] for prefix, encoded in
                zip(prefixes, self.tokenizers.tgt.encode(prefixes))]
-        check_prefix_lengths(ids, self.engine.max_positions, first_line)
+        # A forced target tag goes first, and takes a position from the longest output.
+        check_prefix_lengths(ids, self.engine.max_positions - len(self._target_tag), first_line)
         return ids
 
     def _search(self, pieces: list[list[SourceRow]],
@@ -281,15 +313,31 @@ class Translator:
 
         An empty line (no pieces) gets one piece: the empty source, answered
         with its prefix or the empty hypothesis without running the model. A
-        line's prefix goes with its first piece.
+        line's prefix goes with its first piece, after a target tag, which
+        every piece gets and which the hypotheses come back without.
         """
         rows = [piece.ids for line in pieces for piece in line or [SourceRow([])]]
         row_prefixes = None
-        if prefixes is not None:
-            row_prefixes = [prefix if first else [] for line, prefix in zip(pieces, prefixes)
+        if prefixes is not None or self._target_tag:
+            line_prefixes = prefixes if prefixes is not None else [[]] * len(pieces)
+            row_prefixes = [self._target_tag + (prefix if first else []) for line, prefix in zip(pieces, line_prefixes)
                             for first in [True] + [False] * (len(line) - 1)]
         found = iter(self.engine.search(rows, row_prefixes))
-        return [[next(found) for _ in line or [[]]] for line in pieces]
+        return [[self._untagged(next(found)) for _ in line or [[]]] for line in pieces]
+
+    def _untagged(self, hypotheses: list[Hypothesis]) -> list[Hypothesis]:
+        """`hypotheses` without the target tag the search forced first in each (scored 0, as a prefix is)."""
+        if not self._target_tag:
+            return hypotheses
+        return [replace(hypothesis, tokens=hypothesis.tokens[len(self._target_tag):]) for hypothesis in hypotheses]
+
+    def _cross_attention(self, rows: list[list[int]], outputs: list[list[int]], layer: int) -> list:
+        """The engine's `cross_attention` (H, T + 1, S) of each source row (a source tag included) and
+        output (without the target tag): the steps that chose the output's T tokens, then EOS. A target
+        tag is given back to the model, which wrote the output after it, and the step that chose it is
+        left out."""
+        weights = self.engine.cross_attention(rows, [self._target_tag + tokens for tokens in outputs], layer)
+        return [step_weights[:, len(self._target_tag):] for step_weights in weights]
 
     def _count_outputs(self, pieces: list[list[SourceRow]], best: list[list[Hypothesis]],
                        texts: list[str]) -> None:
@@ -314,8 +362,8 @@ class Translator:
         pieces in order, as its text joins them."""
         requests = [(row, hypothesis) for line_pieces, line_outputs in zip(pieces, outputs) if line_pieces
                     for output in line_outputs for row, hypothesis in zip(line_pieces, output)]
-        weights = iter(self.engine.cross_attention([row.ids for row, _ in requests],
-                                                   [hypothesis.tokens for _, hypothesis in requests], layer))
+        weights = iter(self._cross_attention([row.ids for row, _ in requests],
+                                             [hypothesis.tokens for _, hypothesis in requests], layer))
         result = []
         for line, line_pieces, line_outputs in zip(lines, pieces, outputs):
             if not line_pieces:
@@ -325,7 +373,8 @@ class Translator:
             for output in line_outputs:
                 pairs, words_before = [], 0
                 for row, hypothesis in zip(line_pieces, output):
-                    attention = next(weights).mean(axis=0)[:len(hypothesis.tokens)]  # (T, S + 1), over heads
+                    # (T, S + 1), over heads; a source tag is no word of the line, and its column goes
+                    attention = next(weights).mean(axis=0)[:len(hypothesis.tokens), len(self._source_tag):]
                     text, starts = self.tokenizers.tgt.decode_with_offsets(hypothesis.tokens)
                     target_words, count = output_words(text, starts)
                     pairs += [(source, words_before + target) for source, target in

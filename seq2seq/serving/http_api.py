@@ -1,10 +1,13 @@
 """The HTTP API of `s2s serve`: FastAPI over one loaded Translator and a `DynamicBatcher`.
 
 - `POST /translate` takes `{"text": "one line"}` or `{"text": ["line", ...]}`,
-  with optional `beam`, `nbest` and `prefix` (a string for a single text, a
-  list as long as a list), and answers `{"translations": ...}` in the same
-  shape: one output per input line, as `s2s translate` writes it (with
-  `nbest`, each output is a list of `{"text", "score", "logprob"}`).
+  with optional `beam`, `nbest`, `prefix` (a string for a single text, a
+  list as long as a list) and `tgt` (the language to translate into, for a
+  model that writes several; the server's own by default), and answers
+  `{"translations": ...}` in the same shape: one output per input line, as
+  `s2s translate` writes it (with `nbest`, each output is a list of
+  `{"text", "score", "logprob"}`). Requests with other settings (another
+  beam, nbest or tgt) never share a batch.
 - `GET /health` answers 200 once the model is loaded and the batcher runs.
 - `GET /info` gives the model (languages, size), the decode defaults and the
   limits. FastAPI's own OpenAPI page is at /docs.
@@ -51,6 +54,8 @@ from ..search.translator import Translator
 from .request_batching import DynamicBatcher, QueueFull
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The request fields that set a DecodeConfig field of another name, for the messages that name it.
+REQUEST_FIELDS = {"tgt_lang": "tgt"}
 
 
 class TranslateRequest(BaseModel):
@@ -64,6 +69,9 @@ class TranslateRequest(BaseModel):
                                                               "(N <= beam) with their scores.")
     prefix: str | list[str] | None = Field(default=None, description="What each translation must start with: "
                                                                      "a string for one text, a list for a list.")
+    tgt: str | None = Field(default=None, description="The language to translate into, for a model that writes "
+                                                      "several (GET /info: model.tgt_lang); the server's default "
+                                                      "if left out.")
 
 
 class Hypothesis(BaseModel):
@@ -88,7 +96,7 @@ class BadRequest(Exception):
 class Prepared:
     """A request checked and ready to queue."""
 
-    key: tuple[int, int | None]  # its search settings: beam and nbest
+    key: tuple[int, int | None, str]  # its search settings: beam, nbest and the target language
     lines: list[str]
     prefixes: list[str] | None
     tokens: list[int]  # source tokens of each line
@@ -193,19 +201,20 @@ def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
     """The FastAPI app serving `translator`. Its batcher, `app.state.batcher`, runs its worker for
     the app's lifespan."""
     batch_tokens = translator.cfg.max_tokens
-    by_beam: dict[int, Translator] = {translator.cfg.beam: translator}
+    searchers: dict[tuple[int, str], Translator] = {(translator.cfg.beam, translator.cfg.tgt_lang): translator}
 
-    def searcher(beam: int) -> Translator:
-        """The translator that searches with `beam`, opened once: opening checks the beam against the
-        model (a ConfigError for one wider than the target vocabulary)."""
-        if beam not in by_beam:
-            by_beam[beam] = translator.with_config(replace(translator.cfg, beam=beam))
-        return by_beam[beam]
+    def searcher(beam: int, tgt: str) -> Translator:
+        """The translator that searches with `beam` into `tgt`, opened once: opening checks them against
+        the model (a ConfigError for a beam wider than the target vocabulary, or a language it does not
+        write)."""
+        if (beam, tgt) not in searchers:
+            searchers[beam, tgt] = translator.with_config(replace(translator.cfg, beam=beam, tgt_lang=tgt))
+        return searchers[beam, tgt]
 
-    def translate_batch(key: tuple[int, int | None], lines: list[str], prefixes: list[str] | None) -> list[Any]:
+    def translate_batch(key: tuple[int, int | None, str], lines: list[str], prefixes: list[str] | None) -> list[Any]:
         """Runs in the batcher's worker thread, one batch at a time."""
-        beam, nbest = key
-        searcher = by_beam[beam]  # opened when the request was read
+        beam, nbest, tgt = key
+        searcher = searchers[beam, tgt]  # opened when the request was read
         if nbest:
             return [[{"text": h.text, "score": h.score, "logprob": h.logprob} for h in hypotheses]
                     for hypotheses in searcher.translate_nbest(lines, nbest, prefixes)]
@@ -267,21 +276,23 @@ def build_app(translator: Translator, limits: ServeConfig) -> FastAPI:
         key = check_search(asked, prefixes)
         return Prepared(key, lines, prefixes, count_tokens(lines), isinstance(asked.text, str))
 
-    def check_search(asked: TranslateRequest, prefixes: list[str] | None) -> tuple[int, int | None]:
+    def check_search(asked: TranslateRequest, prefixes: list[str] | None) -> tuple[int, int | None, str]:
         beam = asked.beam or translator.cfg.beam
+        tgt = translator.cfg.tgt_lang if asked.tgt is None else asked.tgt
         try:
-            search = searcher(beam)
+            search = searcher(beam, tgt)
             if asked.nbest is not None:
                 check_nbest(asked.nbest, search.cfg)
             if prefixes is not None:
                 search.encode_prefixes(prefixes)  # a prefix too long would fail its whole batch
         except S2SError as err:
-            raise BadRequest(422, str(err)) from None
-        return beam, asked.nbest
+            raise BadRequest(422, err.named(lambda name: REQUEST_FIELDS.get(name, name))) from None
+        return beam, asked.nbest, tgt
 
     def count_tokens(lines: list[str]) -> list[int]:
-        """The source tokens of each line (with its EOS), within the limits on what one request costs."""
-        tokens = [len(ids) + 1 for ids in translator.tokenizers.src.encode(lines)]
+        """The source tokens of each line (with its EOS and any language tag), within the limits on what
+        one request costs."""
+        tokens = translator.source_lengths(lines)
         for number, count in enumerate(tokens, 1):
             # The worker translates a line in one go: a longer one would hold every other request up.
             if count > batch_tokens:

@@ -179,25 +179,41 @@ def sum_over_ranks(values: list[float]) -> list[float]:
 
 
 class StopAgreement:
-    """Whether to stop now, agreed by every rank at the same update without waiting for one another.
+    """Whether to stop now, and how much of its training time the run has used, agreed by every
+    rank at the same update without waiting for one another.
 
     Each update, every rank offers its own reasons (a signal it received, its
-    clock past the deadline) to an all-reduce (max) that runs in the background,
-    and acts on the one it offered at the update before, which has long
-    finished: every rank sees the same answer at the same update, one update
-    after the first rank had a reason. With one process the answer is its own,
-    at once.
+    clock past the deadline) and its share of the training time used to an
+    all-reduce (max) that runs in the background, and acts on the one it offered
+    at the update before, which has long finished: every rank sees the same
+    answer at the same update, one update after the first rank had a reason.
+    With one process the answer is its own, at once. The share is the furthest
+    along, rank 0's as a rule (it alone reserves time for the final
+    validations): a time-based learning rate must be the same on every rank.
     """
 
     def __init__(self) -> None:
         self._pending: tuple[Any, torch.Tensor] | None = None
+        self.time_used = 0.0  # the share of the training time used, as every rank last agreed
 
-    def exchange(self, signum: int | None, out_of_time: bool) -> tuple[int, bool]:
-        """(signal number or 0, out of time) as every rank agrees for this update."""
+    def start(self, time_used: float) -> None:
+        """Agree `time_used`, each rank's share, at once: before the first update of an epoch,
+        which no exchange has agreed yet. Blocks until every rank has offered its own."""
         if rank_and_world_size()[1] == 1:
+            self.time_used = time_used
+            return
+        shares = torch.tensor([time_used], dtype=torch.float64)
+        dist.all_reduce(shares, op=dist.ReduceOp.MAX, group=_group())
+        self.time_used = shares.item()
+
+    def exchange(self, signum: int | None, out_of_time: bool, time_used: float) -> tuple[int, bool]:
+        """(signal number or 0, out of time) as every rank agrees for this update; `time_used`
+        becomes the agreed share in `self.time_used`."""
+        if rank_and_world_size()[1] == 1:
+            self.time_used = time_used
             return signum or 0, out_of_time
         agreed = self.drain()
-        reasons = torch.tensor([signum or 0, int(out_of_time)])
+        reasons = torch.tensor([signum or 0, int(out_of_time), time_used], dtype=torch.float64)
         self._pending = (dist.all_reduce(reasons, op=dist.ReduceOp.MAX, group=_group(), async_op=True), reasons)
         return agreed
 
@@ -209,7 +225,7 @@ class StopAgreement:
         work, reasons = self._pending
         self._pending = None
         work.wait()
-        signum, out_of_time = reasons.tolist()
+        signum, out_of_time, self.time_used = reasons.tolist()
         return int(signum), bool(out_of_time)
 
 
@@ -220,6 +236,19 @@ def weights_digest(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def gather_for_checkpoint(model: nn.Module, rng: Any, step: int) -> tuple[list[Any], tuple[str, ...]]:
+    """Every rank's `rng` state in rank order, for rank 0 to save, and with several ranks every rank's
+    `weights_digest` (empty with one), checked equal: a checkpoint saves rank 0's weights for all of
+    them, so they must be the same (RanksDisagree otherwise)."""
+    several = rank_and_world_size()[1] > 1
+    # The digests cost a pass over the weights: only worth it with ranks that could differ.
+    rngs, digests = zip(*all_ranks_objects((rng, weights_digest(model) if several else None)))
+    if not several:
+        return list(rngs), ()
+    check_same_weights(list(digests), step)
+    return list(rngs), digests
 
 
 def check_same_weights(digests: list[str], step: int) -> None:

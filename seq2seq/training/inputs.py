@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import TrainConfig, language_codes
 from ..data.corpus_specs import corpus_paths, resolve_corpus_spec
 from ..errors import ConfigError
 from ..files.reads import Reads, is_inside, refuse_clobbering
@@ -26,8 +26,9 @@ def with_resolved_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def training_reads(cfg: TrainConfig) -> Reads:
-    """What training reads: the corpora, the init_from run and the tokenizer folder."""
-    langs = (cfg.src_lang, cfg.tgt_lang)
+    """What training reads: the corpora (each language's PREFIX.LANG of a run of several), the
+    init_from run and the tokenizer folder."""
+    langs = [*language_codes(cfg.src_lang), *language_codes(cfg.tgt_lang)]
     # The init_from run before the tokenizer folder: it is that too (init_tokenizer), and named
     # as it was given.
     return (Reads().paths("the training corpus", *corpus_paths(cfg.train, langs))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
+from ..data.shape_ladder import shape_ladder
 from ..device import Precision
 from ..errors import TrainingInterrupted
 from ..model.flops import training_flops
@@ -38,20 +39,19 @@ from .bad_updates import NonFiniteUpdates, OutOfMemorySplits, check_finite_weigh
 from .batches import TrainingBatches
 from .distributed import (
     StopAgreement,
-    all_ranks_objects,
-    check_same_weights,
     data_parallel,
+    gather_for_checkpoint,
     rank_and_world_size,
     rank_zeros_decision,
     rank_zeros_signal,
     seed_dropout,
     wait_for_all_ranks,
-    weights_digest,
 )
+from .epoch_start import EpochStart
 from .events import LogInterval, RunEvents
 from .loss import TrainingObjective, UpdateGradients
 from .prepare import PreparedData
-from .schedule import learning_rate, planned_updates, redraw_features_if_due
+from .schedule import TrainingTime, learning_rate, planned_updates, redraw_features_if_due
 from .stop_signals import StopSignals
 from .validation import Validation
 
@@ -64,6 +64,12 @@ class UpdateOutcome:
     # On the device, both 0 for an update skipped as non-finite: what the logged loss averages.
     loss: torch.Tensor  # summed label-smoothed loss over the update's target tokens
     loss_tokens: torch.Tensor  # those target tokens
+
+    @classmethod
+    def nothing(cls, device: torch.device) -> "UpdateOutcome":
+        """An update that did not run: not even one sentence fitted memory."""
+        zero = torch.zeros((), device=device)
+        return cls(0, 0, ran=False, loss=zero, loss_tokens=zero)
 
 
 @dataclass
@@ -95,8 +101,8 @@ class Trainer:
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
         # The model with its loss: DDP sees every use of the weights in one forward.
         self.train_model: nn.Module = data_parallel(TrainingObjective(self.model, cfg.label_smoothing), device)
-        self.batches = TrainingBatches(data.train_src.lengths, data.train_tgt.lengths, cfg.max_tokens, cfg.seed,
-                                       self.rank, self.world_size)
+        ladder = shape_ladder(cfg.shape_ladder, device, cfg.max_len)
+        self.batches = TrainingBatches.for_data(data, cfg, self.rank, self.world_size, ladder)
         self.step, self.epoch, self.position = 0, 1, 0
         self.validated_step = -1
         self.signals, self.stop_agreement = StopSignals(), StopAgreement()
@@ -105,7 +111,8 @@ class Trainer:
         self.non_finite = NonFiniteUpdates(device, cfg.max_bad_updates)
         self.oom = OutOfMemorySplits(self.batches, cfg.max_len)
         self.gradients = UpdateGradients(self.train_model, data.train_src, data.train_tgt, model_cfg, cfg, device,
-                                         self.world_size)
+                                         self.world_size, ladder)
+        self.epoch_start = EpochStart(data, self.batches, self.gradients, cfg, self.emit)
 
     @property
     def updates_per_epoch(self) -> int:
@@ -113,8 +120,7 @@ class Trainer:
 
     @property
     def epochs_done(self) -> float:
-        """Epochs of data consumed, fractional: 1.0 right after the first epoch."""
-        return round(self.epoch - 1 + self.position / max(len(self.batches), 1), 3)
+        return self.batches.epochs_done(self.epoch, self.position)
 
     def run(self) -> TrainResult:
         cfg, tensorboard = self.cfg, self.events.tensorboard
@@ -130,6 +136,8 @@ class Trainer:
             if cfg.max_steps and self.step >= cfg.max_steps:  # resumed after its last update
                 return self.finish("max_steps")
             while not cfg.epochs or self.epoch <= cfg.epochs:
+                self.epoch_start(self.epoch)
+                self.stop_agreement.start(self.validation.time_used())
                 stop_reason = self.train_epoch(interval)
                 if stop_reason:
                     return self.finish(stop_reason)
@@ -147,6 +155,8 @@ class Trainer:
         batches = self.batches.epoch(self.epoch)
         while self.position < len(batches):
             group = batches[self.position:self.position + cfg.accum_steps]
+            upcoming = self.position + cfg.accum_steps
+            self.gradients.expect(batches[upcoming] if upcoming < len(batches) else None)
             outcome = self.update(group, self.batches.update_tokens(self.epoch, self.position, cfg.accum_steps))
             self.position += len(group)
             if outcome.ran:
@@ -163,7 +173,7 @@ class Trainer:
                 return "max_steps"
             # Agreed without a host sync: every rank acts on it at the same update.
             signum, out_of_time = self.stop_agreement.exchange(
-                self.signals.received, bool(cfg.max_time) and self.validation.time_is_up())
+                self.signals.received, bool(cfg.max_time) and self.validation.time_is_up(), self.validation.time_used())
             if signum:
                 self.interrupt(signum)
             if out_of_time:
@@ -174,14 +184,14 @@ class Trainer:
         """One optimizer update over `group`, the pair indices of this rank's accumulated batches;
         `update_tokens`: the target tokens of the update on every rank together."""
         self.train_model.train()
-        lr = learning_rate(self.cfg, self.step + 1, planned_updates(self.cfg, self.updates_per_epoch))
+        lr = learning_rate(self.cfg, self.step + 1, planned_updates(self.cfg, self.updates_per_epoch),
+                           self.stop_agreement.time_used)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         accumulated = self.oom.accumulate(self.gradients, self.optimizer, list(group), update_tokens, self.step,
                                           self.emit)
         if accumulated is None:  # not even one sentence fitted
-            nothing = torch.zeros((), device=self.device)
-            return UpdateOutcome(0, 0, ran=False, loss=nothing, loss_tokens=nothing)
+            return UpdateOutcome.nothing(self.device)
         parts, loss_sum, tokens = accumulated
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or math.inf)
         # A non-finite gradient must never reach the weights: fused AdamW leaves weights,
@@ -200,8 +210,7 @@ class Trainer:
                              loss_tokens=torch.where(bad, 0, tokens))
 
     def check_non_finite(self) -> None:
-        """Report skipped updates since the last check; stop after too many in a row, or on
-        non-finite weights. Syncs the host: called at log intervals and before anything is saved."""
+        """Report skipped updates; stop after too many in a row, or on non-finite weights (a host sync)."""
         self.non_finite.check(self.step, self.run_dir, self.emit)
         check_finite_weights(self.model, self.step, self.run_dir)
 
@@ -223,19 +232,15 @@ class Trainer:
     def save(self) -> None:
         """Save the trainer state; called on every rank, since rank 0 writes every rank's RNG. Every
         rank's weights must be the same as rank 0's (RanksDisagree), or the state would be wrong."""
-        # The digests cost a pass over the weights: only worth it with ranks that could differ.
-        digest = weights_digest(self.model) if self.world_size > 1 else None
-        rank_rng, digests = zip(*all_ranks_objects((rng_tensors(), digest)))
-        if self.world_size > 1:
-            check_same_weights(list(digests), self.step)
-            self.rank_digests = digests
+        rank_rng, self.rank_digests = gather_for_checkpoint(self.model, rng_tensors(), self.step)
         if not self.is_main:
             return
-        save_trainer_state(self.run_dir, self.model, self.optimizer, rank_rng=list(rank_rng), progress={
+        save_trainer_state(self.run_dir, self.model, self.optimizer, rank_rng=rank_rng, progress={
             "step": self.step, "epoch": self.epoch, "position": self.position,
             "early_stopping": self.validation.early_stopping.state(),
             "counters": {**self.oom.counters(), **self.non_finite.state()},
-            **self.batches.budget(), "pending_validation": self.validation.pending})
+            **self.batches.budget(), "pending_validation": self.validation.pending,
+            "training_seconds": self.validation.training_time.seconds(time.monotonic())})
 
     def resume(self, state: TrainerState) -> None:
         progress = restore_trainer_state(state, self.model, self.optimizer, self.rank)
@@ -245,28 +250,29 @@ class Trainer:
         self.validation.early_stopping.restore(progress["early_stopping"])
         self.non_finite.restore(progress["counters"])
         self.oom.restore(progress["counters"])
-        for group in self.optimizer.param_groups:  # in case the state was saved by an unfused optimizer
-            group["fused"], group["foreach"] = True, None
         self.batches.restore_budget(progress)
         self.validated_step = self.step
         self.validation.pending = progress.get("pending_validation", False)
+        # A state saved before training time was counted: the run's time starts over here.
+        self.validation.training_time = TrainingTime(progress.get("training_seconds", 0.0))
         self.emit({"event": "resume", "step": self.step, "epoch": self.epochs_done})
 
     def stop_if_signalled(self) -> None:
         """After a SIGINT or SIGTERM that rank 0 received: save a resumable state, then leave the loop."""
-        signum = rank_zeros_signal(self.signals.received)
-        if signum:
+        if signum := rank_zeros_signal(self.signals.received):
             self.interrupt(signum)
 
     def interrupt(self, signum: int) -> None:
         """Save a resumable state and leave the loop; every rank calls it at the same update."""
         self.stop_agreement.drain()
+        self.epoch_start.close()
         self.check_non_finite()  # the weights are the same on every rank, so all raise or none
         self.save()
         raise TrainingInterrupted(self.run_dir, self.step, signum)
 
     def finish(self, reason: str) -> TrainResult:
         self.stop_agreement.drain()
+        self.epoch_start.close()  # a draw for an epoch that will not train stops
         if self.validated_step != self.step:
             self.validate_and_save()
         unvalidated = self.is_main and self.validation.keep_final_model(self.model, self.step, self.emit)

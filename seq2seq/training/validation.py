@@ -21,6 +21,7 @@ import torch
 
 from ..config import DecodeConfig, TrainConfig
 from ..data.batching import collate, token_batches
+from ..data.encode import given_target_tokens
 from ..device import mixed_precision
 from ..files.atomic import atomic_write
 from ..files.run_layout import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event
@@ -31,6 +32,7 @@ from ..scores import score_corpus
 from ..search.translator import Translator
 from .loss import projected_smoothed_loss
 from .prepare import PreparedData
+from .schedule import TrainingTime
 from .stop_signals import StopSignals
 
 # Validation sentences translated between checks for a stop signal or the --max-time deadline.
@@ -89,6 +91,7 @@ class Validation:
         self.early_stopping = EarlyStopping(cfg.early_stop_metric, cfg.patience)
         self.seconds = 0.0  # how long the last complete validation took
         self.pending = False  # a validation was cut short by a signal: redo it on resume
+        self.training_time = TrainingTime()  # a resume gives it the seconds its checkpoint saved
 
     @property
     def has_data(self) -> bool:
@@ -105,7 +108,7 @@ class Validation:
             # and a resumed run validates this step again before it trains on.
             self.pending = True
             return {"event": "valid_cut", "step": step, "reason": cut.reason, "stage": cut.stage,
-                    "done": cut.done, "sentences": len(self.data.valid_src_lines)}
+                    "done": cut.done, "sentences": sum(len(lines.src_lines) for lines in self.data.valid_lines)}
         self.seconds = time.monotonic() - started
         self.pending = False
         record = {"event": "valid", "step": step, "epoch": epoch, **scores}
@@ -122,7 +125,9 @@ class Validation:
 
     @torch.no_grad()
     def measure(self, model: Seq2SeqTransformer) -> dict[str, Any]:
-        """Validation loss (NLL per target token), perplexity and BLEU of `model`."""
+        """Validation loss (NLL per target token), perplexity and BLEU of `model`. With several
+        directions, the loss is over all their pairs, "valid_bleu" is the mean of their BLEU (what
+        early stopping and the choice of the model go by) and "valid_bleu_by_direction" has each."""
         model.eval()
         cfg, data = self.cfg, self.data
         device = next(model.parameters()).device
@@ -132,32 +137,49 @@ class Validation:
         lengths = (data.valid_src.lengths, data.valid_tgt.lengths)
         for index in token_batches(*lengths, cfg.max_tokens, rng=None):
             self.check_cut("loss", 0)
-            batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id)
+            batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id,
+                            given=given_target_tokens(cfg.lang_tag, cfg.tgt_lang))
             with autocast:
                 states = model.teacher_forced_states(batch.src, batch.tgt_in)  # (B, T, D)
             nll_sum += projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id,
                                                0.0)[1]
             tokens += batch.n_tgt_tokens
         nll = nll_sum.item() / max(tokens, 1)
-        # The same path as `s2s translate`: empty lines, long lines and detokenising alike.
-        translator = Translator.for_model(model, data.tokenizers, DecodeConfig(beam=cfg.valid_beam), cfg.precision)
-        hyps: list[str] = []
-        # A chunk at a time, so that a signal or --max-time is answered within seconds.
-        for start in range(0, len(data.valid_src_lines), VALIDATION_CHUNK):
-            self.check_cut("BLEU", len(hyps))
-            hyps += translator.translate(data.valid_src_lines[start:start + VALIDATION_CHUNK])
-        bleu = score_corpus(hyps, [data.valid_ref_lines], metrics=("bleu",))[0]
-        return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_bleu": bleu.score,
-                "bleu_signature": bleu.signature, "valid_beam": cfg.valid_beam}
+        by_direction, done = {}, 0
+        for lines in data.valid_lines:
+            # The same path as `s2s translate --tgt`: tags, empty lines, long lines and detokenising alike.
+            decode = DecodeConfig(beam=cfg.valid_beam, tgt_lang=lines.tgt_lang)
+            translator = Translator.for_model(model, data.tokenizers, decode, cfg.precision, train=cfg)
+            hyps: list[str] = []
+            # A chunk at a time, so that a signal or --max-time is answered within seconds.
+            for start in range(0, len(lines.src_lines), VALIDATION_CHUNK):
+                self.check_cut("BLEU", done + len(hyps))
+                hyps += translator.translate(lines.src_lines[start:start + VALIDATION_CHUNK])
+            done += len(hyps)
+            bleu = score_corpus(hyps, [lines.ref_lines], metrics=("bleu",))[0]
+            by_direction[lines.name] = bleu.score
+        scores = {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)),
+                  "valid_bleu": sum(by_direction.values()) / len(by_direction), "bleu_signature": bleu.signature,
+                  "valid_beam": cfg.valid_beam}
+        return {**scores, "valid_bleu_by_direction": by_direction} if len(by_direction) > 1 else scores
+
+    def training_ends(self) -> float:
+        """When training must stop (time.monotonic()) for its final validations, each as long as the
+        last one, to end by the --max-time deadline: the last weights', and with train.average_last
+        the average's (unvalidated, it could not be kept). math.inf without a deadline."""
+        if not self.has_data:
+            return self.deadline
+        validations = 2 if self.cfg.average_last >= 2 else 1
+        return self.deadline - validations * self.seconds
+
+    def time_used(self) -> float:
+        """This rank's share of the run's training time used (TrainingTime.fraction), training ending
+        at `training_ends`: what a time-based learning-rate schedule decays by."""
+        return self.training_time.fraction(time.monotonic(), self.training_ends())
 
     def time_is_up(self) -> bool:
-        """True once training must stop for its final validations, each as long as the last one,
-        to end by the --max-time deadline: the last weights', and with train.average_last the
-        average's (unvalidated, it could not be kept)."""
-        if not self.has_data:
-            return time.monotonic() >= self.deadline
-        validations = 2 if self.cfg.average_last >= 2 else 1
-        return time.monotonic() >= self.deadline - validations * self.seconds
+        """True once training must stop for its final validations (`training_ends`)."""
+        return time.monotonic() >= self.training_ends()
 
     def validate_and_keep(self, model: Seq2SeqTransformer, step: int, epoch: float,
                           emit: Callable[[Event], None]) -> None:

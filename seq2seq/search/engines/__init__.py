@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ...data.directions import tagged_languages
 from ...errors import ConfigError, field_error
 from ...runs.exported_folder import EXPORT_FILE, is_exported
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ...config import DecodeConfig
+    from ...config import DecodeConfig, TrainConfig
     from ...data.tokenizer import TokenizerPair
     from ..hypotheses import Hypothesis
 
@@ -41,6 +42,9 @@ class Engine(Protocol):
     tokenizers: "TokenizerPair"
     max_positions: int  # the most source tokens a row may have, its EOS included
     tgt_vocab_size: int
+    # The run's training config, for the languages the model reads and writes and how a tag tells it
+    # which to write (seq2seq.data.directions); None for a model in memory whose run is not known.
+    train: "TrainConfig | None"
 
     def search(self, rows: list[list[int]], prefixes: list[list[int]] | None = None) -> list[list["Hypothesis"]]:
         """All hypotheses of each row, best first, in input order.
@@ -69,9 +73,19 @@ class Engine(Protocol):
         ...
 
     def describe(self) -> dict:
-        """What the model is: engine, src_lang, tgt_lang, weights, bytes (its weights file),
-        parameters (None where unknown), model (its ModelConfig as a dict)."""
+        """What the model is: engine, src_lang, tgt_lang and lang_tag (`languages`), weights, bytes
+        (its weights file), parameters (None where unknown), model (its ModelConfig as a dict)."""
         ...
+
+
+def languages(train: "TrainConfig | None") -> dict:
+    """The languages of a model trained as `train` says, as `Engine.describe` gives them: src_lang and
+    tgt_lang as the run names them ("en", "de,fr"), and lang_tag, where the tag that chooses the target
+    language goes, for a model that writes several (else None). All None for an unknown run."""
+    if train is None:
+        return {"src_lang": None, "tgt_lang": None, "lang_tag": None}
+    return {"src_lang": train.src_lang, "tgt_lang": train.tgt_lang,
+            "lang_tag": train.lang_tag if tagged_languages(train.tgt_lang) else None}
 
 
 def engine_for(path: Path | str, engine: str | None) -> str:

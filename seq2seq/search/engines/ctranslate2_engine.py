@@ -17,7 +17,9 @@ It is run as `seq2seq.runs.ctranslate2_export` says, so that it computes what s2
   renormalise each step's log-probabilities, unlike s2s);
 - a row's prefix is its `target_prefix`. CTranslate2 returns it at the start
   of the hypotheses, counts it in max_decoding_length and min_decoding_length,
-  and scores forced steps 0, as `seq2seq.search.prefix` does.
+  and scores forced steps 0, as `seq2seq.search.prefix` does. A language tag
+  comes in the rows or the prefixes, as the translator puts it there for
+  either engine (seq2seq.search.translator).
 
 Sampling maps onto CTranslate2's (beam 1, sampling_topk, sampling_topp,
 sampling_temperature); cfg.seed seeds CTranslate2's random generator
@@ -29,12 +31,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...config import DecodeConfig
+from ...config import DecodeConfig, TrainConfig
 from ...data.tokenizer import TokenizerPair
 from ...errors import ConfigError, RunDirError
 from ...runs.exported_folder import MODEL_FILE, import_ctranslate2, open_export
 from ..hypotheses import Hypothesis, check_rows, check_search, penalised_score, unsearched
 from ..prefix import output_limit
+from . import languages
 
 
 def ctranslate2_device(device: str, ctranslate2) -> tuple[str, int]:
@@ -54,9 +57,10 @@ class CTranslate2Engine:
     name = "ctranslate2"
 
     def __init__(self, translator, tokenizers: TokenizerPair, max_positions: int, cfg: DecodeConfig,
-                 info: dict | None = None):
+                 info: dict | None = None, train: TrainConfig | None = None):
+        """`train`: the exported run's config, for its languages (`Engine.train`)."""
         check_search(cfg, tokenizers.tgt.vocab_size)
-        self.translator, self.tokenizers, self.cfg = translator, tokenizers, cfg
+        self.translator, self.tokenizers, self.cfg, self.train = translator, tokenizers, cfg, train
         self.info = info or {}  # s2s_export.json
         self.max_positions = max_positions
         self.tgt_vocab_size = tokenizers.tgt.vocab_size
@@ -92,16 +96,17 @@ class CTranslate2Engine:
         except (RuntimeError, ValueError) as err:
             raise RunDirError(f"{folder / MODEL_FILE}: CTranslate2 cannot load this model ({err})") from None
         info["bytes"] = len(exported.model_files[MODEL_FILE])
-        return cls(translator, exported.tokenizers, int(info["max_positions"]), cfg, info)
+        return cls(translator, exported.tokenizers, int(info["max_positions"]), cfg, info, exported.config.train)
 
     def with_config(self, cfg: DecodeConfig) -> "CTranslate2Engine":
-        return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg, self.info)
+        return CTranslate2Engine(self.translator, self.tokenizers, self.max_positions, cfg, self.info, self.train)
 
     def describe(self) -> dict:
         info = self.info
-        return dict(engine=self.name, src_lang=info.get("src_lang"), tgt_lang=info.get("tgt_lang"),
+        return dict(engine=self.name, **languages(self.train),
                     weights=info.get("weights"), bytes=info.get("bytes"), parameters=None,
-                    quantization=info.get("quantization"), model=info.get("run_config", {}).get("model"))
+                    quantization=info.get("quantization"), model=info.get("run_config", {}).get("model"),
+                    precision=f"CTranslate2 {self.translator.compute_type} on {self.translator.device}")
 
     def check_attention_layer(self, layer: int, name: str) -> None:
         raise ConfigError("{" + name + "}: the CTranslate2 engine gives no attention weights to choose from (an "

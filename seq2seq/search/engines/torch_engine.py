@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...config import DecodeConfig, to_dict
+from ...config import DecodeConfig, TrainConfig, to_dict
 from ...data.tokenizer import TokenizerPair
-from ...device import mixed_precision
+from ...device import mixed_precision, precision_policy
 from ...errors import ConfigError
 from ...files.run_layout import WEIGHTS_FILE
 from ...inspection.alignment import check_layer
@@ -17,6 +17,7 @@ from ...model.transformer import Seq2SeqTransformer, count_parameters
 from ...runs.run_dir import load_run
 from ..decode import length_batches, nbest_ids, seeded_generator
 from ..hypotheses import Hypothesis, check_search
+from . import languages
 
 
 class TorchEngine:
@@ -25,14 +26,17 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, model: Seq2SeqTransformer, tokenizers: TokenizerPair, cfg: DecodeConfig,
-                 about: dict | None = None, precision: str = "auto"):
+                 about: dict | None = None, precision: str = "auto", train: TrainConfig | None = None):
         """`precision`: as `s2s train --precision` (seq2seq.device.precision_policy); validation
-        decodes in the precision it trains in."""
+        decodes in the precision it trains in. `train`: the run's config, for its languages (`Engine.train`)."""
         check_search(cfg, model.cfg.tgt_vocab_size)
-        self.model, self.tokenizers, self.cfg = model.eval(), tokenizers, cfg
-        self.about = about or {}  # what `describe` says of the model beyond its own config
+        self.model, self.tokenizers, self.cfg, self.train = model.eval(), tokenizers, cfg, train
+        self.about = about or {}  # what `describe` says of the weights: their file and its size
         device = next(model.parameters()).device
+        self.precision = precision
         self.autocast = mixed_precision(device, precision)
+        # What it computes in, attention kernels included: `describe` says it (serve's /info).
+        self.computes_in = precision_policy(device, precision).description
         # One generator for the engine's life: successive batches draw fresh
         # samples, and the whole run is repeatable from cfg.seed.
         self.generator = seeded_generator(cfg.seed, device) if cfg.sampling else None
@@ -44,16 +48,16 @@ class TorchEngine:
             torch.set_num_threads(threads)
         weights = weights or WEIGHTS_FILE
         model, tokenizers, config = load_run(run_dir, device, weights)
-        about = dict(src_lang=config.train.src_lang, tgt_lang=config.train.tgt_lang, weights=weights,
-                     bytes=(Path(run_dir) / weights).stat().st_size)
-        return cls(model, tokenizers, cfg, about)
+        about = dict(weights=weights, bytes=(Path(run_dir) / weights).stat().st_size)
+        return cls(model, tokenizers, cfg, about, train=config.train)
 
     def with_config(self, cfg: DecodeConfig) -> "TorchEngine":
-        return TorchEngine(self.model, self.tokenizers, cfg, self.about)
+        return TorchEngine(self.model, self.tokenizers, cfg, self.about, self.precision, self.train)
 
     def describe(self) -> dict:
-        return {"engine": self.name, "src_lang": None, "tgt_lang": None, "weights": None, "bytes": None,
-                **self.about, "parameters": count_parameters(self.model), "model": to_dict(self.model.cfg)}
+        return {"engine": self.name, **languages(self.train), "weights": None, "bytes": None, **self.about,
+                "parameters": count_parameters(self.model), "model": to_dict(self.model.cfg),
+                "precision": self.computes_in}
 
     @property
     def max_positions(self) -> int:
