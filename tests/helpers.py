@@ -182,3 +182,20 @@ def one_error_line(result) -> str:
     message = result.stderr.strip()
     assert message.startswith("error:") and "\n" not in message, message
     return message
+
+
+def assert_resumes_exactly(straight: list[dict], first: list[dict], second: list[dict], run_a: Path, run_b: Path) -> None:
+    """A run stopped and resumed (`first`, then `second`: the events of its two commands) logs the losses of
+    the run that never stopped (`straight`), and its last checkpoint holds the same weights, bit for bit:
+    `run_a` trained straight, `run_b` stopped and resumed."""
+    import json
+
+    from safetensors.torch import load_file
+
+    loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
+    assert loss(first) + loss(second) == loss(straight)
+    last = lambda run: run / "checkpoints" / json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
+    a, b = (load_file(str(last(run) / "model.safetensors")) for run in (run_a, run_b))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -15,8 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, make_untrained_multilingual_run, tiny_model_config, tiny_train_config, write_slice
-from safetensors.torch import load_file
+from helpers import ROOT, assert_resumes_exactly, make_untrained_multilingual_run, tiny_model_config, tiny_train_config, write_slice
 
 from seq2seq.config import DecodeConfig, TrainConfig
 from seq2seq.data.batching import EpochBatches, collate, direction_shares, sample_directions
@@ -358,12 +357,7 @@ def test_a_resumed_multilingual_run_equals_one_that_never_stopped(corpus, tmp_pa
     train(tmp_path / "b", tiny_model_config(), replace(cfg, max_steps=9), CPU, on_event=first.append)
     train(tmp_path / "b", read_run_config(tmp_path / "b").model, replace(cfg, max_steps=14), CPU, resume=True,
           on_event=second.append)
-    loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
-    assert loss(first) + loss(second) == loss(straight)
-    last = lambda run: json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
-    a = load_file(str(tmp_path / "a" / "checkpoints" / last(tmp_path / "a") / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoints" / last(tmp_path / "b") / "model.safetensors"))
-    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
 
 
 # ---------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import MULTI30K, tiny_model_config, tiny_train_config, write_slice
-from safetensors.torch import load_file
+from helpers import MULTI30K, assert_resumes_exactly, tiny_model_config, tiny_train_config, write_slice
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -179,10 +178,7 @@ def test_resume_on_the_ladder_is_exact(corpus, tmp_path):
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     train(tmp_path / "b", ModelConfig(**saved["model"]), replace(cfg, max_steps=8), CPU, resume=True,
           on_event=second.append)
-    loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
-    assert loss(first) + loss(second) == loss(straight)
-    weights = [load_file(str(run / "model.safetensors")) for run in (tmp_path / "a", tmp_path / "b")]
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_model_config, tiny_train_config, write_slice
-from safetensors.torch import load_file
+from helpers import assert_resumes_exactly, tiny_model_config, tiny_train_config, write_slice
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.corpora import load_corpus
@@ -172,12 +171,7 @@ def test_a_resumed_sampled_run_equals_one_that_never_stopped(corpus, tokenizer_f
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     train(tmp_path / "b", ModelConfig(**saved["model"]), replace(cfg, max_steps=30), CPU, resume=True,
           on_event=second.append)
-    loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
-    assert loss(first) + loss(second) == loss(straight)
-    last = lambda run: json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
-    a = load_file(str(tmp_path / "a" / "checkpoints" / last(tmp_path / "a") / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoints" / last(tmp_path / "b") / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
 
 
 def test_a_sampled_epoch_has_more_batches_than_the_best_segmentation(corpus, tokenizer_folders, tmp_path):

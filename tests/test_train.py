@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import tiny_model_config, tiny_train_config, write_slice
+from helpers import assert_resumes_exactly, tiny_model_config, tiny_train_config, write_slice
 from safetensors.torch import load_file
 
 from seq2seq.config import ModelConfig
@@ -73,14 +73,7 @@ def test_resume_is_exact(corpus, tmp_path):
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     train(tmp_path / "b", ModelConfig(**saved["model"]), replace(cfg, max_steps=16), CPU, resume=True,
           on_event=second.append)
-    loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
-    assert loss(first) + loss(second) == loss(straight)
-    last = lambda run: json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
-    a = load_file(str(tmp_path / "a" / "checkpoints" / last(tmp_path / "a") / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoints" / last(tmp_path / "b") / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
 
 
 def test_a_compiled_step_computes_what_the_eager_one_does(corpus, tmp_path):

@@ -17,7 +17,12 @@ A model that writes one language has no tags, whatever its sources.
 
 from __future__ import annotations
 
-from ..config import language_codes
+from typing import TYPE_CHECKING
+
+from ..config import TrainConfig, language_codes
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer, TokenizerPair
 
 
 def language_tag(lang: str) -> str:
@@ -34,3 +39,11 @@ def tagged_languages(tgt_lang: str) -> list[str]:
     """The languages that get a tag: every target language when there are several, none when there is one."""
     languages = target_languages(tgt_lang)
     return languages if len(languages) > 1 else []
+
+
+def missing_tags(tokenizers: TokenizerPair, cfg: TrainConfig) -> tuple[Tokenizer, list[str]]:
+    """The tokenizer of the side a run's language tags go on (its lang_tag), and the tags it lacks as
+    pieces: none for a run that is fit to be trained or translated."""
+    tokenizer = tokenizers.src if cfg.lang_tag == "source" else tokenizers.tgt
+    pieces = set(tokenizer.pieces())
+    return tokenizer, [language_tag(lang) for lang in tagged_languages(cfg.tgt_lang) if language_tag(lang) not in pieces]

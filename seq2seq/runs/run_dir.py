@@ -18,7 +18,7 @@ import torch
 
 from ..config import RunConfig
 from ..config_merge import read_json, run_config_from_json
-from ..data.directions import language_tag, tagged_languages
+from ..data.directions import missing_tags
 from ..data.tokenizer import TokenizerPair, load_tokenizers
 from ..errors import ConfigError, RunDirError, TokenizerError
 from ..files.run_layout import CONFIG_FILE, WEIGHTS_FILE
@@ -72,9 +72,7 @@ def check_language_tags(config: RunConfig, tokenizers: TokenizerPair, config_pat
     """RunDirError unless the tokenizer of the side the run's language tags go on (its lang_tag) holds each
     tag as a piece (seq2seq.data.directions): what translating trusts when it looks a tag up."""
     train = config.train
-    tokenizer = tokenizers.src if train.lang_tag == "source" else tokenizers.tgt
-    pieces = set(tokenizer.pieces())
-    missing = [language_tag(lang) for lang in tagged_languages(train.tgt_lang) if language_tag(lang) not in pieces]
+    tokenizer, missing = missing_tags(tokenizers, train)
     if missing:
         raise RunDirError(f"{config_path}: train.tgt_lang {train.tgt_lang} needs a {train.lang_tag} tag for each "
                           f"language, but {tokenizer.path} has no piece {', '.join(missing)}")

@@ -23,7 +23,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..data.corpora import language_texts, load_directions
-from ..data.directions import language_tag, tagged_languages
+from ..data.directions import language_tag, missing_tags, tagged_languages
 from ..data.encode import TAG_COLUMNS, encode_corpus, filter_pairs, kept_rows, tag_lengths
 from ..data.token_store import TokenStore, token_store
 from ..data.tokenizer import TokenizerPair, load_tokenizers, train_balanced_tokenizer, train_tokenizer
@@ -166,9 +166,7 @@ def prepare_tokenizers(run_dir: Path, cfg: TrainConfig, train_corpus: datasets.D
 
 def check_tags(tokenizers: TokenizerPair, cfg: TrainConfig) -> None:
     """TokenizerError unless the tokenizer of the side the run's language tags go on has each as a piece."""
-    tokenizer = tokenizers.src if cfg.lang_tag == "source" else tokenizers.tgt
-    pieces = set(tokenizer.pieces())
-    missing = [language_tag(lang) for lang in tagged_languages(cfg.tgt_lang) if language_tag(lang) not in pieces]
+    tokenizer, missing = missing_tags(tokenizers, cfg)
     if missing:
         raise TokenizerError(f"{tokenizer.path} has no piece {', '.join(missing)}: a run that writes "
                              f"{cfg.tgt_lang} needs a tokenizer trained with a tag for each of its target languages")
