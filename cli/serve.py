@@ -91,11 +91,6 @@ def serve_command(
         app = server.build_app(translator, settings)
         config = server.uvicorn_config(app, settings, log_level)
         stderr.print(f"serving {model} ({translator.engine.name}) on http://{settings.host}:{settings.port}")
-        # uvicorn answers SIGTERM and Ctrl-C by draining: no new connections, the requests
-        # in flight finish, for at most --shutdown-timeout-s. Afterwards it raises the signal
-        # again with the handler it found; for SIGTERM that handler does nothing, so a
-        # drained server exits 0.
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
         run_until_stopped(uvicorn.Server(config), sock, app.state.batcher)
     finally:
         sock.close()
@@ -103,10 +98,21 @@ def serve_command(
 
 def run_until_stopped(uvicorn_server: Any, sock: socket.socket, batcher: Any) -> None:
     """Run the server until it has shut down; then, if `batcher` is still translating a batch
-    (one that outlasted the shutdown deadline), leave the process at once."""
+    (one that outlasted the shutdown deadline), leave the process at once. A drained server exits 0
+    after SIGTERM and 130 after Ctrl-C (SIGINT)."""
+    # uvicorn answers SIGTERM and Ctrl-C by draining: no new connections, the requests in flight
+    # finish, for at most --shutdown-timeout-s. Afterwards it raises the signal again with the
+    # handler it found, so these only note it. Python's default SIGINT handler would let
+    # asyncio's own take over, which raises KeyboardInterrupt only if the server's task had not
+    # ended yet: Ctrl-C would exit 0 or 130 by a race.
+    interrupted: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     code = 0
     try:
         uvicorn_server.run(sockets=[sock])
+        if interrupted:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         code = 130
         raise
