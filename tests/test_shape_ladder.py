@@ -23,6 +23,7 @@ from seq2seq.data.shape_ladder import ROW_STEP, ShapeLadder, count_shapes, shape
 from seq2seq.data.token_store import DeviceTokenStore, MappedTokenStore
 from seq2seq.inspection.metrics_records import check_record
 from seq2seq.training import loss as loss_module
+from seq2seq.training import validation as validation_module
 from seq2seq.training.loss import uses_cuda_graphs
 from seq2seq.training.run import make_trainer, train
 
@@ -289,3 +290,26 @@ def test_decoding_on_the_ladder_pads_sources_to_rungs_and_finds_the_same_outputs
     assert set(widths) <= set(ShapeLadder(cfg.max_positions).lengths.tolist())
     assert [[h.tokens for h in found] for found in on] == [[h.tokens for h in found] for found in off]
     assert [found[0].score for found in on] == pytest.approx([found[0].score for found in off], abs=1e-4)
+
+
+def test_validation_loss_on_the_ladder_pads_as_training_does_and_scores_the_same(corpus, tmp_path, monkeypatch):
+    """On a GPU the validation loss's batches take training's shapes; padding never changes the loss."""
+    cfg = tiny_train_config(corpus[0], corpus[1], shape_ladder="on", valid_beam=1)
+    trainer = make_trainer(tmp_path / "run", tiny_model_config(), cfg, CPU)
+    widths = []
+    real_collate = validation_module.collate
+
+    def spy(*args, **kwargs):
+        batch = real_collate(*args, **kwargs)
+        widths.append((batch.src.shape[1], batch.tgt_in.shape[1]))
+        return batch
+
+    monkeypatch.setattr(validation_module, "collate", spy)
+    on = trainer.validation.measure(trainer.model)
+    ladder = ShapeLadder(cfg.max_len)
+    assert widths and all(ladder.rung(width) == width for pair in widths for width in pair)
+    trainer.validation.cfg = replace(cfg, shape_ladder="off")
+    widths.clear()
+    off = trainer.validation.measure(trainer.model)
+    assert any(ladder.rung(width) != width for pair in widths for width in pair)  # the ladder did pad
+    assert on["valid_loss"] == pytest.approx(off["valid_loss"], rel=1e-5) and on["valid_bleu"] == off["valid_bleu"]

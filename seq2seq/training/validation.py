@@ -22,6 +22,7 @@ import torch
 from ..config import DecodeConfig, TrainConfig
 from ..data.batching import collate, token_batches
 from ..data.encode import given_target_tokens
+from ..data.shape_ladder import shape_ladder
 from ..device import mixed_precision
 from ..files.atomic import atomic_write
 from ..files.run_layout import TRAINING_AVERAGE_FILE, WEIGHTS_FILE, Event
@@ -135,10 +136,11 @@ class Validation:
         nll_sum = torch.zeros((), device=device)
         tokens = 0
         lengths = (data.valid_src.lengths, data.valid_tgt.lengths)
-        for index in token_batches(*lengths, cfg.max_tokens, rng=None):
+        ladder = shape_ladder(cfg.shape_ladder, device, cfg.max_len)  # on a GPU, shapes as training's
+        for index in token_batches(*lengths, cfg.max_tokens, rng=None, ladder=ladder):
             self.check_cut("loss", 0)
-            batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id,
-                            given=given_target_tokens(cfg.lang_tag, cfg.tgt_lang))
+            batch = collate(data.valid_src, data.valid_tgt, index, model.cfg.pad_id, model.cfg.bos_id, ladder,
+                            given_target_tokens(cfg.lang_tag, cfg.tgt_lang))
             with autocast:
                 states = model.teacher_forced_states(batch.src, batch.tgt_in)  # (B, T, D)
             nll_sum += projected_smoothed_loss(states, model.tgt_embed.weight, batch.tgt_out, model.cfg.pad_id,
