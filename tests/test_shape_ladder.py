@@ -294,7 +294,7 @@ def test_decoding_on_the_ladder_pads_sources_to_rungs_and_finds_the_same_outputs
 
 def test_validation_loss_on_the_ladder_pads_as_training_does_and_scores_the_same(corpus, tmp_path, monkeypatch):
     """On a GPU the validation loss's batches take training's shapes; padding never changes the loss."""
-    cfg = tiny_train_config(corpus[0], corpus[1], shape_ladder="on", valid_beam=1)
+    cfg = tiny_train_config(corpus[0], corpus[1], shape_ladder="on", valid_beam=1, valid_bleu_sentences=4)
     trainer = make_trainer(tmp_path / "run", tiny_model_config(), cfg, CPU)
     widths = []
     real_collate = validation_module.collate
