@@ -44,7 +44,7 @@ demo: install
 # the --max-time deadline anneals fully however fast the host is; the average of the last 5
 # snapshots is kept only when it validates better. 760 s of training leave room for the
 # install in 15 minutes.
-DEMO_TRAIN_FLAGS ?= --preset tiny --lr 3e-3 --warmup-steps 300 --max-tokens 2500 --max-time 760 --lr-schedule cosine --average-last 5
+DEMO_TRAIN_FLAGS ?= --preset tiny --lr 5e-3 --warmup-steps 300 --max-tokens 2500 --max-time 760 --lr-schedule cosine --average-last 5
 
 # The demo's recipe, timed stage by stage; appends to bench/RESULTS.md.
 bench: install
