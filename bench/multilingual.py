@@ -7,7 +7,9 @@ Two measurements, each with the real `s2s train` and `s2s eval`:
   token, mBART, M2M), trained for the same number of updates; their validation BLEU, each direction's
   and the mean, at the best validation. Chosen on the validation set, never on test.
 - `--compare`: one en->{de,fr,cs} model against three bilingual ones (en->de, en->fr, en->cs) with the
-  same total training time (the multilingual model gets --seconds, each bilingual one a third of it);
+  same total training time (the multilingual model gets --seconds, each bilingual one a third of it),
+  or with `--updates N` the same total compute (N updates of the same batch size and model against N/3
+  each: what a shared machine measures reliably, since its seconds vary from run to run);
   test_2016_flickr BLEU of each direction (beam 5).
 
 Each appends a table to bench/RESULTS.md. `--quick` runs the same steps on a slice of the corpus with a
@@ -15,6 +17,7 @@ few updates, in seconds, appends nothing and ends with the JSON line alone: what
 
     python bench/multilingual.py --steps 1500
     python bench/multilingual.py --compare --seconds 2700
+    python bench/multilingual.py --compare --updates 7896
     python bench/multilingual.py --quick [--compare]
 """
 
@@ -30,9 +33,9 @@ from pathlib import Path
 
 from results import DATA, S2S, append_entry, machine, run_timed, shown
 
-# The demo's recipe, with validation on a slice so that it costs little.
-RECIPE = ["--preset", "tiny", "--lr", "3e-3", "--warmup-steps", "300", "--max-tokens", "2500",
-          "--patience", "0", "--valid-bleu-sentences", "500"]
+# The demo's recipe (Makefile), with validation on a slice so that it costs little.
+RECIPE = ["--preset", "tiny", "--lr", "5e-3", "--warmup-steps", "300", "--max-tokens", "2500",
+          "--lr-schedule", "cosine", "--average-last", "5", "--patience", "0", "--valid-bleu-sentences", "500"]
 QUICK_RECIPE = ["--d-model", "32", "--n-heads", "2", "--ffn-dim", "64", "--encoder-layers", "1",
                 "--decoder-layers", "1", "--vocab-size", "300", "--max-tokens", "600", "--max-len", "64",
                 "--lr", "3e-3", "--warmup-steps", "10", "--patience", "0", "--log-every", "5",
@@ -102,15 +105,20 @@ def compare(a: argparse.Namespace, out: Path) -> tuple[dict, list[str]]:
     langs = ("en", *COMPARED)
     train_prefix, valid_prefix = corpus(out, a.quick, "train", langs), corpus(out, a.quick, "val", langs)
     test_prefix = corpus(out, a.quick, "test_2016_flickr", langs)
-    seconds = 20.0 if a.quick else a.seconds
     test = lambda lang: Path(f"{test_prefix}.{lang}") if a.quick else Path(f"{test_prefix}.{lang}.gz")
-    runs = {"multilingual": (",".join(COMPARED), seconds),
-            **{f"en-{lang}": (lang, seconds / len(COMPARED)) for lang in COMPARED}}
+    # The budget: training seconds, or updates (of the same model and batch size, so the same compute).
+    if a.updates:
+        flag, budget, unit = "--max-steps", 30 if a.quick else a.updates, "updates"
+    else:
+        flag, budget, unit = "--max-time", 20.0 if a.quick else a.seconds, "s"
+    runs = {"multilingual": (",".join(COMPARED), budget),
+            **{f"en-{lang}": (lang, budget / len(COMPARED)) for lang in COMPARED}}
     scores: dict[str, dict[str, float]] = {}
-    commands = []
-    for name, (tgt, budget) in runs.items():
+    commands, spent = [], {}
+    for name, (tgt, share) in runs.items():
         run = out / f"compare-{name}"
-        args, _ = train(run, train_prefix, valid_prefix, tgt, ["--epochs", "0", "--max-time", f"{budget:g}"], a)
+        share = f"{round(share)}" if unit == "updates" else f"{share:g}"
+        args, spent[name] = train(run, train_prefix, valid_prefix, tgt, ["--epochs", "0", flag, share], a)
         commands.append(shown(args))
         for lang in tgt.split(","):
             score = [S2S, "eval", "-m", str(run), "--src", str(test("en")), "--ref", str(test(lang)), "--beam",
@@ -122,11 +130,13 @@ def compare(a: argparse.Namespace, out: Path) -> tuple[dict, list[str]]:
     rows = [f"| en-{lang} | {scores[f'en-{lang}'][f'en-{lang}']:.2f} | {scores['multilingual'][f'en-{lang}']:.2f} "
             f"| {scores['multilingual'][f'en-{lang}'] - scores[f'en-{lang}'][f'en-{lang}']:+.2f} |" for lang in COMPARED]
     lines = [f"\n## {date.today().isoformat()}: one en->{{de,fr,cs}} model against three bilingual ones, "
-             f"{seconds:g} s of training in all\n",
+             f"{budget:g} {unit} of training in all\n",
              f"- Machine: {machine()}",
              "- Commands:", *[f"  - `{command}`" for command in commands],
+             "- Training wall time (the whole `s2s train`): "
+             + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in spent.items()),
              "",
-             f"| direction | bilingual ({seconds / len(COMPARED):g} s) | multilingual ({seconds:g} s, all three) "
+             f"| direction | bilingual ({budget / len(COMPARED):g} {unit}) | multilingual ({budget:g} {unit}, all three) "
              "| difference |",
              "|---|---|---|---|",
              *rows]
@@ -140,6 +150,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="updates of each tag-scheme run")
     parser.add_argument("--seconds", type=float, default=2700.0,
                         help="--compare: training seconds of the multilingual model; each bilingual one has a third")
+    parser.add_argument("--updates", type=int, default=0,
+                        help="--compare: updates of the multilingual model instead of seconds; each bilingual one a third")
     parser.add_argument("--quick", action="store_true",
                         help="a slice of the corpus and a few updates: checks the script, measures nothing")
     parser.add_argument("--device", default="auto")
