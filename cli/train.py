@@ -76,6 +76,7 @@ def train_command(
         model_cfg, train_cfg = resumed_configs(run, config, preset, model_flags, train_flags)
     else:
         model_cfg, train_cfg = new_run_configs(config, preset, model_flags, train_flags)
+        model_cfg, train_cfg = device_recipe(device, config, preset, model_flags, train_flags, model_cfg, train_cfg)
     if run is None:
         run = Path("runs") / f"{train_cfg.src_lang}-{train_cfg.tgt_lang}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_stdout_over_inputs(train_cfg, config, run if resume else None)
@@ -85,6 +86,24 @@ def train_command(
         tensorboard_dir = run / TENSORBOARD_DIR
     run_training(run, model_cfg, train_cfg, device, resume=resume, tensorboard=tensorboard_dir,
                  distributed=distributed)
+
+
+def device_recipe(device: str, config: Path | None, preset: str | None, model_flags: dict[str, Any],
+                  train_flags: dict[str, Any], model_cfg: ModelConfig,
+                  train_cfg: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a new run, with the GPU's recipe if the device is CUDA and the command chose
+    none of its settings (seq2seq.training.recipes); a line on stderr says when it is taken."""
+    from seq2seq.device import resolve_device
+    from seq2seq.training.recipes import gpu_recipe_applies, gpu_recipe_flags, with_gpu_recipe
+
+    if not gpu_recipe_applies(resolve_device(device).type, train_cfg, config_file=config, preset=preset,
+                              model_flags=set(model_flags), train_flags=set(train_flags)):
+        return model_cfg, train_cfg
+    from .display import stderr
+
+    stderr.print(f"recipe: the GPU's ({gpu_recipe_flags()}), since no model, batch or schedule setting was "
+                 "given; give any of them to choose your own")
+    return with_gpu_recipe(model_cfg, train_cfg)
 
 
 def refuse_stdout_over_inputs(train_cfg: TrainConfig, config: Path | None, resumed: Path | None) -> None:
