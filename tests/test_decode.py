@@ -146,11 +146,14 @@ def test_beam_one_equals_greedy(model):
     assert [h.logprob for h in greedy] == pytest.approx([hyps[0].logprob for hyps in beam], abs=1e-5)
 
 
+# check_every: the host looks for ended rows every step (as on the CPU), every 8 (as on CUDA), or at odd
+# intervals; an ended row that goes on decoding in between must change nothing.
+@pytest.mark.parametrize("check_every", [1, 3, 8])
 @pytest.mark.parametrize("min_len", [0, 1, 4])
-def test_greedy_cached_equals_uncached_reference(model, min_len):
+def test_greedy_cached_equals_uncached_reference(model, min_len, check_every):
     rows = random_sources(5, seed=2)
     max_len = torch.tensor([12, 3, 0, 8, 12])
-    found = greedy_search(model, pad(rows), max_len, min_len=min_len)
+    found = greedy_search(model, pad(rows), max_len, min_len=min_len, check_every=check_every)
     for row, limit, hyp in zip(rows, max_len.tolist(), found):
         expected = reference_greedy(model, row, limit, min_len)
         assert (hyp.tokens, hyp.hit_limit) == (expected.tokens, expected.hit_limit)
@@ -191,6 +194,27 @@ def test_beam_equals_uncached_reference_beam_for_every_model_variant(variant):
         expected = reference_beam(model, row, limit, 3, "gnmt", 0.6)
         assert [(h.tokens, h.hit_limit) for h in hyps] == [(h.tokens, h.hit_limit) for h in expected]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
+@pytest.mark.parametrize("check_every", [1, 2, 3, 8, 16])
+def test_greedy_rows_that_end_between_checks_keep_their_own_outputs(model, check_every):
+    """Rows end by EOS at different steps (1, 7, 9) and others are cut at their limits, between the
+    host's checks: each output is the uncached reference's, however seldom the host checks."""
+    eos_sometimes = EosFirst(model, bias=5.5).eval()  # found to end some rows early, some late, some never
+    rows = random_sources(8, seed=2)
+    max_len = torch.tensor([12, 3, 0, 8, 12, 12, 12, 12])
+    found = greedy_search(eos_sometimes, pad(rows), max_len, check_every=check_every)
+    expected = [reference_greedy(eos_sometimes, row, limit) for row, limit in zip(rows, max_len.tolist())]
+    assert [(h.tokens, h.hit_limit) for h in found] == [(h.tokens, h.hit_limit) for h in expected]
+    assert [h.logprob for h in found] == pytest.approx([h.logprob for h in expected], abs=1e-4)
+    ended = [len(h.tokens) for h in expected if not h.hit_limit]
+    assert len(set(ended)) >= 3 and sum(h.hit_limit for h in expected) >= 3  # what the test is about
+    # With prefixes, forced past some rows' ends: the same as checking every step.
+    prefixes = [[5, 6], [7], [], [8, 9, 10], [], [11], [4, 4, 4, 4], []]
+    seldom, every_step = (greedy_search(eos_sometimes, pad(rows), max_len, prefixes=prefixes, check_every=every)
+                          for every in (check_every, 1))
+    assert [(h.tokens, h.hit_limit) for h in seldom] == [(h.tokens, h.hit_limit) for h in every_step]
+    assert [h.logprob for h in seldom] == pytest.approx([h.logprob for h in every_step], abs=1e-4)
 
 
 @pytest.mark.parametrize("beam", [1, 4])

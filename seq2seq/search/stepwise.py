@@ -83,7 +83,8 @@ TokenChoice = Callable[[Tensor], Tensor]
 
 
 def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int], prefixes: list[list[int]] | None,
-                        min_len: int, choose: TokenChoice, whole_batch: bool = False) -> list[Hypothesis]:
+                        min_len: int, choose: TokenChoice, whole_batch: bool = False,
+                        check_every: int = 1) -> list[Hypothesis]:
     """The loop shared by greedy search and sampling: one chosen token per row and step.
 
     src: (B, S) padded source ids. limits: the most tokens of each row's
@@ -93,6 +94,14 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
     (`prefixes`, or none). Each Hypothesis' score and logprob are the model's
     log-probability of the chosen tokens after the prefix, whatever `choose`
     did to pick them. `whole_batch`: as in `seq2seq.search.next_token.next_token_selection`.
+
+    Which rows have ended is known on the device; the host asks every
+    `check_every` steps (a synchronisation), takes the ended rows' outputs and
+    drops them from the batch. In between, an ended row goes on decoding, its
+    tokens and log-probabilities not counted: rows are independent, so every
+    output is the same whatever `check_every` is (on a CPU, 1 saves the most
+    work; on a GPU, steps launched without waiting for the one before hide
+    the host's launch time).
     """
     n_rows = src.size(0)
     if n_rows == 0:
@@ -104,6 +113,8 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
     origin = list(range(n_rows))  # the input row of each row still decoding
     history = torch.full((n_rows, 1), model.cfg.bos_id, dtype=torch.long, device=src.device)  # (N, 1)
     total_logprob = torch.zeros(n_rows, device=src.device)  # (N,)
+    decoding = torch.ones(n_rows, dtype=torch.bool, device=src.device)  # (N,): neither ended nor cut yet
+    length = torch.zeros(n_rows, dtype=torch.long, device=src.device)  # (N,): an ended row's tokens, EOS included
     results: list[Hypothesis | None] = [None] * n_rows
     forced = ForcedPrefix(prefixes, src.device) if prefixes else None
 
@@ -111,7 +122,8 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
         token = choose(logprobs)  # (C,)
         return token, logprobs.gather(1, token[:, None]).squeeze(1)  # (C,), (C,)
 
-    for step in range(max(limits)):
+    steps = max(limits)
+    for step in range(steps):
         # The cache summarises the source on the first step; memory is not needed after it.
         token, token_logprob = next_token_selection(
             model, history[:, -1:], memory if step == 0 else None, src_mask, cache, step,
@@ -119,20 +131,23 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
             whole_batch=whole_batch)  # (N,), (N,)
         if forced is not None and step + 1 >= forced.width:
             forced = None  # every prefix is out
-        total_logprob = total_logprob + token_logprob  # (N,)
+        total_logprob = total_logprob + token_logprob.masked_fill(~decoding, 0.0)  # (N,)
         history = torch.cat([history, token[:, None]], dim=1)  # (N, step + 2)
-        done = token.eq(eos_id) | row_max_len.eq(step + 1)  # (N,): ended, or cut at the limit
-        if not done.any():
+        done = decoding & (token.eq(eos_id) | row_max_len.eq(step + 1))  # (N,): ended, or cut at the limit
+        length = torch.where(done, step + 1, length)  # (N,)
+        decoding = decoding & ~done  # (N,)
+        if (step + 1) % check_every and step + 1 < steps:
             continue
-        done_rows = done.nonzero().squeeze(1)  # (E,)
-        for row, tokens, logprob in zip(done_rows.tolist(),
-                                        history[done_rows, 1:].tolist(),
-                                        total_logprob[done_rows].tolist()):
-            ended = tokens[-1] == eos_id
-            results[origin[row]] = Hypothesis(tokens=tokens[:-1] if ended else tokens, score=logprob,
+        done_rows = (~decoding).nonzero().squeeze(1)  # (E,): the host waits for the device here
+        if done_rows.numel() == 0:
+            continue
+        for row, tokens, n, logprob in zip(done_rows.tolist(), history[done_rows, 1:].tolist(),
+                                           length[done_rows].tolist(), total_logprob[done_rows].tolist()):
+            ended = tokens[n - 1] == eos_id
+            results[origin[row]] = Hypothesis(tokens=tokens[:n - 1] if ended else tokens[:n], score=logprob,
                                               logprob=logprob, hit_limit=not ended)
         # Set finished rows aside so later steps only pay for the rows still decoding.
-        keep = (~done).nonzero().squeeze(1)  # (N',)
+        keep = decoding.nonzero().squeeze(1)  # (N',)
         if keep.numel() == 0:
             break
         origin = [origin[row] for row in keep.tolist()]
@@ -143,12 +158,18 @@ def _one_token_per_step(model: Seq2SeqTransformer, src: Tensor, limits: list[int
         history = history.index_select(0, keep)  # (N', step + 2)
         total_logprob = total_logprob.index_select(0, keep)  # (N',)
         row_max_len = row_max_len.index_select(0, keep)  # (N',)
+        decoding, length = decoding.index_select(0, keep), length.index_select(0, keep)  # (N',), (N',)
     return results  # every row has ended or been cut by its limit
+
+
+# Greedy steps between the host's checks for ended rows, by device type (`_one_token_per_step`): on
+# CUDA the host launches the next steps while the GPU runs, instead of waiting on every step.
+CHECK_EVERY = {"cuda": 8}
 
 
 @torch.inference_mode()
 def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, *, min_len: int = 1,
-                  prefixes: list[list[int]] | None = None) -> list[Hypothesis]:
+                  prefixes: list[list[int]] | None = None, check_every: int | None = None) -> list[Hypothesis]:
     """The most probable next token at each step, for each source row.
 
     src: (B, S) padded source ids. max_len: (B,) long, the most tokens each
@@ -157,13 +178,16 @@ def greedy_search(model: Seq2SeqTransformer, src: Tensor, max_len: Tensor, *, mi
     (so min_len above a row's max_len gives exactly max_len tokens). Each
     output starts with its row's prefix (`prefixes`: target ids per row, as
     `seq2seq.search.prefix` says). Returns one `Hypothesis` per row, in row order,
-    with score equal to logprob.
+    with score equal to logprob. `check_every`: steps between the host's checks
+    for ended rows (None: CHECK_EVERY for src's device, else 1); outputs are the same whatever it is.
     """
     require_eval_mode(model)
+    check_every = check_every or CHECK_EVERY.get(src.device.type, 1)
     return search_rows_with_room(
         src, max_len, prefixes,
         lambda rows, limits, forced: _one_token_per_step(model, rows, limits, forced, min_len,
-                                                         lambda logprobs: logprobs.argmax(dim=1)),
+                                                         lambda logprobs: logprobs.argmax(dim=1),
+                                                         check_every=check_every),
         empty_cut)
 
 
