@@ -92,7 +92,10 @@ def device_recipe(device: str, config: Path | None, preset: str | None, model_fl
                   train_flags: dict[str, Any], model_cfg: ModelConfig,
                   train_cfg: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
     """The configs of a new run, with the GPU's recipe if the device is CUDA and the command chose
-    none of its settings (seq2seq.training.recipes); a line on stderr says when it is taken."""
+    none of its settings (seq2seq.training.recipes); a line on stderr says when it is taken (once,
+    under torchrun: by the process of rank 0, which has not joined its group yet)."""
+    import os
+
     from seq2seq.device import resolve_device
     from seq2seq.training.recipes import gpu_recipe_applies, gpu_recipe_flags, with_gpu_recipe
 
@@ -101,8 +104,9 @@ def device_recipe(device: str, config: Path | None, preset: str | None, model_fl
         return model_cfg, train_cfg
     from .display import stderr
 
-    stderr.print(f"recipe: the GPU's ({gpu_recipe_flags()}), since no model, batch or schedule setting was "
-                 "given; give any of them to choose your own")
+    if os.environ.get("RANK", "0") == "0":
+        stderr.print(f"recipe: the GPU's ({gpu_recipe_flags()}), since no model, batch or schedule setting "
+                     "was given; give any of them to choose your own")
     return with_gpu_recipe(model_cfg, train_cfg)
 
 

@@ -1,15 +1,14 @@
 """The recipe a GPU trains with when the command chooses none (issue 27, item 5).
 
 The defaults of ModelConfig and TrainConfig suit any device, but on one GPU
-their 4,096-token batches and inverse-sqrt schedule leave it mostly idle, and
-a GPU user who types `s2s train` expects the GPU's recipe, as fairseq and
-Marian users get from their GPU presets. So a new run on CUDA whose command
-chose none of the settings below (no --config, --preset or --init-from, and
-no flag for any field the recipe sets) trains with GPU_RECIPE. A recipe is
-all or nothing: give one of its settings, and the command has chosen its own
-recipe, so nothing of this one applies. Other flags (--positions, --dropout,
---max-time, the data) keep it. The CPU never takes it: the CPU demo's recipe
-is in the Makefile, and its defaults are unchanged.
+their 4,096-token batches and inverse-sqrt schedule leave it mostly idle. So a
+new run on CUDA whose command chose none of the settings below (no --config,
+--preset or --init-from, and no flag for any field the recipe sets) trains
+with the GPU's recipe (GPU_PRESET and GPU_TRAINING). A recipe is all or
+nothing: give one of its settings, and the command has chosen its own, so
+nothing of this one applies. Other flags (--positions, --dropout, --max-time,
+the data) keep it. The CPU never takes it: the CPU demo's recipe is in the
+Makefile, and the defaults are unchanged.
 
 Status: the values are the first candidate that bench/gpu_session.sh's recipe
 stage trains ("default", no flags: what a user gets), beside the alternatives
@@ -39,7 +38,7 @@ CHOSEN_BY_RECIPE_MODEL = frozenset(preset_values(GPU_PRESET))
 
 def gpu_recipe_applies(device_type: str, train_cfg: TrainConfig, *, config_file: object, preset: str | None,
                        model_flags: set[str], train_flags: set[str]) -> bool:
-    """Whether a new run on a device of `device_type` ("cuda", "cpu", "mps") trains with GPU_RECIPE:
+    """Whether a new run on a device of `device_type` ("cuda", "cpu", "mps") takes the GPU's recipe:
     on CUDA, when its command gave no config file, preset or --init-from, and no flag
     (`model_flags`, `train_flags`: the names of the fields given) for a field the recipe sets.
     `train_cfg`, the configs from the command, must have an end (epochs, max_steps or max_time)
@@ -51,11 +50,11 @@ def gpu_recipe_applies(device_type: str, train_cfg: TrainConfig, *, config_file:
 
 
 def with_gpu_recipe(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
-    """The configs with GPU_RECIPE's shape and training settings in place of the defaults."""
+    """The configs with the GPU's recipe (GPU_PRESET's shape, GPU_TRAINING) in place of the defaults."""
     return apply_preset(model_cfg, GPU_PRESET), dataclasses.replace(train_cfg, **GPU_TRAINING)
 
 
 def gpu_recipe_flags() -> str:
-    """GPU_RECIPE as the flags that choose it, for the line a run prints when it takes it."""
+    """The GPU's recipe as the flags that choose it, for the line a run prints when it takes it."""
     flags = [f"--preset {GPU_PRESET}"] + [f"--{name.replace('_', '-')} {value}" for name, value in GPU_TRAINING.items()]
     return " ".join(flags)
