@@ -21,6 +21,7 @@ from seq2seq.training.schedule import (
     planned_updates,
     redraw_features_if_due,
 )
+from seq2seq.training.validation import FINAL_VALIDATION_MARGIN
 
 CPU = torch.device("cpu")
 DECAYING = ["cosine", "linear"]
@@ -138,7 +139,8 @@ def test_planned_updates_end_at_the_first_budget_to_run_out(epochs, max_steps, p
 def test_the_time_budget_ends_where_training_stops_for_its_final_validations(
         corpus, tmp_path, with_validation, average_last, final_validations):
     """The schedule's end is the moment `Validation.time_is_up` stops training: the deadline less
-    the final validations (the last weights', and the average's), each as long as the last one."""
+    the final validations (the last weights', and the average's), each given the last one's seconds
+    with a margin."""
     train_prefix, valid_prefix = corpus
     cfg = tiny_train_config(train_prefix, valid_prefix if with_validation else "", max_time=100.0,
                             lr_schedule="cosine", average_last=average_last)
@@ -146,7 +148,7 @@ def test_the_time_budget_ends_where_training_stops_for_its_final_validations(
     trainer = make_trainer(tmp_path / "run", tiny_model_config(), cfg, CPU)
     trainer.validation.training_time = TrainingTime(earlier=9.5)  # as if resumed after 9.5 s of training
     trainer.validation.seconds = 10.0
-    reserved = final_validations * 10.0
+    reserved = final_validations * 10.0 * FINAL_VALIDATION_MARGIN
     trainer.validation.deadline = trainer.validation.training_time.started + reserved + 0.5  # 0.5 s of training left
     assert not trainer.validation.time_is_up()
     assert trainer.validation.time_used() == pytest.approx(0.95, abs=0.01)  # 9.5 s of 10

@@ -39,6 +39,12 @@ from .stop_signals import StopSignals
 # Validation sentences translated between checks for a stop signal or the --max-time deadline.
 VALIDATION_CHUNK = 128
 
+# The time a final validation is given, in multiples of the last validation's: on a shared host one
+# validation takes longer than the one before, and the average's also writes and loads the averaged
+# weights. With exactly one each, `make demo` (2026-12-05, bench/RESULTS.md) reached the deadline
+# while validating the average, and the average was not kept.
+FINAL_VALIDATION_MARGIN = 1.5
+
 
 class ValidationCut(Exception):
     """A validation stopped part-way by a signal or by --max-time; its scores would not be comparable."""
@@ -166,13 +172,14 @@ class Validation:
         return {**scores, "valid_bleu_by_direction": by_direction} if len(by_direction) > 1 else scores
 
     def training_ends(self) -> float:
-        """When training must stop (time.monotonic()) for its final validations, each as long as the
-        last one, to end by the --max-time deadline: the last weights', and with train.average_last
-        the average's (unvalidated, it could not be kept). math.inf without a deadline."""
+        """When training must stop (time.monotonic()) for its final validations, each given
+        FINAL_VALIDATION_MARGIN times the last one's seconds, to end by the --max-time deadline: the
+        last weights', and with train.average_last the average's (unvalidated, it could not be
+        kept). math.inf without a deadline."""
         if not self.has_data:
             return self.deadline
         validations = 2 if self.cfg.average_last >= 2 else 1
-        return self.deadline - validations * self.seconds
+        return self.deadline - validations * self.seconds * FINAL_VALIDATION_MARGIN
 
     def time_used(self) -> float:
         """This rank's share of the run's training time used (TrainingTime.fraction), training ending
