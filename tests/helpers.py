@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -184,14 +185,27 @@ def one_error_line(result) -> str:
     return message
 
 
-def assert_resumes_exactly(straight: list[dict], first: list[dict], second: list[dict], run_a: Path, run_b: Path) -> None:
-    """A run stopped and resumed (`first`, then `second`: the events of its two commands) logs the losses of
-    the run that never stopped (`straight`), and its last checkpoint holds the same weights, bit for bit:
-    `run_a` trained straight, `run_b` stopped and resumed."""
+def assert_resumes_exactly(cfg: TrainConfig, folder: Path, stop: int | Callable[[list[dict]], int],
+                           end: int) -> list[dict]:
+    """Train `cfg` (a tiny model, on the CPU) straight to update `end` in folder/"a"; and in folder/"b" to
+    update `stop`, then resumed to `end`. The stopped and resumed run logs the losses of the one that never
+    stopped, and its last checkpoint holds the same weights, bit for bit. `stop` may be a function of the
+    straight run's events. Returns those events."""
+    import dataclasses
     import json
 
     from safetensors.torch import load_file
 
+    from seq2seq.runs.run_dir import read_run_config
+    from seq2seq.training.run import train
+
+    run_a, run_b, cpu = folder / "a", folder / "b", torch.device("cpu")
+    straight, first, second = [], [], []
+    train(run_a, tiny_model_config(), dataclasses.replace(cfg, max_steps=end), cpu, on_event=straight.append)
+    stop = stop(straight) if callable(stop) else stop
+    train(run_b, tiny_model_config(), dataclasses.replace(cfg, max_steps=stop), cpu, on_event=first.append)
+    train(run_b, read_run_config(run_b).model, dataclasses.replace(cfg, max_steps=end), cpu, resume=True,
+          on_event=second.append)
     loss = lambda events: [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
     assert loss(first) + loss(second) == loss(straight)
     last = lambda run: run / "checkpoints" / json.loads((run / "checkpoints" / "last.json").read_text())["dir"]
@@ -199,3 +213,4 @@ def assert_resumes_exactly(straight: list[dict], first: list[dict], second: list
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    return straight

@@ -8,7 +8,6 @@ import json
 import random
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -352,12 +351,7 @@ def test_a_resumed_multilingual_run_equals_one_that_never_stopped(corpus, tmp_pa
     """N updates, stop, resume to 2N == 2N straight, with forced target tags and directions drawn at a temperature."""
     cfg = tiny_train_config(corpus[0], "", tgt_lang="de,fr", lang_tag="target", lang_temperature=2.0, epochs=0,
                             log_every=1)
-    straight, first, second = [], [], []
-    train(tmp_path / "a", tiny_model_config(), replace(cfg, max_steps=14), CPU, on_event=straight.append)
-    train(tmp_path / "b", tiny_model_config(), replace(cfg, max_steps=9), CPU, on_event=first.append)
-    train(tmp_path / "b", read_run_config(tmp_path / "b").model, replace(cfg, max_steps=14), CPU, resume=True,
-          on_event=second.append)
-    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
+    assert_resumes_exactly(cfg, tmp_path, stop=9, end=14)
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cli.info import render
 from cli.main import app
 
-from seq2seq.config import DecodeConfig, ModelConfig
+from seq2seq.config import DecodeConfig
 from seq2seq.data.batching import EpochBatches, collate, token_batches
 from seq2seq.data.shape_ladder import ROW_STEP, ShapeLadder, count_shapes, shape_ladder
 from seq2seq.data.token_store import DeviceTokenStore, MappedTokenStore
@@ -173,13 +173,7 @@ def test_a_run_on_the_ladder_trains_on_its_shapes_and_says_how_many(corpus, tmp_
 
 def test_resume_on_the_ladder_is_exact(corpus, tmp_path):
     cfg = tiny_train_config(corpus[0], corpus[1], epochs=0, log_every=1, shape_ladder="on")
-    straight, first, second = [], [], []
-    train(tmp_path / "a", tiny_model_config(), replace(cfg, max_steps=8), CPU, on_event=straight.append)
-    train(tmp_path / "b", tiny_model_config(), replace(cfg, max_steps=5), CPU, on_event=first.append)
-    saved = json.loads((tmp_path / "b" / "config.json").read_text())
-    train(tmp_path / "b", ModelConfig(**saved["model"]), replace(cfg, max_steps=8), CPU, resume=True,
-          on_event=second.append)
-    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
+    assert_resumes_exactly(cfg, tmp_path, stop=5, end=8)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

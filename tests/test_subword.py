@@ -1,7 +1,6 @@
 """Subword regularization: each epoch trains on a segmentation drawn afresh, validation on the best one;
 the draws are seeded, resume exactly, and keep every batch within its token budget."""
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 from helpers import assert_resumes_exactly, tiny_model_config, tiny_train_config, write_slice
 
-from seq2seq.config import ModelConfig
 from seq2seq.data.corpora import load_corpus
 from seq2seq.data.encode import Sampling, encode_corpus, filter_pairs, kept_rows, sample_corpus, token_lengths
 from seq2seq.data.tokenizer import EOS_ID, load_tokenizers, train_tokenizer
@@ -162,16 +160,13 @@ def test_a_run_that_stops_before_the_epoch_it_drew_removes_its_scratch(corpus, t
 def test_a_resumed_sampled_run_equals_one_that_never_stopped(corpus, tokenizer_folders, model_type, tmp_path):
     """N steps, stop in the second epoch, resume to 2N == 2N straight: same losses, same weights."""
     cfg = sampled_config(corpus, tokenizer_folders, model_type, valid="", epochs=0, log_every=1, max_tokens=1200)
-    straight, first, second = [], [], []
-    train(tmp_path / "a", tiny_model_config(), replace(cfg, max_steps=30), CPU, on_event=straight.append)
-    per_epoch = next(e for e in straight if e["event"] == "start")["updates_per_epoch"]
-    assert 30 > 2 * per_epoch  # the resumed run draws a third epoch too
-    stop = per_epoch + per_epoch // 2  # mid-way through the second epoch, whose draw is not the first's
-    train(tmp_path / "b", tiny_model_config(), replace(cfg, max_steps=stop), CPU, on_event=first.append)
-    saved = json.loads((tmp_path / "b" / "config.json").read_text())
-    train(tmp_path / "b", ModelConfig(**saved["model"]), replace(cfg, max_steps=30), CPU, resume=True,
-          on_event=second.append)
-    assert_resumes_exactly(straight, first, second, tmp_path / "a", tmp_path / "b")
+
+    def mid_second_epoch(straight: list[dict]) -> int:
+        per_epoch = next(e for e in straight if e["event"] == "start")["updates_per_epoch"]
+        assert 30 > 2 * per_epoch  # the resumed run draws a third epoch too
+        return per_epoch + per_epoch // 2  # mid-way through the second epoch, whose draw is not the first's
+
+    assert_resumes_exactly(cfg, tmp_path, stop=mid_second_epoch, end=30)
 
 
 def test_a_sampled_epoch_has_more_batches_than_the_best_segmentation(corpus, tokenizer_folders, tmp_path):
